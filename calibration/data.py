@@ -1,0 +1,239 @@
+"""Calibration data: loading, validation against the model's inputs, and the holdout split.
+
+A calibration set is N samples for every graph input (arrays ``[N, ...]`` keyed by input name)
+and optional integer labels ``[N]``. Sources:
+
+* ``data.npz`` keyed by input names (several inputs), with an optional ``labels`` array;
+* ``data.npy`` for single-input models;
+* a directory of ``.npz`` / ``.npy`` files, concatenated along axis 0 in file-name order
+  (an array one rank short of the input is one sample);
+* ``synthetic``: standard-normal inputs of the resolved input shapes, for smoke tests only.
+
+Every check names the input and what was expected, as one :class:`CalibrationError` line, before
+anything is trained or written. Floating data of another width (float64 from numpy defaults) is
+cast to the model's float type with a log line; any other dtype mismatch is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxprune.errors import CalibrationError, ShapeError
+from onnxprune.shapes import graph_inputs, resolve_input_shapes
+
+log = logging.getLogger(__name__)
+
+LABELS_KEY = "labels"
+SYNTHETIC = "synthetic"
+SYNTHETIC_SAMPLES = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationSet:
+    """N samples: ``inputs`` in graph-input order (name -> [N, ...]), ``labels`` [N] or None."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+    synthetic: bool = False
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def subset(self, index: np.ndarray) -> CalibrationSet:
+        labels = None if self.labels is None else self.labels[index]
+        inputs = {name: array[index] for name, array in self.inputs.items()}
+        return CalibrationSet(inputs, labels, self.synthetic)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    name: str
+    dtype: np.dtype
+    dims: tuple[int | str | None, ...]  # int = fixed, str/None = dynamic
+
+    def describe(self) -> str:
+        dims = ["N" if i == 0 and not isinstance(d, int) else str(d if isinstance(d, int) else d or "?")
+                for i, d in enumerate(self.dims)]
+        return f"{self.dtype} [{','.join(dims)}]"
+
+
+def load_calibration(
+    source: str | Path | None,
+    model: onnx.ModelProto,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    labels: str | Path | None = None,
+    seed: int = 0,
+) -> CalibrationSet:
+    """Load and validate calibration data for ``model`` (see the module docstring)."""
+    if source is None:
+        raise CalibrationError(
+            "no calibration data: pass --calib data.npz (arrays keyed by input name, optional "
+            "'labels'), a .npy, or a directory of them; --calib synthetic only for smoke tests"
+        )
+    specs = _input_specs(model, input_shapes or {})
+    if str(source) == SYNTHETIC:
+        data = _synthetic(model, input_shapes or {}, specs, seed)
+        return data
+    arrays = _read_source(Path(source), specs)
+    file_labels = arrays.pop(LABELS_KEY, None)
+    if labels is not None:
+        file_labels = _read_array(Path(labels), "--labels")
+    return validate(arrays, file_labels, specs, str(source))
+
+
+def _input_specs(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]]) -> list[_Spec]:
+    specs = []
+    for value in graph_inputs(model):
+        tensor = value.type.tensor_type
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+        dims: tuple = tuple(
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
+            for d in tensor.shape.dim
+        )
+        if value.name in overrides:  # --input-shape fixes every axis but the batch
+            given = overrides[value.name]
+            dims = (dims[0] if dims else None, *given[1:])
+        specs.append(_Spec(value.name, dtype, dims))
+    return specs
+
+
+def _read_source(path: Path, specs: list[_Spec]) -> dict[str, np.ndarray]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz"))
+        if not files:
+            raise CalibrationError(f"--calib {path}: directory holds no .npy or .npz files")
+        parts = [_read_file(p, specs) for p in files]
+        keys = set(parts[0])
+        for part, file in zip(parts, files):
+            if set(part) != keys:
+                raise CalibrationError(f"--calib {file}: keys {sorted(part)} differ from {sorted(keys)}")
+        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    return _read_file(path, specs)
+
+
+def _read_file(path: Path, specs: list[_Spec]) -> dict[str, np.ndarray]:
+    if not path.exists():
+        raise CalibrationError(f"--calib {path}: no such file or directory")
+    if path.suffix == ".npy":
+        if len(specs) != 1:
+            names = [s.name for s in specs]
+            raise CalibrationError(f"--calib {path}: a .npy serves single-input models; this one has "
+                                   f"inputs {names}, use an .npz keyed by them")
+        array = _read_array(path, "--calib")
+        if array.ndim == len(specs[0].dims) - 1:  # one sample
+            array = array[None]
+        return {specs[0].name: array}
+    if path.suffix != ".npz":
+        raise CalibrationError(f"--calib {path}: expected .npz, .npy, a directory, or 'synthetic'")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError) as exc:
+        raise CalibrationError(f"--calib {path}: cannot read as .npz ({exc})") from None
+    ranks = {s.name: len(s.dims) for s in specs}
+    for key, array in arrays.items():
+        if key in ranks and array.ndim == ranks[key] - 1:
+            arrays[key] = array[None]
+    return arrays
+
+
+def _read_array(path: Path, option: str) -> np.ndarray:
+    if not path.exists():
+        raise CalibrationError(f"{option} {path}: no such file")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CalibrationError(f"{option} {path}: cannot read as .npy ({exc})") from None
+
+
+def validate(
+    arrays: dict[str, np.ndarray], labels: np.ndarray | None, specs: list[_Spec], origin: str
+) -> CalibrationSet:
+    """Check names, dtypes, shapes, sample counts and finiteness; return inputs in graph order."""
+    names = [s.name for s in specs]
+    for key in arrays:
+        if key not in names:
+            raise CalibrationError(f"calibration data {origin} has input {key!r}, but the model's "
+                                   f"inputs are {names}")
+    counts = {}
+    out: dict[str, np.ndarray] = {}
+    for spec in specs:
+        if spec.name not in arrays:
+            raise CalibrationError(f"calibration data {origin} lacks model input {spec.name!r} "
+                                   f"(expected {spec.describe()})")
+        array = _check_array(np.asarray(arrays[spec.name]), spec)
+        counts[spec.name] = len(array)
+        out[spec.name] = array
+    if len(set(counts.values())) > 1:
+        raise CalibrationError(f"calibration inputs have different sample counts: {counts}")
+    n = next(iter(counts.values()))
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != n:
+            raise CalibrationError(f"labels: expected integer class ids of shape [{n}], got "
+                                   f"{labels.dtype} {list(labels.shape)}")
+        labels = labels.astype(np.int64)
+    return CalibrationSet(out, labels)
+
+
+def _check_array(array: np.ndarray, spec: _Spec) -> np.ndarray:
+    where = f"calibration input {spec.name!r}"
+    if array.size == 0 or array.ndim == 0:
+        raise CalibrationError(f"{where} is empty (shape {list(array.shape)}), expected {spec.describe()}")
+    if array.dtype != spec.dtype:
+        if array.dtype.kind == "f" and spec.dtype.kind == "f":
+            log.info("casting %s from %s to %s", where, array.dtype, spec.dtype)
+            array = array.astype(spec.dtype)
+        else:
+            raise CalibrationError(f"{where} has dtype {array.dtype}, expected {spec.describe()}")
+    if array.ndim != len(spec.dims) or any(
+        isinstance(want, int) and got != want for want, got in list(zip(spec.dims, array.shape))[1:]
+    ) or (isinstance(spec.dims[0], int) and spec.dims[0] > 1 and array.shape[0] % spec.dims[0]):
+        raise CalibrationError(f"{where} has shape {list(array.shape)}, expected {spec.describe()}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        raise CalibrationError(f"{where} holds {bad} NaN/Inf values; calibration data must be finite")
+    return np.ascontiguousarray(array)
+
+
+def _synthetic(model: onnx.ModelProto, overrides: dict, specs: list[_Spec], seed: int) -> CalibrationSet:
+    log.warning("--calib synthetic: random inputs only serve smoke tests; pruning quality on real "
+                "data is unknown")
+    try:
+        shapes = resolve_input_shapes(model, overrides)
+    except ShapeError as exc:
+        raise CalibrationError(f"--calib synthetic: {exc}") from None
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for spec in specs:
+        shape = shapes[spec.name]
+        batch = max(SYNTHETIC_SAMPLES // shape[0], 1) * shape[0]
+        if spec.dtype.kind == "f":
+            inputs[spec.name] = rng.standard_normal((batch, *shape[1:])).astype(spec.dtype)
+        elif spec.dtype.kind in "iu":
+            inputs[spec.name] = rng.integers(0, 2, (batch, *shape[1:])).astype(spec.dtype)
+        else:
+            inputs[spec.name] = np.zeros((batch, *shape[1:]), spec.dtype)
+    return CalibrationSet(inputs, None, synthetic=True)
+
+
+def split_holdout(data: CalibrationSet, fraction: float = 0.1, seed: int = 0) -> tuple[CalibrationSet, CalibrationSet | None]:
+    """Seeded random split into (train, holdout); training never sees the holdout."""
+    if not 0.0 <= fraction < 1.0:
+        raise CalibrationError(f"--holdout {fraction}: expected a fraction in [0, 1)")
+    n = len(data)
+    n_hold = int(round(fraction * n))
+    if fraction > 0 and n_hold == 0 and n >= 2:
+        n_hold = 1
+    if n - n_hold < 1:
+        raise CalibrationError(f"calibration data has {n} samples; too few to hold out {fraction:.0%}")
+    if n_hold == 0:
+        return data, None
+    order = np.random.default_rng(seed).permutation(n)
+    return data.subset(np.sort(order[n_hold:])), data.subset(np.sort(order[:n_hold]))

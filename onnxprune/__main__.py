@@ -1,0 +1,5 @@
+"""`python -m onnxprune` is the same as the `onnxprune` command."""
+
+from onnxprune.cli import run
+
+run()

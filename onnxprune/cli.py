@@ -1,0 +1,101 @@
+"""Command-line entry point.
+
+``onnxprune IN.onnx --method M --out OUT.onnx`` runs the pruning pipeline (the ``prune``
+command, also reachable by name); ``inspect``, ``apply`` and ``bench`` are subcommands. Each
+command lives in its own module under ``onnxprune.commands``. User errors
+(:class:`onnxprune.errors.OnnxPruneError`) become one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from onnxprune import __version__
+from onnxprune.errors import OnnxPruneError
+
+# name -> module defining a click command called `command`; imported only when used, so
+# `onnxprune --help` stays fast and one broken command cannot take down the others.
+_COMMANDS = {
+    "prune": "onnxprune.commands.prune_cmd",
+    "inspect": "onnxprune.commands.inspect_cmd",
+    "apply": "onnxprune.commands.apply_cmd",
+    "bench": "onnxprune.commands.bench_cmd",
+}
+_DEFAULT_COMMAND = "prune"
+
+
+class _Cli(click.Group):
+    """A group whose first argument may be a model path, meaning the default `prune` command."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in _COMMANDS if self.get_command(ctx, name) is not None]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        module_name = _COMMANDS.get(name)
+        if module_name is None:
+            return None
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:  # command not written yet
+                return None
+            raise
+        return module.command
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if args and args[0] not in _COMMANDS and not args[0].startswith("-"):
+            args = [_DEFAULT_COMMAND, *args]
+        return super().resolve_command(ctx, args)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # `onnxprune model.onnx --method x`: route to `prune` before click sees the options.
+        if args and args[0] not in _COMMANDS and not args[0].startswith("-"):
+            args = [_DEFAULT_COMMAND, *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="onnxprune")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """Prune an ONNX model with a training-based method and write a smaller ONNX model.
+
+    \b
+    onnxprune IN.onnx --method lc --sparsity 0.9 --calib data.npz --out OUT.onnx
+    onnxprune inspect IN.onnx
+    onnxprune apply IN.onnx --plan plan.json --out OUT.onnx
+    onnxprune bench A.onnx B.onnx
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; user errors print one line and return their exit code (no traceback)."""
+    try:
+        cli.main(args=argv, prog_name="onnxprune", standalone_mode=False)
+    except OnnxPruneError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The contract between the shared training loop and a pruning method.
+
+The loop (``onnxprune.training``) owns data, optimizer, loss, device, DDP and the progress bar.
+A method only reacts to hooks; it never writes its own loop. The hooks, in order:
+
+    setup(ctx)                       once, after import; wrap weights, add gates, read groups
+    param_groups(ctx) -> [dict]      extra optimizer groups (thresholds, gates) with their own lr
+    for epoch in range(total_epochs(ctx)):
+        for batch:
+            before_step(ctx)
+            loss = task_loss + penalty(ctx)     (penalty may return None)
+            loss.backward(); after_backward(ctx)
+            optimizer.step(); after_step(ctx)
+        end_epoch(ctx)               may set ctx.stop = True
+    finalize(ctx) -> PruningPlan     leaves ctx.model holding the final (masked) weights
+
+Weights are addressed by ONNX initializer name everywhere (``ctx.weights``); the plan a method
+returns is keyed by ONNX names too, so the passes never see torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import click
+import torch
+
+
+@dataclasses.dataclass
+class TrainContext:
+    """What the loop hands to a method. Fields are filled by the loop; methods may read all and
+    write only ``stop`` and ``metrics`` (shown in the progress bar and the run report)."""
+
+    model: torch.nn.Module
+    imported: Any  # onnxprune.importer.ImportedModel: name map, normalized ONNX, params
+    weights: dict[str, torch.nn.Parameter]  # prunable weights by ONNX name (Conv/Gemm/MatMul)
+    analysis: Any  # onnxprune.passes.groups.GroupAnalysis or None (channel groups, residuals)
+    device: torch.device
+    epochs: int
+    steps_per_epoch: int
+    lr: float
+    epoch: int = 0
+    step: int = 0
+    stop: bool = False
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    evaluate: Any = None  # callable() -> dict(fidelity=..., accuracy=...) on the holdout
+    is_main_process: bool = True
+
+
+class PruningMethod:
+    """Base class: every hook is a no-op, so a method overrides only what it needs."""
+
+    name: ClassVar[str] = ""
+    help: ClassVar[str] = ""
+    granularities: ClassVar[tuple[str, ...]] = ("weight",)
+    # click options this method reads; the prune command merges all methods' options
+    # (an option shared by several methods must be declared identically).
+    options: ClassVar[list[click.Option]] = []
+
+    def __init__(self, **options: Any) -> None:
+        self.config = options
+
+    def setup(self, ctx: TrainContext) -> None:
+        pass
+
+    def param_groups(self, ctx: TrainContext) -> list[dict]:
+        return []
+
+    def total_epochs(self, ctx: TrainContext) -> int:
+        return ctx.epochs
+
+    def before_step(self, ctx: TrainContext) -> None:
+        pass
+
+    def penalty(self, ctx: TrainContext) -> torch.Tensor | None:
+        return None
+
+    def after_backward(self, ctx: TrainContext) -> None:
+        pass
+
+    def after_step(self, ctx: TrainContext) -> None:
+        pass
+
+    def end_epoch(self, ctx: TrainContext) -> None:
+        pass
+
+    def finalize(self, ctx: TrainContext):  # -> onnxprune.passes.plan.PruningPlan
+        raise NotImplementedError(f"method {self.name!r} does not implement finalize()")
+
+
+_REGISTRY: dict[str, type[PruningMethod]] = {}
+
+
+def register(cls: type[PruningMethod]) -> type[PruningMethod]:
+    """Class decorator; registering a name twice is an error (a typo must not shadow a method)."""
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__} has no name")
+    if cls.name in _REGISTRY:
+        raise ValueError(f"pruning method {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registry() -> dict[str, type[PruningMethod]]:
+    """All methods, importing the built-in ones on first use."""
+    from onnxprune.methods import _load_builtin_methods
+
+    _load_builtin_methods()
+    return dict(_REGISTRY)

@@ -1,0 +1,118 @@
+"""Reading and writing ONNX files safely.
+
+Reading validates before anything else runs: a missing path, a directory, a truncated or
+non-ONNX file, or a graph that fails ``onnx.checker`` is one :class:`ModelLoadError` line.
+Writing is atomic (a temporary file in the destination directory, then ``os.replace``), refuses
+to overwrite the input, and switches to external data for models over protobuf's 2 GB limit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from onnxprune.errors import ModelLoadError, OnnxPruneError
+
+# protobuf refuses to serialize messages of 2 GiB or more; keep a margin for the graph itself.
+_PROTOBUF_LIMIT = 2**31 - 2**25
+
+
+def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model with its external data, or raise ModelLoadError with one line."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a directory, expected an .onnx file")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{path}: file is empty")
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"{path}: external data file missing ({exc.filename})") from None
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read ({_first_line(exc)})") from None
+    if not model.HasField("graph") or len(model.graph.node) == 0:
+        raise ModelLoadError(f"{path}: not a valid ONNX model (no graph nodes)")
+    if check:
+        try:
+            if model.ByteSize() >= _PROTOBUF_LIMIT:
+                onnx.checker.check_model(str(path))
+            else:
+                onnx.checker.check_model(model)
+        except (onnx.checker.ValidationError, ValueError) as exc:
+            raise ModelLoadError(f"{path}: fails the ONNX checker ({_first_line(exc)})") from None
+    return model
+
+
+def save_model_atomic(
+    model: onnx.ModelProto,
+    out_path: str | os.PathLike,
+    input_path: str | os.PathLike | None = None,
+    *,
+    external_data: bool | None = None,
+) -> Path:
+    """Write ``model`` to ``out_path`` atomically; never onto ``input_path``.
+
+    Models over protobuf's limit (or any model, with ``external_data=True``) go to
+    ``<out>.data`` beside the file, as ONNX external data; ``model`` itself is not changed. The
+    files are first written into a temporary directory next to the destination, so a crash
+    leaves no partial output and a reader never sees half a file.
+    """
+    out_path = Path(out_path)
+    if input_path is not None and _same_file(out_path, Path(input_path)):
+        raise OnnxPruneError(f"--out {out_path} is the input file; choose another output path")
+    parent = out_path.parent if str(out_path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OnnxPruneError(f"--out {out_path}: directory {parent} does not exist")
+    external = model.ByteSize() >= _PROTOBUF_LIMIT if external_data is None else external_data
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=parent))
+    try:
+        tmp_file = tmp_dir / out_path.name
+        if external:
+            data_name = out_path.name + ".data"
+            detached = onnx.ModelProto()
+            detached.CopyFrom(model)  # saving as external data rewrites the tensors in place
+            onnx.save_model(
+                detached,
+                str(tmp_file),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name,
+                size_threshold=1024,
+            )
+            os.replace(tmp_dir / data_name, parent / data_name)
+        else:
+            onnx.save_model(model, str(tmp_file))
+        os.replace(tmp_file, out_path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return out_path
+
+
+def model_size_bytes(path: str | os.PathLike) -> int:
+    """Size on disk of an .onnx file plus its external data files."""
+    path = Path(path)
+    total = path.stat().st_size
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        total += data.stat().st_size
+    return total
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]

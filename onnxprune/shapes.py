@@ -1,0 +1,188 @@
+"""Input shapes: the ``--input-shape name=1x3x224x224`` option and static shape inference.
+
+Every command that needs shapes (MAC counting, group analysis, synthetic calibration, latency)
+resolves them the same way: a fixed dimension is used as is, a dynamic first (batch) dimension
+becomes 1, and any other dynamic dimension must come from ``--input-shape`` or the command
+names the input and axis that needs it.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnx
+from onnx import helper, shape_inference
+
+from onnxprune.errors import ShapeError
+
+_SHAPE_RE = re.compile(r"^(?P<name>[^=]+)=(?P<dims>\d+(?:[x,]\d+)*)$")
+
+
+def parse_input_shapes(specs: list[str] | tuple[str, ...] | None) -> dict[str, tuple[int, ...]]:
+    """Parse repeated ``name=1x3x224x224`` options into a dict."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for spec in specs or ():
+        match = _SHAPE_RE.match(spec.strip())
+        if not match:
+            raise ShapeError(f"--input-shape {spec!r}: expected NAME=DxDxD, e.g. image=1x3x224x224")
+        dims = tuple(int(d) for d in re.split(r"[x,]", match["dims"]))
+        if any(d <= 0 for d in dims):
+            raise ShapeError(f"--input-shape {spec!r}: dimensions must be positive")
+        shapes[match["name"]] = dims
+    return shapes
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The real inputs: graph inputs that are not initializers (old exporters list both)."""
+    initializers = {init.name for init in model.graph.initializer}
+    return [value for value in model.graph.input if value.name not in initializers]
+
+
+def resolve_input_shapes(
+    model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]] | None = None
+) -> dict[str, tuple[int, ...]]:
+    """Static shape for every graph input; see the module docstring for the rules."""
+    overrides = dict(overrides or {})
+    inputs = graph_inputs(model)
+    names = [value.name for value in inputs]
+    for name in overrides:
+        if name not in names:
+            raise ShapeError(f"--input-shape names {name!r}, but the model's inputs are {names}")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for value in inputs:
+        declared = value.type.tensor_type.shape.dim
+        if value.name in overrides:
+            shape = overrides[value.name]
+            if value.type.tensor_type.HasField("shape") and len(shape) != len(declared):
+                raise ShapeError(
+                    f"--input-shape {value.name}: {len(shape)} dims given, the model declares "
+                    f"{len(declared)}"
+                )
+            for axis, (dim, given) in enumerate(zip(declared, shape)):
+                if dim.HasField("dim_value") and dim.dim_value != given:
+                    raise ShapeError(
+                        f"--input-shape {value.name}: axis {axis} is fixed at {dim.dim_value} "
+                        f"in the model, got {given}"
+                    )
+            shapes[value.name] = tuple(shape)
+            continue
+        shape = []
+        for axis, dim in enumerate(declared):
+            if dim.HasField("dim_value") and dim.dim_value > 0:
+                shape.append(dim.dim_value)
+            elif axis == 0:
+                shape.append(1)  # a dynamic batch dimension is measured at batch 1
+            else:
+                label = dim.dim_param or "?"
+                raise ShapeError(
+                    f"input {value.name!r} has dynamic dimension {label!r} at axis {axis}; "
+                    f"pass --input-shape {value.name}=" + "x".join(["N"] * len(declared))
+                )
+        shapes[value.name] = tuple(shape)
+    return shapes
+
+
+def with_static_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph inputs carry the given static shapes."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for value in fixed.graph.input:
+        if value.name in input_shapes:
+            dims = value.type.tensor_type.shape
+            dims.ClearField("dim")
+            for size in input_shapes[value.name]:
+                dims.dim.add().dim_value = size
+    return fixed
+
+
+def infer_static_shapes(
+    model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None
+) -> onnx.ModelProto:
+    """A copy of ``model`` with a static shape recorded for every value.
+
+    ONNX shape inference (with data propagation, for Reshape targets computed from Shape) is
+    tried first; values it leaves unknown are measured by one onnxruntime run on zeros, which
+    also covers ops whose output shape depends on data.
+    """
+    input_shapes = input_shapes or resolve_input_shapes(model)
+    fixed = with_static_inputs(model, input_shapes)
+    fixed.graph.ClearField("value_info")
+    try:
+        inferred = shape_inference.infer_shapes(fixed, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:  # inference is best effort; onnxruntime below fills any gap
+        inferred = fixed
+    if _unknown_values(inferred):
+        inferred = _shapes_from_onnxruntime(inferred, input_shapes)
+    return inferred
+
+
+def static_shape_map(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Name -> static shape for every value (inputs, outputs, value_info, initializers)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for value in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if value.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+            shapes[value.name] = tuple(d.dim_value for d in dims)
+    for init in model.graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+    return shapes
+
+
+def _unknown_values(model: onnx.ModelProto) -> list[str]:
+    known = static_shape_map(model)
+    return [out for node in model.graph.node for out in node.output if out and out not in known]
+
+
+def _shapes_from_onnxruntime(
+    model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]
+) -> onnx.ModelProto:
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {value.name for value in probe.graph.output}
+    # only main-graph values are exposed; subgraph internals keep whatever inference gave them
+    wanted = [out for node in probe.graph.node for out in node.output if out and out not in existing]
+    for name in wanted:
+        probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feeds = {}
+    for value in graph_inputs(model):
+        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        feeds[value.name] = np.zeros(input_shapes[value.name], dtype=dtype)
+    results = session.run(None, feeds)
+    names = [value.name for value in probe.graph.output]
+    by_name = dict(zip(names, results))
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.ClearField("value_info")
+    outputs = {value.name for value in out.graph.output}
+    for name in wanted:
+        array = np.asarray(by_name[name])
+        info = helper.make_tensor_value_info(
+            name, helper.np_dtype_to_tensor_dtype(array.dtype), list(array.shape)
+        )
+        if name not in outputs:
+            out.graph.value_info.append(info)
+    for value in out.graph.output:
+        if value.name in by_name:
+            array = np.asarray(by_name[value.name])
+            dims = value.type.tensor_type.shape
+            dims.ClearField("dim")
+            for size in array.shape:
+                dims.dim.add().dim_value = size
+    return out
+
+
+__all__ = [
+    "parse_input_shapes",
+    "resolve_input_shapes",
+    "infer_static_shapes",
+    "static_shape_map",
+    "graph_inputs",
+    "with_static_inputs",
+]
