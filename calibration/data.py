@@ -229,8 +229,8 @@ def split_holdout(data: CalibrationSet, fraction: float = 0.1, seed: int = 0) ->
         raise CalibrationError(f"--holdout {fraction}: expected a fraction in [0, 1)")
     n = len(data)
     n_hold = int(round(fraction * n))
-    if fraction > 0 and n_hold == 0 and n >= 2:
-        n_hold = 1
+    if fraction > 0 and n_hold == 0:
+        n_hold = 1  # a requested holdout is never silently empty
     if n - n_hold < 1:
         raise CalibrationError(f"calibration data has {n} samples; too few to hold out {fraction:.0%}")
     if n_hold == 0:

@@ -6,7 +6,7 @@ A configuration file holds option values under the option's name, dashes or unde
 
     method = "lc"
     sparsity = 0.9
-    calib = "digits.npz"          # relative paths are relative to this file's folder
+    calib = "digits.npz"          # an existing file next to this one is found there
     input-shape = ["image=1x1x8x8"]
 
 Precedence, lowest to highest: the option's default < the configuration file < the command line.
@@ -61,20 +61,26 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _configurable(command: click.Command) -> dict[str, click.Parameter]:
-    return {
-        param.name: param
-        for param in command.params
-        if param.name and param.name != CONFIG_PARAM and param.expose_value
-    }
+    """Key -> parameter. A key is the option's long name with underscores (``--min-runs`` ->
+    ``min_runs``, ``--json`` -> ``json`` even when the function argument is ``as_json``), or
+    the argument's name."""
+    keys = {}
+    for param in command.params:
+        if not param.name or param.name == CONFIG_PARAM or not param.expose_value:
+            continue
+        longs = [opt for opt in param.opts if opt.startswith("--")]
+        key = longs[0][2:].replace("-", "_") if longs else param.name
+        keys[key] = param
+    return keys
 
 
 def apply_config_defaults(
     ctx: click.Context, config: dict[str, Any], base_dir: str | os.PathLike | None = None
 ) -> dict[str, Any]:
     """Validates ``config`` against ``ctx.command``'s parameters and installs it as the context's
-    ``default_map``, below the command line and above the options' defaults. Relative paths for
-    ``click.Path`` options are taken relative to ``base_dir`` (the file's folder). Returns the
-    normalized mapping (parameter name -> value)."""
+    ``default_map``, below the command line and above the options' defaults. A relative path
+    for a ``click.Path`` option that exists relative to ``base_dir`` (the file's folder) is
+    taken from there. Returns the normalized mapping (parameter name -> value)."""
     params = _configurable(ctx.command)
     normalized: dict[str, Any] = {}
     for key, value in config.items():
@@ -84,7 +90,8 @@ def apply_config_defaults(
             raise ConfigError(f"unknown key {key!r} in the configuration (valid keys: {valid})")
         if isinstance(value, dict):
             raise ConfigError(f"key {key!r}: tables are not options; write {key} = <value>")
-        normalized[name] = _normalize(params[name], value, base_dir)
+        param = params[name]
+        normalized[param.name] = _normalize(param, value, base_dir)
     ctx.default_map = {**(ctx.default_map or {}), **normalized}
     return normalized
 
@@ -93,6 +100,9 @@ def _normalize(param: click.Parameter, value: Any, base_dir: str | os.PathLike |
     multiple = getattr(param, "multiple", False) or param.nargs == -1
     if multiple and not isinstance(value, list):
         value = [value]  # `input-shape = "x=1x3"` means one occurrence, not one per character
+    elif not multiple and param.nargs == 1 and isinstance(value, list):
+        # options such as --batch 1,8,32 take comma lists; TOML's natural form is an array
+        value = ",".join(str(v) for v in value)
     if base_dir is not None and isinstance(param.type, click.Path):
         if isinstance(value, list):
             return [_rebase(v, base_dir) for v in value]
@@ -101,7 +111,9 @@ def _normalize(param: click.Parameter, value: Any, base_dir: str | os.PathLike |
 
 
 def _rebase(value: Any, base_dir: str | os.PathLike) -> Any:
-    if isinstance(value, str) and value and not os.path.isabs(value) and value != "-":
+    """An existing file or folder named relative to the config file is found there; any other
+    value (an output path, a keyword such as ``synthetic``) stays as written."""
+    if isinstance(value, str) and value and not os.path.isabs(value) and (Path(base_dir) / value).exists():
         return str(Path(base_dir) / value)
     return value
 
@@ -127,16 +139,21 @@ def config_option(func=None):
 
 
 def effective_config(ctx: click.Context) -> dict[str, Any]:
-    """Every option's final value as plain JSON/TOML types (the ``--config`` path excluded)."""
-    return {name: _plain(ctx.params[name]) for name in _configurable(ctx.command) if name in ctx.params}
+    """Every option's final value by key, as plain JSON/TOML types (``--config`` excluded)."""
+    return {
+        key: _plain(ctx.params[param.name])
+        for key, param in _configurable(ctx.command).items()
+        if param.name in ctx.params
+    }
 
 
 def parameter_sources(ctx: click.Context) -> dict[str, str]:
-    """Where each option's value came from: "default", "config" or "command line"."""
+    """Where each option's value came from ("default", "config", "command line"), keyed by
+    parameter name as in ``ctx.params`` (``as_json``), not by configuration key (``json``)."""
     sources = {}
-    for name in _configurable(ctx.command):
-        source = ctx.get_parameter_source(name)
-        sources[name] = _SOURCE_NAMES.get(source, str(source)) if source is not None else "default"
+    for param in _configurable(ctx.command).values():
+        source = ctx.get_parameter_source(param.name)
+        sources[param.name] = _SOURCE_NAMES.get(source, str(source)) if source is not None else "default"
     return sources
 
 

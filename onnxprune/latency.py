@@ -30,7 +30,9 @@ device, so the figures are the model's compute, not host-device copies.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import functools
 import io
 import logging
 import os
@@ -82,6 +84,7 @@ class LatencyStats:
         return dataclasses.asdict(self)
 
 
+@functools.lru_cache(maxsize=1)
 def cuda_status() -> tuple[bool, str]:
     """(usable, reason): whether a CUDA device and onnxruntime's CUDA provider can be used.
 
@@ -105,6 +108,16 @@ def cuda_status() -> tuple[bool, str]:
         if chatter.getvalue().strip():
             log.debug("onnxruntime.preload_dlls: %s", chatter.getvalue().strip())
     return True, f"CUDA device {torch.cuda.get_device_name(0)}"
+
+
+def provider_status(provider: str, threads: int | None = None) -> tuple[bool, str]:
+    """(usable, reason) for ``provider``, found by running a one-node model on it: a provider
+    can be compiled in and still fail to load its libraries (CUDA, cuDNN, TensorRT)."""
+    try:
+        _warm_runtime(provider, resolve_threads(threads))
+    except ProviderUnavailableError as exc:
+        return False, str(exc).split(": ", 1)[-1]
+    return True, provider
 
 
 def create_session(model: onnx.ModelProto | bytes, provider: str = "cpu", threads: int | None = None):
@@ -151,7 +164,7 @@ def batch_feeds(feeds: Mapping[str, np.ndarray], batch: int) -> dict[str, np.nda
     for name, array in feeds.items():
         array = np.asarray(array)
         if array.ndim == 0 or array.shape[0] == batch:
-            out[name] = np.ascontiguousarray(array)
+            out[name] = array if array.flags.c_contiguous else array.copy(order="C")
             continue
         if array.shape[0] == 0:
             raise OnnxPruneError(f"input {name!r} has no rows to make a batch of {batch}")
@@ -173,7 +186,9 @@ class _Runner:
 
         binding = session.io_binding()
         # keep the device copies alive as long as the binding refers to them
-        self._device_inputs = {n: ort.OrtValue.ortvalue_from_numpy(a, "cuda", 0) for n, a in feeds.items()}
+        self._device_inputs = {
+            name: ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0) for name, array in feeds.items()
+        }
         for name, value in self._device_inputs.items():
             binding.bind_ortvalue_input(name, value)
         for output in session.get_outputs():
@@ -193,7 +208,15 @@ def _rss_peak_bytes() -> int | None:
 
 
 def _reset_rss_peak() -> bool:
-    """Resets VmHWM to the current RSS (Linux >= 4.0); False where that is not possible."""
+    """Resets VmHWM to the current RSS (Linux >= 4.0); False where that is not possible.
+
+    Free heap pages are first handed back to the OS (glibc ``malloc_trim``): otherwise a new
+    session may reuse memory that earlier work freed but the process still holds, and its
+    growth would not show in the RSS."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the figure may undercount a little
+        pass
     try:
         with open("/proc/self/clear_refs", "w") as refs:
             refs.write("5")
@@ -209,8 +232,34 @@ def _device_free_bytes() -> int:
     return torch.cuda.mem_get_info(0)[0]
 
 
+_WARMED: set[tuple[str, int]] = set()
+
+
+_WARM_MODEL = """
+<ir_version: 8, opset_import: ["" : 17]>
+warm (float[1,1,4,4] x) => (float[1,1,4,4] y)
+<float[1,1,1,1] w = {1.0}, float[4,4] m = {1,0,0,0, 0,1,0,0, 0,0,1,0, 0,0,0,1}> {
+  c = Conv(x, w)
+  r = Relu(c)
+  y = MatMul(r, m)
+}
+"""
+
+
+def _warm_runtime(provider: str, threads: int) -> None:
+    """Runs a tiny Conv-Relu-MatMul model once, so onnxruntime's one-time setup (environment,
+    kernel registries, provider libraries, cuDNN and cuBLAS on a GPU) is not counted in the
+    first measured model's memory."""
+    if (provider, threads) in _WARMED:
+        return
+    tiny = onnx.parser.parse_model(_WARM_MODEL)
+    _Runner(create_session(tiny, provider, threads), {"x": np.zeros((1, 1, 4, 4), np.float32)}, provider).run()
+    _WARMED.add((provider, threads))
+
+
 def _create_measured(data: bytes, feeds, provider: str, threads: int, memory_runs: int):
     """Creates a session and runs it ``memory_runs`` times; returns (runner, peak bytes, kind)."""
+    _warm_runtime(provider, threads)
     if provider == "cpu":
         if _reset_rss_peak():
             base = _rss_peak_bytes()
@@ -276,21 +325,18 @@ def measure_latency(
 
     runners, memory = [], []
     for model, model_feeds in zip(models, per_model):
-        data = _model_bytes(model)
-        runner, peak, kind = _create_measured(data, batch_feeds(model_feeds, batch), provider, n_threads, memory_runs)
+        data, batched = _model_bytes(model), batch_feeds(model_feeds, batch)
+        runner, peak, kind = _create_measured(data, batched, provider, n_threads, memory_runs)
         runners.append(runner)
         memory.append((peak, kind))
 
-    # warm-up: first calls allocate arenas and pick kernels; also estimates each model's cost
-    blocks = []
+    # warm-up: first calls allocate arenas and pick kernels; their times are not kept
     for runner in runners:
-        start = time.perf_counter()
-        for _ in range(max(warmup, 1)):
+        for _ in range(warmup):
             runner.run()
-        per_call = (time.perf_counter() - start) / max(warmup, 1)
-        blocks.append(max(1, min(int(block_seconds / max(per_call, 1e-9)), 1000)))
 
     times: list[list[int]] = [[] for _ in runners]
+    blocks = [1] * len(runners)  # the first round measures one call each to size the blocks
     deadline = time.perf_counter() + seconds
     round_index = 0
     while time.perf_counter() < deadline or min(len(t) for t in times) < min_runs:
@@ -301,6 +347,10 @@ def measure_latency(
                 start = time.perf_counter_ns()
                 run()
                 out.append(time.perf_counter_ns() - start)
+            # about block_seconds per model and round, from the median so far (robust to the
+            # odd call that was preempted)
+            typical = float(np.median(out[-256:])) / 1e9
+            blocks[i] = max(1, min(int(block_seconds / max(typical, 1e-9)), 1000))
         round_index += 1
 
     return [
@@ -331,8 +381,9 @@ def _stats(name, provider, batch, threads, ms: np.ndarray, peak, kind) -> Latenc
     )
 
 
-
-def random_feeds(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], seed: int = 0) -> dict[str, np.ndarray]:
+def random_feeds(
+    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], seed: int = 0
+) -> dict[str, np.ndarray]:
     """Random inputs of the given static shapes: standard normal for floats, zeros for integers
     and booleans (indices and masks must stay in range; their values rarely change the cost)."""
     rng = np.random.default_rng(seed)

@@ -86,7 +86,7 @@ def save_model_atomic(
                 save_as_external_data=True,
                 all_tensors_to_one_file=True,
                 location=data_name,
-                size_threshold=1024,
+                size_threshold=0,
             )
             os.replace(tmp_dir / data_name, parent / data_name)
         else:

@@ -9,7 +9,7 @@ Decisions that hold for every method:
 * BatchNorm is frozen: its running statistics stay those of the original model (BN modules are
   in eval mode, everything else in train mode; gamma and beta still train). Small calibration
   sets give noisy batch statistics, and the teacher's outputs were produced with the stored
-  statistics, so distillation matches them best (benchmarks/magnitude_table.py --bn-train
+  statistics, so distillation matches them best (``benchmarks/magnitude_table.py --bn-train``
   measures the alternative).
 * Under ``torchrun`` (``WORLD_SIZE`` > 1) the model runs in DistributedDataParallel (gloo on CPU,
   nccl on CUDA); each process takes a disjoint shard of every epoch's permutation, so
@@ -52,6 +52,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     quiet: bool = False
+    freeze_bn: bool = True  # see the module docstring; False only to measure the alternative
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +150,7 @@ def train(
     )
     method.setup(ctx)
     model.to(replica.device)  # setup may have added parameters
-    _set_train_mode(model)
+    _set_train_mode(model, config.freeze_bn)
     net = model
     if replica.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
@@ -221,10 +222,10 @@ def _optimizer(config: TrainConfig, model: torch.nn.Module, extra_groups: list[d
     raise OnnxPruneError(f"--optimizer {config.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
 
 
-def _set_train_mode(model: torch.nn.Module) -> None:
+def _set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
     model.train()
     for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+        if freeze_bn and isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.eval()  # frozen statistics, see the module docstring
 
 
@@ -263,6 +264,10 @@ def _fmt(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
 
 
+# metric -> label in the progress bar (the run report keeps every metric under its full name)
+_SHOWN = {"loss": "loss", "top1_agreement": "agree", "accuracy": "acc", "sparsity": "sparsity"}
+
+
 class _Progress:
     """A rich progress bar with ETA and the running metrics; silent when disabled."""
 
@@ -274,7 +279,7 @@ class _Progress:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
                                      TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
                                      console=Console(stderr=True))
             self.progress.start()
@@ -283,7 +288,7 @@ class _Progress:
 
     def advance(self, epoch: int, epochs: int, metrics: dict[str, float], steps: int = 1) -> None:
         if self.progress is not None:
-            shown = {k: v for k, v in metrics.items() if k in ("loss", "top1_agreement", "accuracy", "sparsity")}
+            shown = {short: metrics[k] for k, short in _SHOWN.items() if k in metrics}
             self.progress.update(self.task, advance=steps, description=f"epoch {epoch + 1}/{epochs}",
                                  metrics=_fmt(shown))
 

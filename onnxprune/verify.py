@@ -46,7 +46,9 @@ def run_onnxruntime(
             return session.run(None, dict(feeds))
         with tempfile.TemporaryDirectory(prefix="onnxprune-ort-") as tmp:
             path = Path(tmp) / "model.onnx"
-            onnx.save_model(model_or_path, path, save_as_external_data=True, location="model.onnx.data")
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model_or_path)  # saving with external data rewrites the proto it is given
+            onnx.save_model(copy, path, save_as_external_data=True, location="model.onnx.data")
             session = ort.InferenceSession(str(path), options, providers=providers)
             return session.run(None, dict(feeds))
     session = ort.InferenceSession(str(model_or_path), options, providers=providers)

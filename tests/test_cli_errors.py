@@ -78,7 +78,8 @@ def test_out_equal_to_input_is_refused(tiny_conv_path):
     before = tiny_conv_path.read_bytes()
     calib = SAMPLE_MODELS / "digits_train.npz"
     result = run_cli(
-        str(tiny_conv_path), "--method", "magnitude", "--calib", str(calib), "--out", str(tiny_conv_path)
+        str(tiny_conv_path), "--method", "magnitude", "--sparsity", "0.5", "--calib", str(calib),
+        "--out", str(tiny_conv_path),
     )
     assert_one_line_error(result, "input")
     assert tiny_conv_path.read_bytes() == before

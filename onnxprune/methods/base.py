@@ -14,6 +14,20 @@ A method only reacts to hooks; it never writes its own loop. The hooks, in order
         end_epoch(ctx)               may set ctx.stop = True
     finalize(ctx) -> PruningPlan     leaves ctx.model holding the final (masked) weights
 
+What the loop (onnxprune.training) guarantees to a method:
+
+- ``setup`` runs after the model is on ``ctx.device`` and before the optimizer and the DDP wrapper
+  exist: parameters a method adds to the model there are trained (and averaged across processes).
+- Parameters returned by ``param_groups`` are optimized only in those groups (the weights' group
+  leaves them out); their gradients are averaged across processes by the loop even when they are
+  not part of the model.
+- During steps the model is in train mode except BatchNorm (frozen statistics); ``ctx.evaluate``
+  runs in eval mode under ``no_grad`` and restores the modes. After training: eval mode.
+- ``ctx.step`` counts optimizer steps from 0 (read it in ``before_step`` as the step about to run);
+  ``ctx.metrics`` is shown in the progress bar and copied into ``ctx.history`` after ``end_epoch``
+  (with ``loss`` and the holdout metrics); ``ctx.stop`` ends training after the current epoch.
+- Every process runs every hook with the same seed, so random choices in hooks agree across ranks.
+
 Weights are addressed by ONNX initializer name everywhere (``ctx.weights``); the plan a method
 returns is keyed by ONNX names too, so the passes never see torch.
 """
@@ -47,6 +61,14 @@ class TrainContext:
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)
     evaluate: Any = None  # callable() -> dict(fidelity=..., accuracy=...) on the holdout
     is_main_process: bool = True
+
+
+# Options several methods read: declaring them by these objects makes the prune command's merge
+# (which requires identical opts, type, default and flags) hold by construction.
+SPARSITY_OPTION = click.Option(
+    ["--sparsity"], type=float, default=None,
+    help="Target fraction of weights (or channels) removed.",
+)
 
 
 class PruningMethod:

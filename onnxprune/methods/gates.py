@@ -1,7 +1,7 @@
 """Gating machinery shared by the structured methods (Lagrangian, Bernoulli).
 
 A channel group's *gate tensors* are initializer slices ``W[..., start:stop, ...]`` (ONNX name,
-axis) whose joint scaling by a vector ``g`` scales the group's channel outputs by ``g`` (BN
+axis, ``block`` elements per channel) whose joint scaling by a vector ``g`` scales the group's channel outputs by ``g`` (BN
 gamma and beta, or a conv/gemm weight's output rows and bias). A residual branch's gate tensors
 scale the whole branch output, so the branch gate is one scalar broadcast over the slice.
 
@@ -57,6 +57,7 @@ class GateSite:
     axis: int  # torch layout
     start: int
     stop: int
+    block: int = 1  # elements per channel along the axis (a Flatten spreads a channel over H*W)
 
 
 class _AxisScale(torch.nn.Module):
@@ -71,7 +72,8 @@ class _AxisScale(torch.nn.Module):
         if gate is None:
             return weight
         s = self.site
-        gate = gate.to(weight.dtype).reshape(-1).expand(s.stop - s.start)
+        gate = gate.to(weight.dtype).reshape(-1)
+        gate = gate.expand(s.stop - s.start) if gate.numel() == 1 else gate.repeat_interleave(s.block)
         parts = [gate]
         if s.start > 0:
             parts.insert(0, gate.new_ones(s.start))
@@ -94,7 +96,7 @@ def sites_from_onnx(imported, key: str, tensor_axes: Iterable) -> list[GateSite]
         axis = ta.axis
         if ref.transpose:
             axis = 1 - axis
-        sites.append(GateSite(key, ref.module_path, ref.attr, axis, ta.start, ta.stop))
+        sites.append(GateSite(key, ref.module_path, ref.attr, axis, ta.start, ta.stop, getattr(ta, "block", 1)))
     return sites
 
 
@@ -125,3 +127,61 @@ def original(model: torch.nn.Module, module_path: str, attr: str) -> torch.Tenso
     if parametrize.is_parametrized(module, attr):
         return module.parametrizations[attr].original
     return getattr(module, attr)
+
+
+class Structure:
+    """What a structured method needs from the analysis: prunable groups and residual branches
+    with their gate sites, and the resource over them (:class:`resource.Resource`)."""
+
+    def __init__(self, groups: dict[str, int], group_sites: dict[str, list[GateSite]],
+                 branches: dict[str, list[GateSite]], resource) -> None:
+        self.groups, self.group_sites, self.branches, self.resource = groups, group_sites, branches, resource
+
+    @classmethod
+    def from_context(cls, ctx, with_branches: bool = False) -> "Structure":
+        from onnxprune.methods.resource import terms_from_analysis, Resource
+
+        analysis, imported = ctx.analysis, ctx.imported
+        if analysis is None:
+            raise ValueError("structured methods need the channel-group analysis (ctx.analysis)")
+        groups, sites = {}, {}
+        for group in analysis.groups:
+            tensors = [ta for ta in group.gate_tensors if ta.name in imported.params]
+            if group.prunable and group.size > 1 and tensors:
+                groups[group.id] = group.size
+                sites[group.id] = sites_from_onnx(imported, group.id, tensors)
+        branches = {}
+        if with_branches:
+            for branch in analysis.residual_branches:
+                tensors = [ta for ta in branch.gate_tensors if ta.name in imported.params]
+                if tensors:
+                    branches[branch.id] = sites_from_onnx(imported, branch.id, tensors)
+        terms = terms_from_analysis(analysis, imported.onnx_model, branches)
+        return cls(groups, sites, branches, Resource(terms, groups, list(branches)))
+
+    def install(self, model: torch.nn.Module, bank: GateBank) -> None:
+        install(model, bank, [s for sites in self.group_sites.values() for s in sites])
+        install(model, bank, [s for sites in self.branches.values() for s in sites])
+
+    def bake(self, model: torch.nn.Module) -> None:
+        bake(model)
+
+    def plan(self, masks: dict[str, torch.Tensor], dropped_branches=(), meta: dict | None = None):
+        from onnxprune.passes.plan import PruningPlan
+
+        kept = {gid: tuple(int(i) for i in torch.nonzero(m).flatten()) for gid, m in masks.items()
+                if not bool(m.all())}
+        return PruningPlan(kept=kept, dropped_branches=tuple(dropped_branches), meta=meta or {})
+
+    @staticmethod
+    def average_grads(params) -> None:
+        """Gate parameters live outside the model, so DDP does not average their gradients."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+            return
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()

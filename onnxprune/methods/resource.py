@@ -1,79 +1,125 @@
 """Differentiable MAC (and parameter) resource of a gated network.
 
-Every MAC-bearing node contributes ``macs_t`` at full width. With ``f_G = sum(g_G) / |G|`` the
-(expected) kept fraction of channel group ``G`` and ``b_B`` the keep value of residual branch
-``B``, the resource is the multilinear function
+Every MAC-bearing node t contributes ``macs_t`` at full width. Its input and output channel
+axes are made of pieces of channel groups (a Concat input has several; a Flatten spreads each
+channel over ``block`` features). With gates ``g`` (1 = kept) the kept fraction of a side is
 
-    R(g, b) = c + sum_t macs_t * f_in(t) * f_out(t) * prod_{B contains t} b_B
+    f(t) = sum_{pieces (G, a:b, block)} block * sum_{c in a:b} g_{G,c} / C(t)
 
-(a depthwise node has one factor, ``f_out``: its input and output channels are the same group;
-a side that is not a prunable group contributes 1). It is bilinear in neighbouring layers' gates,
-so ``dR/dg`` charges a channel for the MACs it enables on both sides. With Bernoulli gates
-(independent ``xi ~ Bern(theta)``) the same formula evaluated at ``theta`` is the exact expected
-cost. Parameters use the same form with ``params_t`` instead of ``macs_t``.
+(a group we do not gate counts as kept; a side with no pieces is not pruned: f = 1), and with
+``b_B`` the keep value of residual branch B the resource is the multilinear function
+
+    R(g, b) = sum_t macs_t * f_in(t) * f_out(t) * prod_{B contains t} b_B
+
+(a depthwise node has only ``f_out``: its input and output channels are the same). R is bilinear
+in neighbouring layers' gates, so ``dR/dg`` charges a channel for the MACs it enables on both
+sides. With independent Bernoulli gates ``xi ~ Bern(theta)``, R evaluated at ``theta`` is the
+exact expected cost (in and out are different groups, so the expectation factorizes).
+Parameters use the same form with ``params_t`` (the node's initializer elements).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from typing import Mapping, Sequence
 
+import click
 import torch
+
+# shared with every method that takes a MAC budget or writes a trail (declared identically)
+TARGET_MACS_OPTION = click.Option(["--target-macs"], type=str, default=None, help="fraction (0.5) or count (1.2G)")
+TRAIL_OPTION = click.Option(["--trail"], type=click.Path(file_okay=False), default=None)
+GATE_LR_OPTION = click.Option(["--gate-lr"], type=click.FloatRange(0, min_open=True), default=None,
+                              help="structured methods: learning rate of the gate parameters' own Adam "
+                                   "optimizer [lagrangian 0.05, bernoulli 0.05].")
+_SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+
+
+Piece = tuple[str, int, int, int]  # (group id, first channel, stop channel, elements per channel)
 
 
 @dataclasses.dataclass(frozen=True)
 class Term:
-    """One MAC-bearing node (or a fixed cost when both groups are None and no branch)."""
+    """One MAC-bearing node: its input/output channel axes as pieces of groups (empty: not
+    pruned on that side), and the residual branches that contain it."""
 
     macs: float
     params: float = 0.0
-    in_group: str | None = None
-    out_group: str | None = None
+    inputs: tuple[Piece, ...] = ()
+    outputs: tuple[Piece, ...] = ()
     depthwise: bool = False
     branches: tuple[str, ...] = ()
 
 
+class _Side:
+    """``f_t = const_t + sum_c w_tc * g_c``: a side's kept fraction per term, linear in the gates."""
+
+    def __init__(self, pieces_per_term: Sequence[tuple[Piece, ...]], offsets: Mapping[str, int]) -> None:
+        rows, cols, weights, const = [], [], [], []
+        for t, pieces in enumerate(pieces_per_term):
+            total = sum(block * (stop - start) for _, start, stop, block in pieces)
+            fixed = 0.0 if pieces else 1.0
+            for group, start, stop, block in pieces:
+                if group in offsets:
+                    rows += [t] * (stop - start)
+                    cols += range(offsets[group] + start, offsets[group] + stop)
+                    weights += [block / total] * (stop - start)
+                else:  # a group we do not gate keeps all its channels
+                    fixed += block * (stop - start) / total
+            const.append(fixed)
+        self.rows = torch.tensor(rows, dtype=torch.long)
+        self.cols = torch.tensor(cols, dtype=torch.long)
+        self.weights = torch.tensor(weights, dtype=torch.float64)
+        self.const = torch.tensor(const, dtype=torch.float64)
+
+    def __call__(self, gvec: torch.Tensor) -> torch.Tensor:
+        return self.const.index_add(0, self.rows, gvec[self.cols] * self.weights)
+
+
 class Resource:
-    """``R(fractions, branch_keep)`` vectorized over terms; groups and branches by id."""
+    """``R(gates, branch_keep)`` vectorized over terms; gated groups and branches by id."""
 
     def __init__(self, terms: Sequence[Term], groups: Mapping[str, int], branches: Sequence[str] = ()):
         self.group_ids = list(groups)
-        self.group_sizes = torch.tensor([float(groups[g]) for g in self.group_ids])
+        self.sizes = dict(groups)
+        offsets, total = {}, 0
+        for g in self.group_ids:
+            offsets[g], total = total, total + groups[g]
         self.branch_ids = list(branches)
-        gidx = {g: i for i, g in enumerate(self.group_ids)}
         bidx = {b: i for i, b in enumerate(self.branch_ids)}
-        one_g, one_b = len(self.group_ids), len(self.branch_ids)  # index of the constant 1
+        one_b = len(self.branch_ids)  # index of the constant 1
         depth = max([len(t.branches) for t in terms] + [1])
-        ins, outs, brs = [], [], []
+        brs = []
         for t in terms:
-            outs.append(gidx.get(t.out_group, one_g) if t.out_group is not None else one_g)
-            ins.append(one_g if t.depthwise or t.in_group is None else gidx.get(t.in_group, one_g))
             row = [bidx.get(b, one_b) for b in t.branches]
             brs.append(row + [one_b] * (depth - len(row)))
-        self.ins, self.outs = torch.tensor(ins, dtype=torch.long), torch.tensor(outs, dtype=torch.long)
+        self.ins = _Side([() if t.depthwise else t.inputs for t in terms], offsets)
+        self.outs = _Side([t.outputs for t in terms], offsets)
         self.brs = torch.tensor(brs, dtype=torch.long).reshape(len(terms), depth)
         self.macs = torch.tensor([float(t.macs) for t in terms], dtype=torch.float64)
         self.params = torch.tensor([float(t.params) for t in terms], dtype=torch.float64)
         self.total_macs = float(self.macs.sum())
         self.total_params = float(self.params.sum())
 
-    def fractions(self, gates: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Kept fraction per group (missing groups keep everything), with the constant 1 appended."""
-        parts = []
-        for gid, size in zip(self.group_ids, self.group_sizes):
+    def _gvec(self, gates: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        parts = [torch.ones(0, dtype=torch.float64)]
+        for gid in self.group_ids:
             g = gates.get(gid)
-            parts.append(torch.ones((), dtype=torch.float64) if g is None else g.to(torch.float64).sum() / size)
-        parts.append(torch.ones((), dtype=torch.float64))
-        return torch.stack(parts)
+            parts.append(torch.ones(self.sizes[gid], dtype=torch.float64) if g is None
+                         else g.to(torch.float64).reshape(-1).cpu())
+        return torch.cat(parts)
 
     def _keep(self, branch_keep: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
-        parts = [torch.as_tensor((branch_keep or {}).get(b, 1.0), dtype=torch.float64).reshape(()) for b in self.branch_ids]
+        keep = branch_keep or {}
+        parts = [torch.as_tensor(keep.get(b, 1.0)).to(torch.float64).reshape(()).cpu() for b in self.branch_ids]
         return torch.stack(parts + [torch.ones((), dtype=torch.float64)])
 
-    def __call__(self, gates: Mapping[str, torch.Tensor], branch_keep: Mapping[str, torch.Tensor] | None = None, *, weights: str = "macs") -> torch.Tensor:
-        f = self.fractions(gates)
-        b = self._keep(branch_keep)
-        per_term = f[self.ins] * f[self.outs] * b[self.brs].prod(dim=1)
+    def __call__(self, gates: Mapping[str, torch.Tensor], branch_keep: Mapping[str, torch.Tensor] | None = None,
+                 *, weights: str = "macs") -> torch.Tensor:
+        gvec = self._gvec(gates)
+        per_term = self.ins(gvec) * self.outs(gvec) * self._keep(branch_keep)[self.brs].prod(dim=1)
         cost = self.macs if weights == "macs" else self.params
         return (cost * per_term).sum()
 
@@ -82,3 +128,70 @@ class Resource:
         keep = {b: torch.tensor(0.0) for b in dropped_branches}
         with torch.no_grad():
             return float(self({k: v.float() for k, v in masks.items()}, keep, weights=weights))
+
+
+def parse_target(text: str | float | None, total: float, default: float | None = None) -> float:
+    """``--target-macs``: a fraction of ``total`` (``0.5``) or an absolute count (``1.2G``, ``3e6``)."""
+    if text is None:
+        if default is None:
+            raise click.BadParameter("a MAC target is required", param_hint="--target-macs")
+        text = default
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgGtT]?)\s*", str(text))
+    if match is None:
+        raise click.BadParameter(f"{text!r}: expected a fraction like 0.5 or a count like 1.2G", param_hint="--target-macs")
+    value = float(match.group(1)) * _SUFFIX[match.group(2).upper()]
+    if value < 1.0 and not match.group(2):
+        value *= total  # a fraction of the original MACs
+    if not 0 < value < total:
+        raise click.BadParameter(f"{text!r} is {value:.4g} MACs; the model has {total:.4g}", param_hint="--target-macs")
+    return value
+
+
+def select_to_budget(scores: Mapping[str, torch.Tensor], resource: Resource, target: float,
+                     dropped_branches: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+    """Keep channels in descending score order until the MACs meet ``target``.
+
+    Channels are dropped in ascending score order (one global ranking across groups, each
+    group keeping at least its best channel); the MACs fall monotonically along that order,
+    so a binary search finds the shortest prefix to drop with ``R <= target``.
+    """
+    order = []  # (score, group, index) of droppable channels
+    for gid, s in scores.items():
+        best = int(torch.argmax(s))
+        order += [(float(v), gid, i) for i, v in enumerate(s.tolist()) if i != best]
+    order.sort(key=lambda x: x[0])
+
+    def masks_after(k: int) -> dict[str, torch.Tensor]:
+        masks = {gid: torch.ones(len(s), dtype=torch.bool) for gid, s in scores.items()}
+        for _, gid, i in order[:k]:
+            masks[gid][i] = False
+        return masks
+
+    lo, hi = 0, len(order)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if resource.hard(masks_after(mid), dropped_branches) <= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return masks_after(lo)
+
+
+def terms_from_analysis(analysis, model, branches: Mapping[str, object] = ()) -> list[Term]:
+    """Terms from ``GroupAnalysis.mac_terms``; params from the node's initializers; branch
+    membership (for the residual-branch factor) from ``ResidualBranch.nodes``."""
+    sizes = {init.name: math.prod(init.dims) for init in model.graph.initializer}
+    nodes = {node.name: node for node in model.graph.node}
+    member: dict[str, list[str]] = {}
+    for branch in analysis.residual_branches:
+        if branch.id in branches:
+            for name in branch.nodes:
+                member.setdefault(name, []).append(branch.id)
+    pieces = lambda ps: tuple((p.group, p.start, p.stop, p.block) for p in ps)  # noqa: E731
+    terms = []
+    for t in analysis.mac_terms:
+        node = nodes.get(t.node)
+        params = sum(sizes.get(i, 0) for i in node.input) if node is not None else 0
+        terms.append(Term(float(t.macs), float(params), pieces(t.inputs), pieces(t.outputs), bool(t.depthwise),
+                          tuple(member.get(t.node, ()))))
+    return terms

@@ -1,1 +1,3 @@
-"""Package."""
+"""Per-op channel rules, one module per op family; importing this package registers them all."""
+
+from onnxprune.passes.rules import concat_split, conv, elementwise, linear, norm, shape_ops, spatial  # noqa: F401

@@ -1,0 +1,97 @@
+"""Shared by the structured benchmarks: one prune run with the method object kept for inspection.
+
+The steps are the pipeline's (``onnxprune.pipeline``): calibration, teacher outputs by
+onnxruntime, import, group analysis, the shared training loop under the method, write-back,
+plan application, then the checker and onnxruntime against the trained torch model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from onnxprune.calibration import TaskLoss, fidelity, load_calibration, output_kinds, split_holdout, teacher_outputs
+from onnxprune.importer import import_model
+from onnxprune.macs import count_macs
+from onnxprune.passes import apply_plan
+from onnxprune.passes.groups import analyze
+from onnxprune.verify import assert_close, run_onnxruntime
+from onnxprune.training import TrainConfig, TrainData, prunable_weights, train
+from onnxprune.writeback import write_back
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass
+class Setup:
+    original: onnx.ModelProto
+    shapes: dict[str, tuple[int, ...]]
+    train_set: Any
+    test_set: Any
+    teacher_train: list[np.ndarray]
+    teacher_test: list[np.ndarray]
+    kinds: list[str]
+
+
+def prepare(model: str | Path | onnx.ModelProto, calib: str, shapes: dict[str, tuple[int, ...]],
+            test: str | None = None, holdout: float = 0.1, seed: int = 0) -> Setup:
+    """Calibration (and a separate test set when given) with the original model's outputs."""
+    original = onnx.load(str(model)) if not isinstance(model, onnx.ModelProto) else model
+    data = load_calibration(calib, original, shapes, seed=seed)
+    if test is None:
+        train_set, test_set = split_holdout(data, holdout, seed)
+    else:
+        train_set, test_set = data, load_calibration(test, original, shapes, seed=seed)
+    t_train, t_test = teacher_outputs(original, train_set), teacher_outputs(original, test_set)
+    return Setup(original, shapes, train_set, test_set, t_train, t_test, output_kinds(t_train))
+
+
+def prune(setup: Setup, method, config: TrainConfig, verify_result: bool = True) -> dict[str, Any]:
+    """Train ``method`` (an instance) and apply its plan; returns figures and the objects."""
+    started = time.perf_counter()
+    imported = import_model(setup.original, setup.shapes)
+    analysis = None if set(method.granularities) <= {"weight"} else analyze(imported.onnx_model, setup.shapes)
+    labels = setup.train_set.labels
+    loss_fn = TaskLoss(setup.kinds, None, labels is not None)
+    to_t = lambda arrays: [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]  # noqa: E731
+    data = TrainData(to_t(setup.train_set.inputs.values()), to_t(setup.teacher_train),
+                     None if labels is None else torch.from_numpy(labels))
+
+    def evaluate() -> dict[str, float]:
+        student = torch_outputs(imported.module, setup.test_set.inputs)
+        return fidelity(student, setup.teacher_test, setup.kinds, setup.test_set.labels)
+
+    ctx = train(method, imported.module, prunable_weights(imported), data, loss_fn, config,
+                imported=imported, analysis=analysis, evaluate=evaluate)
+    plan = method.finalize(ctx)
+    imported.module.eval()
+    pruned = apply_plan(write_back(imported), plan, setup.shapes)
+    ort_out = run_onnxruntime(pruned, setup.test_set.inputs)
+    if verify_result:  # the checker, and onnxruntime on the pruned graph = the trained torch model
+        onnx.checker.check_model(pruned, full_check=True)
+        assert_close(torch_outputs(imported.module, setup.test_set.inputs), ort_out)
+    scores = fidelity(ort_out, setup.teacher_test, setup.kinds, setup.test_set.labels)
+    before, after = count_macs(setup.original, setup.shapes), count_macs(pruned, setup.shapes)
+    return {"method": method, "ctx": ctx, "plan": plan, "pruned": pruned, "imported": imported,
+            "accuracy": scores.get("accuracy"), "agreement": scores.get("top1_agreement"),
+            "macs": after.total_macs, "macs_frac": after.total_macs / before.total_macs,
+            "params": after.total_params, "params_frac": after.total_params / before.total_params,
+            "seconds": time.perf_counter() - started}
+
+
+def torch_outputs(module: torch.nn.Module, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    with torch.no_grad():
+        out = module(*[torch.from_numpy(np.ascontiguousarray(x)) for x in inputs.values()])
+    return [o.numpy() for o in (out if isinstance(out, (tuple, list)) else (out,))]
+
+
+def threads(n: int = 1) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    torch.set_num_threads(n)

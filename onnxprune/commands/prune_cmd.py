@@ -1,0 +1,97 @@
+"""``onnxprune IN.onnx --method M --calib data.npz --out OUT.onnx``: the prune run.
+
+The command only parses options; :mod:`onnxprune.pipeline` does the work. The ``--method``
+choices and each method's own options come from the method registry: every method's
+``options`` are merged into this command (an option several methods read must be declared
+identically), and an option belonging to another method than the chosen one is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from onnxprune.calibration.losses import LOSSES
+from onnxprune.config import config_option, effective_config, parameter_sources
+from onnxprune.methods.base import registry
+from onnxprune.training import DEVICES, OPTIMIZERS, TrainConfig
+
+
+def _method_options() -> tuple[list[click.Option], dict[str, set[str]]]:
+    """All methods' options, deduplicated, and which methods read each (by parameter name)."""
+    options: dict[str, click.Option] = {}
+    readers: dict[str, set[str]] = {}
+    for name, cls in sorted(registry().items()):
+        for option in cls.options:
+            seen = options.get(option.name)
+            if seen is not None and _signature(seen) != _signature(option):
+                raise ValueError(f"option --{option.name} is declared differently by method {name!r} "
+                                 f"and another method; share one declaration")
+            options.setdefault(option.name, option)
+            readers.setdefault(option.name, set()).add(name)
+    return list(options.values()), readers
+
+
+def _signature(option: click.Option) -> tuple:
+    return (tuple(option.opts), option.type.to_info_dict(), option.default, option.is_flag, option.multiple)
+
+
+METHOD_OPTIONS, OPTION_READERS = _method_options()
+
+
+@click.command("prune", context_settings={"show_default": True})
+@click.argument("model", metavar="IN.onnx", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--method", type=click.Choice(sorted(registry())), required=True, help="Pruning method.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output .onnx path.")
+@click.option("--calib", default=None, metavar="DATA",
+              help="Calibration data: .npz keyed by input name (optional 'labels'), .npy, a directory "
+                   "of them, or 'synthetic' (random inputs, smoke tests only). Required.")
+@click.option("--labels", default=None, type=click.Path(dir_okay=False), help="Integer labels .npy [N].")
+@click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=DxDxD",
+              help="Static shape for an input with dynamic dims (repeatable), e.g. image=1x3x224x224.")
+@click.option("--holdout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.1,
+              help="Fraction of the calibration data held out for evaluation (never trained on).")
+@click.option("--loss", type=click.Choice(LOSSES), default=None,
+              help="Task loss [default: kd+ce with labels, else kd].")
+@click.option("--temperature", type=click.FloatRange(0.0, min_open=True), default=2.0,
+              help="Distillation temperature for logit outputs.")
+@click.option("--epochs", type=click.IntRange(1), default=30)
+@click.option("--batch-size", type=click.IntRange(1), default=64, help="Per process under torchrun.")
+@click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=1e-3, help="Weights' learning rate.")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam")
+@click.option("--weight-decay", type=click.FloatRange(0.0), default=0.0)
+@click.option("--seed", type=int, default=0, help="Seeds the holdout split, shuffling and the method.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: CUDA when available.")
+@click.option("--quiet", is_flag=True, help="No progress bar (CI logs).")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the run report (JSON) here.")
+@config_option
+@click.pass_context
+def command(ctx: click.Context, model: Path, method: str, out: Path, calib: str | None, labels: str | None,
+            input_shape: tuple[str, ...], holdout: float, loss: str | None, temperature: float, epochs: int,
+            batch_size: int, lr: float, optimizer: str, weight_decay: float, seed: int, device: str,
+            quiet: bool, report: Path | None, config: str | None, **method_values) -> None:
+    """Prune IN.onnx with a training-based method and write a smaller OUT.onnx."""
+    from onnxprune import pipeline
+    from onnxprune.report import summary_lines
+
+    sources = parameter_sources(ctx)
+    for name, value in method_values.items():
+        if method not in OPTION_READERS[name] and sources.get(name) != "default":
+            raise click.UsageError(f"--{name.replace('_', '-')} does not apply to --method {method} "
+                                   f"(it is read by: {', '.join(sorted(OPTION_READERS[name]))})")
+    own = {name: value for name, value in method_values.items() if method in OPTION_READERS[name]}
+    train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                        weight_decay=weight_decay, seed=seed, device=device, quiet=quiet)
+    result = pipeline.run(pipeline.PruneConfig(
+        model=model, out=out, method=method, method_options=own, calib=calib, labels=labels,
+        input_shapes=input_shape, holdout=holdout, loss=loss, temperature=temperature, train=train,
+        report=report, options=effective_config(ctx), option_sources=sources))
+    if result.replica.is_main:
+        for line in summary_lines(result.report):
+            click.echo(line)
+        click.echo(f"wrote       {result.written}")
+
+
+command.params.extend(METHOD_OPTIONS)

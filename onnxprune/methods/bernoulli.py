@@ -1,0 +1,201 @@
+"""Bernoulli unit and residual-layer pruning (after Guenter & Sideris, arXiv 2411.09127).
+
+Each unit/filter j of every prunable channel group is multiplied by ``xi_j ~ Bern(theta_j)``
+and each residual branch l (``x + f_l(x)``, from the graph's residual_branches: CNN blocks and
+transformer sublayers alike) by ``zeta_l ~ Bern(phi_l)``. The objective is
+
+    E[L] + strength * ( 2(1-a) * C(theta, sg(phi)) + 2a * C(sg(theta), phi) ),
+    C = f * MACs(theta, phi) / MACs0 + (1-f) * Params(theta, phi) / Params0,
+
+with ``a = --layer-vs-unit``, ``f = --flops-vs-params`` and ``sg`` stop-gradient. C is the exact
+expected cost (:mod:`resource`: multilinear in theta and phi, so a unit's cost is coupled to its
+neighbours' theta and its block's phi); the ``a`` split weights the units' and the layers' share
+of it without changing C's value at a = 1/2. ``strength`` is the loss (in the distillation
+loss's units) that removing the whole model is worth.
+
+Gradient estimator: the binary-concrete relaxation of Bern(theta) (Maddison et al. 2017; the
+reparameterization the L0 gates of Louizos et al. 2018 build on): with ``u ~ U(0, 1)`` per gate
+and step, ``xi = sigmoid((logit theta + logit u) / tau)``, tau = 2/3. ``xi > 1/2`` exactly when
+the Bernoulli sample would be 1 (probability theta), most samples sit near 0 or 1, and the
+gradient flows through the samples that are in transit, so it measures the loss change of
+switching a structure off or on (a straight-through estimator only sees the slope at the
+sample, about 0 at a trained optimum: a pilot with it left most parameters undecided). It is
+biased by the relaxation but has reparameterization-gradient variance (REINFORCE's is far
+larger); the cost's gradient is exact. One gate sample per batch (gates scale weights).
+theta and phi take projected Adam steps (clamped to [0, 1]); one below ``eps`` is fixed at 0
+for good, one above ``1 - eps`` at 1 (a plain structure); every group keeps its last unit (only
+residual layers can vanish whole). The last ``--finetune-epochs`` round the remaining ones to
+0 or 1 and fine-tune with all gates fixed. ``--target-macs`` turns ``strength`` into a
+controlled variable: log(strength) follows the expected MACs' excess over the target.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import click
+import torch
+
+from onnxprune.methods.base import PruningMethod, TrainContext, register
+from onnxprune.methods.gates import GateBank, Structure
+from onnxprune.methods.resource import GATE_LR_OPTION, TARGET_MACS_OPTION, parse_target, select_to_budget
+
+log = logging.getLogger(__name__)
+
+
+def knob_split(cost, theta: dict, phi: dict, unit_w: float) -> torch.Tensor:
+    """``unit_w * C(theta, sg(phi)) + (2 - unit_w) * C(sg(theta), phi)``: the units get
+    ``unit_w`` times C's gradient, the layers ``2 - unit_w`` times (unit_w = 2(1 - a))."""
+    sg = lambda d: {k: v.detach() for k, v in d.items()}  # noqa: E731
+    return unit_w * cost(theta, sg(phi)) + (2 - unit_w) * cost(sg(theta), phi)
+
+
+@register
+class Bernoulli(PruningMethod):
+    name = "bernoulli"
+    help = "Units/filters and whole residual layers gated by learned Bernoulli variables."
+    granularities = ("channel", "layer")
+    options = [
+        TARGET_MACS_OPTION,
+        GATE_LR_OPTION,
+        click.Option(["--strength"], type=click.FloatRange(0), default=10.0, show_default=True,
+                     help="bernoulli: accuracy vs pruning (loss worth the whole model's cost)."),
+        click.Option(["--layer-vs-unit"], type=click.FloatRange(0, 1), default=0.5, show_default=True,
+                     help="bernoulli: share of the cost charged to residual layers (1) vs units (0)."),
+        click.Option(["--flops-vs-params"], type=click.FloatRange(0, 1), default=0.5, show_default=True,
+                     help="bernoulli: cost weight of MACs (1) vs parameters (0)."),
+        click.Option(["--finetune-epochs"], type=click.IntRange(0), default=None,
+                     help="bernoulli: final epochs with all gates rounded to 0/1 [default: 1/3 of --epochs]."),
+    ]
+    init, eps, lr, tau = 0.9, 0.02, 0.05, 2 / 3
+
+    def setup(self, ctx: TrainContext) -> None:
+        self.structure = s = Structure.from_context(ctx, with_branches=True)
+        self.b0 = s.resource.total_macs
+        self.p0 = max(s.resource.total_params, 1.0)
+        cfg = self.config
+        self.strength = float(cfg["strength"] if cfg.get("strength") is not None else 10.0)
+        self.unit_w = 2 * (1 - float(cfg.get("layer_vs_unit", 0.5) if cfg.get("layer_vs_unit") is not None else 0.5))
+        self.flops_w = float(cfg.get("flops_vs_params") if cfg.get("flops_vs_params") is not None else 0.5)
+        self.target = parse_target(cfg["target_macs"], self.b0) if cfg.get("target_macs") else None
+        dev = ctx.device
+        self.theta = {g: torch.full((n,), self.init, device=dev, requires_grad=True) for g, n in s.groups.items()}
+        self.phi = {b: torch.full((), self.init, device=dev, requires_grad=True) for b in s.branches}
+        self.alive = {k: torch.ones_like(v, dtype=torch.bool) for k, v in {**self.theta, **self.phi}.items()}
+        self.settled = {k: torch.zeros_like(v, dtype=torch.bool) for k, v in self.alive.items()}
+        self.params = [*self.theta.values(), *self.phi.values()]
+        self.optimizer = torch.optim.Adam(self.params, lr=float(cfg.get("gate_lr") or self.lr))
+        self.noise: dict[str, torch.Tensor] = {}
+        self.fixed: dict[str, torch.Tensor] | None = None
+        self.bank = GateBank()
+        s.install(ctx.model, self.bank)
+        for key in [*self.theta, *self.phi]:
+            self.bank.set(key, lambda key=key: self._gate(key))
+        epochs = self.total_epochs(ctx)
+        ft = cfg.get("finetune_epochs")
+        self.prune_epochs = max(1, epochs - (int(ft) if ft is not None else max(1, epochs // 3)))
+        self.epoch_macs: list[float] = []
+        log.info("bernoulli: %d unit groups, %d residual layers", len(self.theta), len(self.phi))
+
+    def _param(self, key: str) -> torch.Tensor:
+        return self.theta[key] if key in self.theta else self.phi[key]
+
+    def _gate(self, key: str) -> torch.Tensor:
+        if self.fixed is not None:
+            return self.fixed[key]
+        p, alive, settled = self._param(key), self.alive[key], self.settled[key]
+        u = self.noise.get(key)
+        if u is None:  # evaluation outside a step: the network that rounding would give
+            return ((p >= 0.5) & alive | settled).to(p.dtype)
+        # binary concrete sample of Bern(p): sigmoid((logit p + logit u) / tau)
+        q = p.clamp(self.eps / 2, 1 - self.eps / 2)
+        gate = torch.sigmoid((torch.log(q) - torch.log1p(-q) + u) / self.tau)
+        return torch.where(settled, torch.ones_like(gate), gate * alive)
+
+    def before_step(self, ctx: TrainContext) -> None:
+        if self.fixed is None:
+            self.noise = {k: torch.logit(torch.rand_like(self._param(k)).clamp(1e-6, 1 - 1e-6))
+                          for k in [*self.theta, *self.phi]}
+
+    def cost(self, theta: dict, phi: dict) -> torch.Tensor:
+        r = self.structure.resource
+        macs = r(theta, phi) / self.b0
+        params = r(theta, phi, weights="params") / self.p0
+        return self.flops_w * macs + (1 - self.flops_w) * params
+
+    def penalty(self, ctx: TrainContext) -> torch.Tensor | None:
+        if self.fixed is not None:
+            return None
+        theta = {k: v * self.alive[k] for k, v in self.theta.items()}
+        phi = {k: v * self.alive[k] for k, v in self.phi.items()}
+        return (self.strength * knob_split(self.cost, theta, phi, self.unit_w)).float().to(ctx.device)
+
+    def after_step(self, ctx: TrainContext) -> None:
+        self.noise = {}
+        if self.fixed is not None:
+            return
+        self.structure.average_grads(self.params)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for key, p in [*self.theta.items(), *self.phi.items()]:
+                p.clamp_(0, 1)
+                dead = self.alive[key] & (p < self.eps)
+                if key in self.theta and bool(dead.any()) and int((self.alive[key] & ~dead).sum()) == 0:
+                    dead[torch.argmax(p * self.alive[key])] = False  # a group keeps its last unit
+                self.alive[key] &= ~dead
+                self.settled[key] |= p >= 1 - self.eps  # at 1 a structure becomes plain for good
+                p.mul_(self.alive[key])
+                p.masked_fill_(self.settled[key] & self.alive[key], 1.0)
+            expected = float(self.structure.resource(self.theta, self.phi)) / self.b0
+        if self.target is not None:  # integral control of log(strength) on the expected MACs
+            self.strength *= math.exp(0.05 * (expected - self.target / self.b0) / (self.target / self.b0))
+        ctx.metrics.update(macs_expected=expected, strength=self.strength)
+
+    def hard_macs(self) -> float:
+        dropped = [b for b in self.phi if not bool(self.alive[b])]
+        return self.structure.resource.hard({g: self.alive[g] for g in self.theta}, dropped) / self.b0
+
+    def end_epoch(self, ctx: TrainContext) -> None:
+        self.epoch_macs.append(self.hard_macs())
+        ctx.metrics.update(macs_frac=self.epoch_macs[-1], removed_units=self.removed_units(),
+                           removed_layers=sum(not bool(self.alive[b]) for b in self.phi))
+        if self.fixed is None and ctx.epoch + 1 >= self.prune_epochs:
+            self.round(ctx)
+
+    def removed_units(self) -> int:
+        return sum(int((~self.alive[g]).sum()) for g in self.theta)
+
+    def round(self, ctx: TrainContext) -> None:
+        """Round every parameter to 0/1 (enforcing --target-macs if set) and freeze the gates."""
+        with torch.no_grad():
+            undecided = sum(int(((p > self.eps) & (p < 1 - self.eps)).sum()) for p in self.params)
+            for key, p in [*self.theta.items(), *self.phi.items()]:
+                self.alive[key] &= p >= 0.5
+            for g in self.theta:
+                if not bool(self.alive[g].any()):
+                    self.alive[g][torch.argmax(self.theta[g])] = True
+            dropped = [b for b in self.phi if not bool(self.alive[b])]
+            if self.target is not None and self.hard_macs() * self.b0 > self.target:
+                scores = {g: self.theta[g] * self.alive[g] for g in self.theta}
+                masks = select_to_budget(scores, self.structure.resource, self.target, dropped)
+                for g in self.theta:
+                    self.alive[g] &= masks[g]
+            for key, p in [*self.theta.items(), *self.phi.items()]:
+                p.copy_(self.alive[key].to(p.dtype))
+        self.fixed = {k: self.alive[k].float() for k in [*self.theta, *self.phi]}
+        self.undecided = undecided
+        log.info("bernoulli: rounded (%d parameters were strictly between eps and 1-eps); MACs %.3f",
+                 undecided, self.hard_macs())
+
+    def finalize(self, ctx: TrainContext):
+        if self.fixed is None:
+            self.round(ctx)
+        self.structure.bake(ctx.model)
+        dropped = [b for b in self.phi if not bool(self.alive[b])]
+        return self.structure.plan({g: self.alive[g] for g in self.theta}, dropped, meta={
+            "method": self.name, "strength": self.strength, "original_macs": self.b0,
+            "predicted_macs": self.hard_macs() * self.b0, "removed_units": self.removed_units(),
+            "removed_layers": len(dropped), "undecided_at_rounding": self.undecided,
+            "macs_per_epoch": self.epoch_macs})

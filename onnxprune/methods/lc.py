@@ -1,0 +1,215 @@
+"""LC: Learning-Compression pruning (Carreira-Perpiñán & Idelbayev, CVPR 2018).
+
+Pruning as  min_w L(w)  s.t.  w = θ, θ in the compression set C (e.g. ||θ||_0 <= κ), solved by
+the augmented Lagrangian  L(w) − λᵀ(w − θ) + μ/2 ||w − θ||²  with μ driven up geometrically:
+
+    θ = Π(w), λ = 0                                    direct compression start
+    for μ_j = μ0 · a^j, j = 0..J−1:
+        L step: SGD on L(w) + μ_j/2 ||w − θ − λ/μ_j||², warm-started from w
+        C step: θ = Π(w − λ/μ_j)                       (``projections``: ℓ0/ℓ1 constraint or penalty)
+        λ ← λ − μ_j (w − θ)
+    output θ (then an optional fine-tune with θ's zero pattern fixed)
+
+The loop's steps are shared out evenly: the first (1 − ``--lc-finetune``) of them make J L steps
+(J = ``--lc-steps``), the rest fine-tune with the mask fixed. ||w − θ|| is logged per LC step
+(``ctx.history``, ``lc_gap``) and should approach 0. The ℓ0 budget κ = (1 − sparsity)·N is one
+global top-κ across all pruned tensors, so the per-layer densities are learned.
+
+``--granularity channel`` [design]: the variables are the channel groups' gate tensors (BN
+gamma+beta or the producing rows + bias) and Π keeps the κ channels of largest ℓ2 norm relative
+to their layer's mean channel norm at the start (BN-gated and row-gated layers have unrelated
+scales; raw norms let one layer lose all but one channel), at least one per group; the plan keeps
+those channels, whose removal by the passes is then exact.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import click
+import torch
+
+from onnxprune.errors import OnnxPruneError
+from onnxprune.methods import masking, projections
+from onnxprune.methods.base import SPARSITY_OPTION, PruningMethod, TrainContext, register
+
+log = logging.getLogger(__name__)
+
+FORMS = ("l0-constraint", "l1-constraint", "l0-penalty", "l1-penalty")
+
+
+@register
+class LC(PruningMethod):
+    name = "lc"
+    help = "Learning-Compression: augmented-Lagrangian pruning with one global budget."
+    granularities = ("weight", "channel")
+    options = [
+        SPARSITY_OPTION,
+        click.Option(["--granularity"], type=click.Choice(["weight", "channel"]), default="weight"),
+        click.Option(["--lc-form"], type=click.Choice(FORMS), default="l0-constraint",
+                     help="LC: the compression set (C step)."),
+        click.Option(["--mu0"], type=float, default=1e-2, help="LC: first penalty weight μ0."),
+        click.Option(["--mu-factor"], type=float, default=1.3, help="LC: μ grows by this factor per LC step."),
+        click.Option(["--lc-steps"], type=int, default=20, help="LC: number of L/C steps."),
+        click.Option(["--lc-alpha"], type=float, default=1e-6, help="LC: penalty weight α (penalty forms)."),
+        click.Option(["--lc-radius"], type=float, default=0.2,
+                     help="LC: ℓ1-ball radius as a fraction of the original weights' ℓ1 norm (l1-constraint)."),
+        click.Option(["--lc-finetune"], type=float, default=0.3,
+                     help="LC: fraction of steps fine-tuned with θ's mask fixed after the last C step."),
+    ]
+
+    def setup(self, ctx: TrainContext) -> None:
+        cfg = {o.name: o.default for o in self.options} | self.config
+        self.cfg, self.form = cfg, cfg["lc_form"]
+        self.channel = cfg["granularity"] == "channel"
+        if self.form == "l0-constraint" and cfg["sparsity"] is None:
+            raise OnnxPruneError("--method lc --lc-form l0-constraint needs --sparsity")
+        if cfg["sparsity"] is not None and not 0.0 <= cfg["sparsity"] < 1.0:
+            raise OnnxPruneError(f"--sparsity {cfg['sparsity']}: must be in [0, 1)")
+        if self.channel and self.form != "l0-constraint":
+            raise OnnxPruneError(f"--granularity channel supports --lc-form l0-constraint only, not {self.form}")
+        if self.channel:
+            self.groups, self.vars = self._channel_variables(ctx)
+            self.channel_weight = self._layer_normalization()
+            count = len(self.groups)
+        else:
+            self.groups, self.vars = None, dict(ctx.weights)
+            count = sum(w.numel() for w in self.vars.values())
+        self.kappa = int(round((1.0 - (cfg["sparsity"] or 0.0)) * count))
+        self.radius = cfg["lc_radius"] * float(sum(w.detach().abs().sum() for w in self.vars.values()))
+        total = ctx.epochs * ctx.steps_per_epoch
+        lc_total = total - int(round(cfg["lc_finetune"] * total))
+        self.lc_steps = max(1, min(cfg["lc_steps"], lc_total))
+        self.l_length = max(1, lc_total // self.lc_steps)
+        self.mu, self.j, self.gaps = cfg["mu0"], 0, []
+        self.lam = {n: torch.zeros_like(w) for n, w in self.vars.items()}
+        self.theta = self._project({n: w.detach() for n, w in self.vars.items()})  # direct compression
+        self.mask: dict[str, torch.Tensor] | None = None
+        self._log(ctx)
+
+    def _channel_variables(self, ctx: TrainContext):
+        """Gate-tensor parameters (torch layout) and, per channel, its (name, axis, index) slices."""
+        variables, groups, self.group_ids = {}, [], []
+        for group, slices in masking.channel_slices(ctx):
+            for k in range(slices[0].size):
+                members = []
+                for s in slices:
+                    key = f"p{id(s.param)}"
+                    variables[key] = s.param
+                    members.append((key, s.axis, s.start + k))
+                groups.append(members)
+                self.group_ids.append((group.id, k))
+        return groups, variables
+
+    def _layer_normalization(self) -> torch.Tensor:
+        """1 / (mean squared channel norm of its group at the start), per channel: BN-gated and
+        row-gated layers have unrelated scales, so channels compete on their layer-relative norm."""
+        sq = projections.group_sq_norms(self.vars, self.groups)
+        sums: dict[str, list[float]] = {}
+        for (gid, _), value in zip(self.group_ids, sq.tolist()):
+            sums.setdefault(gid, []).append(value)
+        mean = {gid: max(sum(v) / len(v), 1e-30) for gid, v in sums.items()}
+        return torch.tensor([1.0 / mean[gid] for gid, _ in self.group_ids], dtype=torch.float64)
+
+    def _project(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.channel:
+            self.keep = self._keep_channels(values)
+            return projections.zero_groups(values, self.groups, self.keep)
+        if self.form == "l0-constraint":
+            return projections.l0_constraint(values, self.kappa)
+        if self.form == "l1-constraint":
+            return projections.l1_ball(values, self.radius)
+        if self.form == "l0-penalty":
+            return projections.l0_penalty(values, self.cfg["lc_alpha"], self.mu)
+        return projections.l1_penalty(values, self.cfg["lc_alpha"], self.mu)
+
+    def _keep_channels(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Top-κ channels by layer-relative norm, each group's largest kept so no group vanishes."""
+        sq = projections.group_sq_norms(values, self.groups) * self.channel_weight
+        keep = torch.zeros(len(self.groups), dtype=torch.bool)
+        best: dict[str, int] = {}
+        for i, (gid, _) in enumerate(self.group_ids):
+            if gid not in best or sq[i] > sq[best[gid]]:
+                best[gid] = i
+        keep[list(best.values())] = True
+        rest = sq.clone()
+        rest[keep] = -1.0
+        extra = max(0, self.kappa - int(keep.sum()))
+        keep[torch.sort(rest, descending=True, stable=True).indices[:extra]] = True
+        return keep
+
+    def penalty(self, ctx: TrainContext) -> torch.Tensor | None:
+        if self.mask is not None:
+            return None
+        total = 0.0
+        for n, w in self.vars.items():
+            total = total + (w - self.theta[n] - self.lam[n] / self.mu).pow(2).sum()
+        return 0.5 * self.mu * total
+
+    def after_backward(self, ctx: TrainContext) -> None:
+        if self.mask is not None:  # fine-tune: pruned entries get no gradient (no momentum drift)
+            for n, w in self.vars.items():
+                if w.grad is not None:
+                    w.grad.mul_(self.mask[n])
+
+    def after_step(self, ctx: TrainContext) -> None:
+        if self.mask is not None:
+            with torch.no_grad():
+                for n, w in self.vars.items():
+                    w.mul_(self.mask[n])
+            return
+        if (ctx.step + 1) % self.l_length or self.j >= self.lc_steps:
+            return
+        with torch.no_grad():
+            shifted = {n: w.detach() - self.lam[n] / self.mu for n, w in self.vars.items()}
+            self.theta = self._project(shifted)  # C step
+            for n, w in self.vars.items():
+                self.lam[n] -= self.mu * (w.detach() - self.theta[n])  # multiplier update
+        self.j += 1
+        self._log(ctx)
+        self.mu *= self.cfg["mu_factor"]
+        if self.j == self.lc_steps:
+            self._output_theta()
+
+    def _output_theta(self) -> None:
+        """Replace w by θ and fix θ's zero pattern (LC outputs θ, not w)."""
+        with torch.no_grad():
+            for n, w in self.vars.items():
+                w.copy_(self.theta[n])
+        self.mask = {n: (t != 0).to(t.dtype) for n, t in self.theta.items()}
+
+    def _log(self, ctx: TrainContext) -> None:
+        gap = math.sqrt(sum(float((w.detach() - self.theta[n]).pow(2).sum()) for n, w in self.vars.items()))
+        density = self.layer_density()
+        total = sum(int((t != 0).sum()) for t in self.theta.values())
+        self.gaps.append(gap)
+        entry = {"lc_step": self.j, "mu": self.mu, "lc_gap": gap,
+                 "density": total / max(1, sum(t.numel() for t in self.theta.values()))}
+        ctx.metrics.update(lc_gap=gap, sparsity=1.0 - entry["density"])
+        ctx.history.append({**entry, **{f"density/{k}": v for k, v in density.items()}})
+        log.info("LC step %d: mu=%.3g ||w - theta||=%.4g density=%.4f", self.j, self.mu, gap, entry["density"])
+
+    def layer_density(self) -> dict[str, float]:
+        if self.channel:
+            keep = self._channel_keep()
+            return {gid: float(k.float().mean()) for gid, k in keep.items()}
+        return {n: float((t != 0).float().mean()) for n, t in self.theta.items()}
+
+    def _channel_keep(self) -> dict[str, torch.Tensor]:
+        keep: dict[str, list[bool]] = {}
+        for (gid, _), kept in zip(self.group_ids, self.keep.tolist()):
+            keep.setdefault(gid, []).append(kept)
+        return {gid: torch.tensor(v) for gid, v in keep.items()}
+
+    def finalize(self, ctx: TrainContext):
+        if self.mask is None:  # the loop ended before the last C step (e.g. ctx.stop)
+            self._output_theta()
+        with torch.no_grad():
+            for n, w in self.vars.items():
+                w.mul_(self.mask[n])
+        meta = {"method": "lc", "form": self.form, "granularity": "channel" if self.channel else "weight",
+                "lc_steps": self.j, "layer_density": self.layer_density(),
+                "gaps": self.gaps}
+        keep = self._channel_keep() if self.channel else {}
+        return masking.plan_from_keep(keep, meta)

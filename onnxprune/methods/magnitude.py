@@ -1,0 +1,92 @@
+"""Global magnitude pruning with a gradual (cubic) schedule: the baseline every method must beat.
+
+Sparsity follows Zhu & Gupta (2017), "To prune, or not to prune":
+
+    s(t) = s_f * (1 - (1 - t / T)^3)    for 0 <= t <= T,    s(t) = s_f after,
+
+with t the optimizer step and T = ``--prune-ramp`` of all steps; the rest of training
+fine-tunes with the final mask. At each mask update the weights of smallest |w| across all
+prunable tensors jointly (one global threshold, so per-layer sparsity follows the weights'
+scale) are zeroed. Pruned weights stay zero: their gradients are masked after backward and the
+weights re-masked after every optimizer step (momentum could otherwise revive them), and since
+they are zero they rank lowest at the next update, so the masks only shrink.
+
+The plan is empty: magnitude makes zeros, not removed channels; the passes' dead-structure
+elimination removes channels that died entirely.
+"""
+
+from __future__ import annotations
+
+import click
+import torch
+
+from onnxprune.errors import OnnxPruneError
+from onnxprune.methods.base import SPARSITY_OPTION, PruningMethod, TrainContext, register
+from onnxprune.methods.projections import global_topk_mask
+from onnxprune.passes.plan import PruningPlan
+
+# a global sort per update costs O(P log P); cap the number of updates for large models
+_MAX_UPDATES = 100
+
+
+def cubic_sparsity(step: int, ramp_steps: int, final: float) -> float:
+    """Zhu & Gupta's schedule, starting from dense."""
+    if ramp_steps <= 0 or step >= ramp_steps:
+        return final
+    return final * (1.0 - (1.0 - step / ramp_steps) ** 3)
+
+
+@register
+class Magnitude(PruningMethod):
+    name = "magnitude"
+    help = "Global magnitude pruning, gradual cubic schedule, distillation fine-tuning (baseline)."
+    granularities = ("weight",)
+    options = [
+        SPARSITY_OPTION,
+        click.Option(["--prune-ramp"], type=click.FloatRange(0.0, 1.0), default=0.75, show_default=True,
+                     help="magnitude: fraction of training steps over which sparsity ramps up."),
+    ]
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        sparsity = options.get("sparsity")
+        if sparsity is None or not 0.0 <= sparsity < 1.0:
+            raise OnnxPruneError(f"--method magnitude needs --sparsity in [0, 1), got {sparsity}")
+        self.target = float(sparsity)
+
+    def setup(self, ctx: TrainContext) -> None:
+        total_steps = self.total_epochs(ctx) * ctx.steps_per_epoch
+        self.ramp_steps = int(round(float(self.config.get("prune_ramp", 0.75)) * total_steps))
+        self.update_every = max(1, -(-self.ramp_steps // _MAX_UPDATES))
+        self.masks = {name: torch.ones_like(w, dtype=torch.bool) for name, w in ctx.weights.items()}
+        self._update(ctx, cubic_sparsity(0, self.ramp_steps, self.target))
+
+    def before_step(self, ctx: TrainContext) -> None:
+        if ctx.step <= self.ramp_steps and ctx.step % self.update_every == 0:
+            self._update(ctx, cubic_sparsity(ctx.step, self.ramp_steps, self.target))
+
+    def after_backward(self, ctx: TrainContext) -> None:
+        for name, w in ctx.weights.items():
+            if w.grad is not None:
+                w.grad.mul_(self.masks[name])
+
+    def after_step(self, ctx: TrainContext) -> None:
+        self._apply(ctx)
+
+    def finalize(self, ctx: TrainContext):
+        self._update(ctx, self.target)  # exact target even when training stopped early
+        per_layer = {name: 1.0 - float(m.float().mean()) for name, m in self.masks.items()}
+        return PruningPlan(meta={"method": self.name, "sparsity": self.sparsity, "layer_sparsity": per_layer})
+
+    def _update(self, ctx: TrainContext, sparsity: float) -> None:
+        total = sum(w.numel() for w in ctx.weights.values())
+        kept = total - int(round(sparsity * total))
+        self.masks = global_topk_mask(dict(ctx.weights), kept)
+        self.sparsity = 1.0 - kept / max(total, 1)
+        ctx.metrics["sparsity"] = self.sparsity
+        self._apply(ctx)
+
+    @torch.no_grad()
+    def _apply(self, ctx: TrainContext) -> None:
+        for name, w in ctx.weights.items():
+            w.mul_(self.masks[name])

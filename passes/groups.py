@@ -1,0 +1,457 @@
+"""Channel groups: which channels, units and residual branches can be removed, and together with what.
+
+Every node is visited once in topological order and handed to its op rule
+(:mod:`onnxprune.passes.rules`). A producer (Conv, Gemm, MatMul with a constant weight) opens a
+*space* of channels; rules carry a value's channels to the outputs; a residual Add or a
+squeeze-excite Mul merges the spaces of its two inputs (union-find), Concat lines spaces up at
+channel offsets. A group is one union-find class: its channels are kept or removed together in
+every producer, consumer, per-channel parameter and shape constant listed for it. The work is
+linear in the graph size.
+
+A group is prunable when removing a channel is exact against the masked reference (the model
+with the channel's gate tensors zeroed): at every consumer the removed channel is 0, or a uniform
+constant that folds into the consumer's bias. Otherwise, or when an op without a rule touches
+the channels, the group is frozen and ``reason`` says why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Iterable
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+import onnxprune.passes.rules  # noqa: F401  (registers the op rules)
+from onnxprune.passes.plan import PlanError, PruningPlan
+from onnxprune.passes.rules.core import Gates, Layout, RuleContext, Segment, lookup
+from onnxprune.passes.residual_branches import find_residual_branches
+from onnxprune.passes.structures import (
+    ChannelGroup, FoldSite, IntEdit, MacTerm, Piece, ResidualBranch, State, TensorAxis,
+)
+
+log = logging.getLogger(__name__)
+
+
+class _Space:
+    """Channels opened by one producer; merged spaces share their lists through the root."""
+
+    def __init__(self, sid: int, size: int, name: str) -> None:
+        self.id, self.size, self.name = sid, size, name
+        self.slices: list[TensorAxis] = []
+        self.consumers: list[TensorAxis] = []
+        self.gates: list[Gates] = []
+        self.activations: list[str] = []
+        self.reasons: list[str] = []
+        self.dead_tests: list[TensorAxis] = []
+        self.folds: list[FoldSite] = []
+        self.nodes: list[str] = []
+
+    def absorb(self, other: "_Space") -> None:
+        for field in ("slices", "consumers", "gates", "activations", "reasons", "dead_tests", "folds", "nodes"):
+            getattr(self, field).extend(getattr(other, field))
+
+
+class _Builder(RuleContext):
+    def __init__(self, graph: ir.Graph, shapes: dict[str, tuple[int, ...]], opset: int) -> None:
+        self.graph, self.shapes, self.opset = graph, shapes, opset
+        self.layouts: dict[str, Layout] = {}
+        self.parent: list[int] = []
+        self.spaces: list[_Space] = []
+        self.edits: list[IntEdit] = []
+        self.mac_in: dict[str, tuple[Piece, ...]] = {}
+        self.mac_out: dict[str, tuple[Piece, ...]] = {}
+        self.depthwise: set[str] = set()
+        self._touched: set[str] = set()
+        self._outputs = {v.name for v in graph.outputs}
+
+    # union-find --------------------------------------------------------------------------
+    def root(self, sid: int) -> int:
+        while self.parent[sid] != sid:
+            self.parent[sid] = self.parent[self.parent[sid]]
+            sid = self.parent[sid]
+        return sid
+
+    def space(self, sid: int) -> _Space:
+        return self.spaces[self.root(sid)]
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.root(a), self.root(b)
+        if ra == rb:
+            return
+        if ra > rb:
+            ra, rb = rb, ra  # the older space names the group
+        self.parent[rb] = ra
+        self.spaces[ra].absorb(self.spaces[rb])
+        self.spaces[rb] = self.spaces[ra]
+
+    # reading -----------------------------------------------------------------------------
+    def layout(self, value):
+        if value is None:
+            return None
+        self._touched.add(value.name)
+        return self.layouts.get(value.name)
+
+    def shape(self, value):
+        return None if value is None else self.shapes.get(value.name)
+
+    def const(self, value):
+        if value is None or value.const_value is None:
+            return None
+        return value.const_value.numpy()
+
+    def is_param(self, value):
+        return value is not None and value.const_value is not None and not value.is_graph_input()
+
+    def attr(self, name, default=None):
+        attribute = self.node.attributes.get(name)
+        return default if attribute is None else attribute.value
+
+    # recording ---------------------------------------------------------------------------
+    def set_layout(self, value, layout):
+        if layout is None or value is None:
+            return
+        for seg in layout.segments:
+            space = self.space(seg.space)
+            space.activations.append(value.name)
+        self.layouts[value.name] = layout
+        if value.name in self._outputs:
+            self.freeze(f"{value.name!r} is a graph output", layout)
+
+    def produce(self, value, axis, weight, bias):
+        sid = len(self.spaces)
+        self.parent.append(sid)
+        space = _Space(sid, weight.channels, weight.name)
+        self.spaces.append(space)
+        space.slices.append(weight)
+        space.dead_tests.append(weight)
+        space.nodes.append(self.node.name)
+        gates = Gates((weight,) if bias is None else (weight, bias))
+        if bias is not None:
+            space.slices.append(bias)
+        rank = len(self.shape(value) or ()) or axis + 1
+        layout = Layout(axis, rank, 1, (Segment(sid, weight.channels, State.ZERO, gates),))
+        self.mac_out[self.node.name] = (Piece(str(sid), 0, weight.channels),)
+        self.set_layout(value, layout)
+        return layout
+
+    def consume(self, layout, weight, axis, out_axis, foldable, value):
+        pieces = []
+        for seg, offset in zip(layout.segments, layout.offsets()):
+            start = offset * layout.block
+            ta = TensorAxis(weight, axis, start, start + seg.size * layout.block, layout.block)
+            space = self.space(seg.space)
+            space.gates.append(seg.gates)  # gates are taken where channels are read
+            space.consumers.append(ta)
+            space.nodes.append(self.node.name)
+            space.folds.append(FoldSite(self.node.name, value.name, layout.axis, ta, out_axis, seg.gate, foldable))
+            if seg.gate == State.VARYING or (seg.gate == State.UNIFORM and not foldable):
+                self.freeze(f"{self.node.op_type} {self.node.name!r} reads a removed channel as a "
+                            f"nonzero, non-foldable value", layout)
+            pieces.append(Piece(str(seg.space), 0, seg.size, layout.block))
+        self.mac_in[self.node.name] = tuple(pieces)
+
+    def follow(self, layout, name, axis):
+        out = []
+        for seg, offset in zip(layout.segments, layout.offsets()):
+            start = offset * layout.block
+            ta = TensorAxis(name, axis, start, start + seg.size * layout.block, layout.block)
+            self.space(seg.space).slices.append(ta)
+            out.append(ta)
+        return out
+
+    def merge(self, a, b, multiply):
+        if a.rank - a.axis != b.rank - b.axis or a.block != b.block or [s.size for s in a.segments] != [
+            s.size for s in b.segments
+        ]:
+            self.freeze(f"{self.node.op_type} {self.node.name!r} combines differently laid out channels", a, b)
+            return None
+        segs = []
+        for sa, sb in zip(a.segments, b.segments):
+            self.union(sa.space, sb.space)
+            for side in (sa, sb):  # a product is zero where one side is: only zero sides gate it
+                if not multiply or side.gate == State.ZERO:
+                    self.space(sa.space).gates.append(side.gates)
+            if multiply and State.ZERO in (sa.gate, sb.gate):
+                gate = State.ZERO
+            else:
+                gate = max(sa.gate, sb.gate)
+            segs.append(Segment(sa.space, sa.size, gate, sa.gates + sb.gates))
+        wide = a if a.rank >= b.rank else b
+        return dataclasses.replace(wide, segments=tuple(segs))
+
+    def int_edit(self, layout, start, stop, block, input_index, entry, attribute=""):
+        pieces = []
+        for seg, offset in zip(layout.segments, layout.offsets()):
+            if offset >= start and offset + seg.size <= stop:
+                pieces.append(Piece(str(seg.space), 0, seg.size, block))
+        self.edits.append(IntEdit(self.node.name, input_index, entry, tuple(pieces), attribute))
+
+    def tie(self, layout):
+        """A depthwise node: its input and output are the same channels (MACs scale once)."""
+        self.depthwise.add(self.node.name)
+        pieces = tuple(Piece(str(s.space), 0, s.size) for s in layout.segments)
+        self.mac_in[self.node.name] = self.mac_out[self.node.name] = pieces
+        for seg in layout.segments:
+            self.space(seg.space).nodes.append(self.node.name)
+
+    def freeze(self, reason, *layouts):
+        for layout in layouts:
+            if layout is None:
+                continue
+            for seg in layout.segments:
+                space = self.space(seg.space)
+                if reason not in space.reasons:
+                    space.reasons.append(reason)
+
+    # driving -----------------------------------------------------------------------------
+    def visit(self, node: ir.Node) -> None:
+        self.node = node
+        self._touched = set()
+        rule = lookup(node.op_type, self._opset_of(node), node.domain)
+        inputs_with_layout = [v for v in node.inputs if v is not None and v.name in self.layouts]
+        if rule is None:
+            reason = f"no rule for op {node.op_type} (node {node.name!r})"
+            self.freeze(reason, *(self.layouts[v.name] for v in inputs_with_layout))
+            return
+        rule(node, self)
+        for value in inputs_with_layout:
+            if value.name not in self._touched:  # a rule that ignores a channel input is a bug
+                self.freeze(f"{node.op_type} {node.name!r} ignores input {value.name!r}", self.layouts[value.name])
+
+    def _opset_of(self, node: ir.Node) -> int:
+        return self.graph.opset_imports.get(node.domain or "", self.opset)
+
+
+def _node_names(graph: ir.Graph) -> None:
+    """Give unnamed nodes a stable name (op type + position) so ids and edits can refer to them."""
+    for index, node in enumerate(graph):
+        if not node.name:
+            node.name = f"{node.op_type}_{index}"
+
+
+@dataclasses.dataclass
+class GroupAnalysis:
+    """Groups, residual branches and MAC terms of one model (see the module docstring)."""
+
+    groups: list[ChannelGroup]
+    residual_branches: list[ResidualBranch]
+    mac_terms: list[MacTerm]
+    int_edits: list[IntEdit]
+    input_shapes: dict[str, tuple[int, ...]]
+
+    def __post_init__(self) -> None:
+        self._groups = {g.id: g for g in self.groups}
+        self._branches = {b.id: b for b in self.residual_branches}
+        self._ir: tuple[onnx.ModelProto, ir.Model] | None = None
+
+    def ir_model(self, model: onnx.ModelProto) -> ir.Model:
+        """An onnx-ir copy of ``model`` (the one built during analysis, once, if it is the same model)."""
+        if self._ir is not None and self._ir[0] is model:
+            ir_model, self._ir = self._ir[1], None  # passes edit it: hand it out only once
+            return ir_model
+        ir_model = ir.from_proto(model)
+        _node_names(ir_model.graph)
+        return ir_model
+
+    def group(self, group_id: str) -> ChannelGroup:
+        try:
+            return self._groups[group_id]
+        except KeyError:
+            raise PlanError(f"plan names unknown channel group {group_id!r}") from None
+
+    def branch(self, branch_id: str) -> ResidualBranch:
+        try:
+            return self._branches[branch_id]
+        except KeyError:
+            raise PlanError(f"plan names unknown residual branch {branch_id!r}") from None
+
+    @property
+    def prunable_groups(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.prunable]
+
+    @property
+    def total_macs(self) -> int:
+        return sum(term.macs for term in self.mac_terms)
+
+    def validate(self, plan: PruningPlan) -> None:
+        """Raise PlanError (one line) unless ``plan`` can be applied exactly to this model."""
+        for group_id, kept in plan.kept.items():
+            group = self.group(group_id)
+            if not group.prunable and len(kept) != group.size:
+                raise PlanError(f"group {group_id!r} is frozen ({group.reason}); it cannot be pruned")
+            bad = [i for i in kept if not 0 <= i < group.size]
+            if bad:
+                raise PlanError(f"group {group_id!r}: kept index {bad[0]} out of range 0..{group.size - 1}")
+            if not kept and group.branch is None:
+                raise PlanError(f"group {group_id!r} cannot be emptied: it is not inside a residual branch")
+        for branch_id in plan.dropped_branches:
+            self.branch(branch_id)
+
+    def predicted_macs(self, plan: PruningPlan) -> int:
+        """MACs of the model after ``apply_plan(plan)`` (exact: counts are products of sizes)."""
+        self.validate(plan)
+        sizes = {g.id: g.size for g in self.groups}
+        kept = {g: len(v) for g, v in plan.kept.items()}
+        gone = self._removed_nodes(plan)
+
+        def fraction(pieces: tuple[Piece, ...]) -> tuple[int, int]:
+            total = sum(p.block * (p.stop - p.start) for p in pieces)
+            left = sum(p.block * kept.get(p.group, sizes[p.group]) for p in pieces)
+            return left, total
+
+        macs = 0
+        for term in self.mac_terms:
+            if term.node in gone:
+                continue
+            num, den = 1, 1
+            sides = [term.outputs] if term.depthwise else [term.inputs, term.outputs]
+            for pieces in sides:
+                if pieces:
+                    left, total = fraction(pieces)
+                    num, den = num * left, den * total
+            macs += term.macs * num // den
+        return macs
+
+    def _removed_nodes(self, plan: PruningPlan) -> set[str]:
+        gone: set[str] = set()
+        for branch_id in plan.dropped_branches:
+            gone.update(self.branch(branch_id).nodes)
+        for group_id, kept in plan.kept.items():
+            group = self.group(group_id)
+            if not kept and group.branch is not None:
+                gone.update(self.branch(group.branch).nodes)  # the branch becomes a constant
+        return gone
+
+    def describe(self, plan: PruningPlan) -> list[str]:
+        """One line per change the plan makes, for people (``inspect --plan``)."""
+        self.validate(plan)
+        lines = []
+        for group_id, kept in plan.kept.items():
+            group = self.group(group_id)
+            if len(kept) < group.size:
+                lines.append(f"group {group_id}: keep {len(kept)}/{group.size} channels "
+                             f"({len(group.producers)} tensors and {len(group.consumers)} consumers sliced)")
+        for branch_id in plan.dropped_branches:
+            branch = self.branch(branch_id)
+            lines.append(f"branch {branch_id}: removed ({len(branch.nodes)} nodes, {branch.macs} MACs)")
+        before, after = self.total_macs, self.predicted_macs(plan)
+        lines.append(f"MACs {before} -> {after} ({after / max(before, 1):.1%})")
+        return lines
+
+
+def analyze(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> GroupAnalysis:
+    """Compute channel groups, residual branches and MAC terms of ``model``."""
+    from onnxprune.macs import count_macs
+    from onnxprune.shapes import infer_static_shapes, resolve_input_shapes, static_shape_map
+
+    input_shapes = resolve_input_shapes(model, input_shapes)
+    skeleton, weight_shapes = skeleton_model(model)
+    shapes = static_shape_map(infer_static_shapes(skeleton, {**input_shapes, **weight_shapes}))
+    ir_model = ir.from_proto(model)
+    graph = ir_model.graph
+    _node_names(graph)
+    opset = graph.opset_imports.get("", 1)
+    builder = _Builder(graph, shapes, opset)
+    for node in graph:
+        builder.visit(node)
+    _freeze_subgraph_reads(builder, graph)
+    branches = find_residual_branches(graph, builder)
+    cost = count_macs(skeleton, {**input_shapes, **weight_shapes})
+    analysis = _finish(builder, graph, branches, cost, input_shapes)
+    analysis._ir = (model, ir_model)  # apply_plan on the same model reuses it (deserializing is slow)
+    return analysis
+
+
+def skeleton_model(model: onnx.ModelProto, limit: int = 4096) -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]]]:
+    """``model`` with its large weights turned into typed graph inputs (no data).
+
+    Shape inference and MAC counting only need the weights' shapes; serializing hundreds of MB
+    of weights for them is what made analysis slow on VGG-sized models. Small initializers
+    (shape constants, split sizes) keep their values for data propagation.
+    """
+    skeleton = onnx.ModelProto()
+    graph = model.graph
+    skeleton.CopyFrom(onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import,
+                                      producer_name=model.producer_name, functions=model.functions))
+    skeleton.graph.CopyFrom(onnx.GraphProto(name=graph.name, node=graph.node, input=graph.input,
+                                            output=graph.output, value_info=graph.value_info))
+    shapes = {}
+    for init in graph.initializer:
+        size = math.prod(init.dims)
+        if size <= limit or init.data_type not in _FLOAT_TYPES:
+            skeleton.graph.initializer.append(init)
+        else:
+            skeleton.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+            shapes[init.name] = tuple(init.dims)
+    return skeleton, shapes
+
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+
+
+def _freeze_subgraph_reads(builder: _Builder, graph: ir.Graph) -> None:
+    """Values read inside If/Loop bodies are not node inputs: freeze them (no rule sees the read)."""
+    for node in graph:
+        for attribute in node.attributes.values():
+            if attribute.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
+                subgraphs = attribute.value if isinstance(attribute.value, list) else [attribute.value]
+                for sub in subgraphs:
+                    for inner in ir.traversal.RecursiveGraphIterator(sub):
+                        for value in inner.inputs:
+                            if value is not None and value.name in builder.layouts:
+                                builder.freeze(f"{value.name!r} is read inside a subgraph of {node.name!r}",
+                                               builder.layouts[value.name])
+
+
+def _flatten(trees: list[Gates]) -> tuple[TensorAxis, ...]:
+    seen: set[int] = set()
+    return tuple(dict.fromkeys(t for tree in trees for t in tree.flatten(seen)))
+
+
+def _finish(builder: _Builder, graph: ir.Graph, branches, cost, input_shapes) -> GroupAnalysis:
+    roots = sorted({builder.root(s.id) for s in builder.spaces})
+    ids = {root: builder.spaces[root].name for root in roots}
+    gid = {str(s): ids[builder.root(s)] for s in range(len(builder.spaces))}
+    node_branch = {}
+    for branch in branches:
+        for name in branch.nodes:
+            node_branch.setdefault(name, branch.id)
+    shared = {name for name, value in graph.initializers.items() if len(value.uses()) > 1}
+    groups = []
+    for root in roots:
+        space = builder.spaces[root]
+        for ta in (*space.slices, *space.consumers):
+            if ta.name in shared and not any("shared" in r for r in space.reasons):
+                space.reasons.append(f"initializer {ta.name!r} is shared by several nodes")
+        owners = {node_branch.get(n) for n in space.nodes}
+        inside = next(iter(owners)) if len(owners) == 1 and None not in owners else None
+        groups.append(ChannelGroup(
+            id=ids[root], size=space.size, producers=tuple(dict.fromkeys(space.slices)),
+            consumers=tuple(dict.fromkeys(space.consumers)), gate_tensors=_flatten(space.gates),
+            activations=tuple(dict.fromkeys(space.activations)), prunable=not space.reasons,
+            reason="; ".join(space.reasons[:3]), dead_tests=tuple(dict.fromkeys(space.dead_tests)),
+            folds=tuple(space.folds), nodes=tuple(dict.fromkeys(space.nodes)), branch=inside,
+        ))
+
+    def remap(pieces: Iterable[Piece]) -> tuple[Piece, ...]:
+        return tuple(dataclasses.replace(p, group=gid[p.group]) for p in pieces)
+
+    mac_nodes = [n for n in graph if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum")]
+    terms = []
+    for node, layer in zip(mac_nodes, cost.layers):
+        terms.append(MacTerm(node.name, layer.macs, remap(builder.mac_in.get(node.name, ())),
+                             remap(builder.mac_out.get(node.name, ())), node.name in builder.depthwise))
+    edits = [dataclasses.replace(e, pieces=remap(e.pieces)) for e in builder.edits]
+    macs_by_node = {t.node: t.macs for t in terms}
+    branches = [dataclasses.replace(b, macs=sum(macs_by_node.get(n, 0) for n in b.nodes), channels=remap(b.channels))
+                for b in branches]
+    log.info("analysis: %d groups (%d prunable), %d residual branches", len(groups),
+             sum(g.prunable for g in groups), len(branches))
+    return GroupAnalysis(groups, branches, terms, edits, dict(input_shapes))
+
+
+__all__ = ["GroupAnalysis", "analyze", "ChannelGroup", "ResidualBranch", "TensorAxis", "MacTerm"]

@@ -1,0 +1,78 @@
+"""Residual branches: ``y = Add(x, f(x))`` where ``f``'s nodes are used by nothing else.
+
+Dropping the branch rewrites ``y`` to ``x`` exactly when ``f(x) = 0``, which the masked reference
+gets by zeroing the branch output's gate tensors (its last BatchNormalization's scale and
+shift, or its last layer's weight and bias). The search from each Add walks back from one input
+to the other and never past the skip value's producer, so it visits each node a bounded number
+of times in chains of blocks.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from onnxprune.passes.structures import Piece, ResidualBranch, State
+
+
+def _branch_nodes(out: ir.Value, skip: ir.Value, add: ir.Node, order: dict[int, int]) -> list[ir.Node] | None:
+    start = out.producer()
+    skip_producer = skip.producer()
+    floor = order[id(skip_producer)] if skip_producer is not None else -1
+    if start is None:
+        return None
+    members: dict[int, ir.Node] = {}
+    stack = [start]
+    reads_skip = False
+    while stack:
+        node = stack.pop()
+        if id(node) in members:
+            continue
+        if order.get(id(node), -1) <= floor:
+            return None  # the walk left the block: `out` depends on more than `skip`
+        members[id(node)] = node
+        for value in node.inputs:
+            if value is None or value.const_value is not None:
+                continue
+            if value is skip:
+                reads_skip = True
+                continue
+            producer = value.producer()
+            if producer is None:
+                return None
+            stack.append(producer)
+    if not reads_skip:
+        return None
+    for node in members.values():
+        for value in node.outputs:
+            if value.is_graph_output():
+                return None
+            for use in value.uses():
+                if id(use.node) not in members and not (value is out and use.node is add):
+                    return None
+    return sorted(members.values(), key=lambda n: order[id(n)])
+
+
+def find_residual_branches(graph: ir.Graph, builder) -> list[ResidualBranch]:
+    """Every ``Add(skip, branch)`` whose branch output can be zeroed by gate tensors."""
+    order = {id(node): index for index, node in enumerate(graph)}
+    branches = []
+    for add in graph:
+        if add.op_type != "Add" or len(add.inputs) != 2:
+            continue
+        a, b = add.inputs
+        if a is None or b is None or a.const_value is not None or b.const_value is not None or a is b:
+            continue
+        for skip, out in ((a, b), (b, a)):
+            nodes = _branch_nodes(out, skip, add, order)
+            layout = builder.layouts.get(out.name)
+            if nodes is None or layout is None or any(s.gate != State.ZERO for s in layout.segments):
+                continue
+            if builder.shapes.get(skip.name) != builder.shapes.get(add.outputs[0].name):
+                continue  # the skip would be broadcast: dropping the branch changes the shape
+            seen: set[int] = set()
+            gates = tuple(dict.fromkeys(g for s in layout.segments for g in s.gates.flatten(seen)))
+            pieces = tuple(Piece(str(s.space), 0, s.size, layout.block) for s in layout.segments)
+            branches.append(ResidualBranch(add.name, add.name, skip.name, out.name,
+                                           tuple(n.name for n in nodes), gates, 0, layout.axis, pieces))
+            break
+    return branches

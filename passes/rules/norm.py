@@ -1,0 +1,53 @@
+"""Normalizations (ONNX BatchNormalization-9/14/15, InstanceNormalization-6, LayerNormalization-17).
+
+    BatchNormalization:    Y[:, c] = scale[c] * (X[:, c] - mean[c]) / sqrt(var[c] + eps) + B[c]
+    InstanceNormalization: Y[n, c] = scale[c] * (X[n, c] - mu[n, c]) / sqrt(s2[n, c] + eps) + B[c]
+
+Both act on each channel alone: every parameter follows the channel, and zeroing scale and B
+zeroes the channel whatever came in, so they become the channel's gate tensors.
+LayerNormalization normalizes over the last axes; when the channels are among them, removing
+one changes the mean and variance of the others, so those channels are frozen.
+"""
+
+from __future__ import annotations
+
+from onnxprune.passes.rules.core import State, register
+
+
+def _per_channel(node, ctx, params: tuple[int, ...], gates: tuple[int, ...]) -> None:
+    layout = ctx.layout(node.inputs[0])
+    if layout is None:
+        return
+    if layout.axis != 1 or layout.block != 1 or len(node.outputs) > 1:
+        ctx.freeze(f"{node.op_type} {node.name!r} normalizes another axis or is in training mode", layout)
+        return
+    if not all(ctx.is_param(node.inputs[i]) for i in params):
+        ctx.freeze(f"{node.op_type} {node.name!r} has computed parameters", layout)
+        return
+    sliced = {i: ctx.follow(layout, node.inputs[i].name, 0) for i in params}
+    ctx.set_layout(node.outputs[0], layout.reset([tuple(sliced[i][k] for i in gates) for k in range(len(layout.segments))]))
+
+
+@register("BatchNormalization", 9)
+def batch_norm(node, ctx) -> None:
+    _per_channel(node, ctx, params=(1, 2, 3, 4), gates=(1, 2))
+
+
+@register("InstanceNormalization", 6)
+def instance_norm(node, ctx) -> None:
+    _per_channel(node, ctx, params=(1, 2), gates=(1, 2))
+
+
+@register("LayerNormalization", 17)
+def layer_norm(node, ctx) -> None:
+    layout = ctx.layout(node.inputs[0])
+    if layout is None:
+        return
+    axis = ctx.attr("axis", -1)
+    axis = axis + layout.rank if axis < 0 else axis
+    if layout.axis >= axis:
+        ctx.freeze(f"LayerNormalization {node.name!r} normalizes over the channels (removing one "
+                   f"changes the statistics of the rest)", layout)
+        return
+    # channels outside the normalized axes pass through; a zero row comes out as the shift B
+    ctx.set_layout(node.outputs[0], layout.with_state(lambda s: State.VARYING))

@@ -1,0 +1,173 @@
+"""import_model(): conversion, the name map, trainable weights, and the errors users see."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.parser
+import pytest
+import torch
+from onnx import numpy_helper
+
+from onnxprune.errors import ShapeError, UnsupportedModelError
+from onnxprune.importer import ParamRef, import_model, run_torch
+from onnxprune.verify import run_onnxruntime
+
+
+def text_model(text: str, opset: int = 20, **weights: np.ndarray) -> onnx.ModelProto:
+    """Parse ONNX text whose weights are declared as graph inputs, then make them initializers."""
+    model = onnx.parser.parse_model(f'<ir_version: 10, opset_import: ["" : {opset}]>' + text)
+    keep = [v for v in model.graph.input if v.name not in weights]
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+    for name, value in weights.items():
+        model.graph.initializer.append(numpy_helper.from_array(value, name))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def rand(*shape: int, seed: int = 0, positive: bool = False) -> np.ndarray:
+    value = np.random.default_rng(seed + sum(shape)).standard_normal(shape).astype(np.float32)
+    return np.abs(value) + 0.5 if positive else value
+
+
+def cnn_model() -> onnx.ModelProto:
+    """Conv+BN+PRelu, per-channel Mul, global pool, Gemm(transB=1), Gemm(transB=0), MatMul+Add."""
+    return text_model("""
+    g (float[N, 2, 6, 6] x, float[4, 2, 3, 3] cw, float[4] cb, float[4] s, float[4] b, float[4] mean,
+       float[4] var, float[4, 1, 1] slope, float[1, 4, 1, 1] chscale, float[5, 4] g1w, float[5] g1b,
+       float[5, 6] g2w, float[6] g2b, float[6, 3] mw, float[3] mb) => (float[N, 3] y) {
+       [conv] c = Conv<pads = [1, 1, 1, 1]>(x, cw, cb)
+       [bn] n = BatchNormalization(c, s, b, mean, var)
+       [prelu] p = PRelu(n, slope)
+       [scale] q = Mul(p, chscale)
+       [gap] pooled = GlobalAveragePool(q)
+       [flatten] f = Flatten(pooled)
+       [fc1] h1 = Gemm<transB = 1>(f, g1w, g1b)
+       [fc2] h2 = Gemm(h1, g2w, g2b)
+       [mm] h3 = MatMul(h2, mw)
+       [bias] y = Add(h3, mb)
+    }""", cw=rand(4, 2, 3, 3), cb=rand(4), s=rand(4, positive=True), b=rand(4, seed=1), mean=rand(4, seed=2),
+        var=rand(4, seed=3, positive=True), slope=rand(4, 1, 1, seed=4), chscale=rand(1, 4, 1, 1, seed=5),
+        g1w=rand(5, 4), g1b=rand(5), g2w=rand(5, 6), g2b=rand(6), mw=rand(6, 3), mb=rand(3))
+
+
+def transformer_block() -> onnx.ModelProto:
+    return text_model("""
+    g (float[N, 4, 8] x, float[8] lnw, float[8] lnb, float[8, 8] wq, float[8] bq, float[8, 16] w1,
+       float[16, 8] w2) => (float[N, 4, 8] y) {
+       [ln] n = LayerNormalization<axis = -1>(x, lnw, lnb)
+       [q_proj] qm = MatMul(n, wq)
+       [q_bias] q = Add(qm, bq)
+       [up] u = MatMul(q, w1)
+       [act] a = Gelu(u)
+       [down] d = MatMul(a, w2)
+       [residual] y = Add(x, d)
+    }""", lnw=rand(8, positive=True), lnb=rand(8), wq=rand(8, 8), bq=rand(8), w1=rand(8, 16), w2=rand(16, 8))
+
+
+@pytest.mark.parametrize("build", [cnn_model, transformer_block])
+def test_import_matches_onnxruntime_and_maps_every_float_initializer(build):
+    model = build()
+    imported = import_model(model)
+    assert imported.check is not None and imported.check.max_abs < 1e-4
+    assert imported.input_names == ("x",) and imported.output_names == ("y",)
+    assert set(imported.params) == {init.name for init in model.graph.initializer}
+    for init in imported.onnx_model.graph.initializer:
+        np.testing.assert_array_equal(imported.tensor(init.name).detach().numpy(), numpy_helper.to_array(init))
+    feeds = {"x": np.random.default_rng(3).standard_normal((2, *imported.input_shapes["x"][1:])).astype(np.float32)}
+    np.testing.assert_allclose(run_torch(imported, feeds)[0], run_onnxruntime(model, feeds)[0], atol=1e-5, rtol=1e-4)
+
+
+def test_weights_are_trainable_parameters_and_stats_are_buffers():
+    imported = import_model(cnn_model())
+    trainable = {name for name in imported.params if isinstance(imported.tensor(name), torch.nn.Parameter)
+                 or imported.tensor(name).requires_grad}
+    assert trainable == {"cw", "cb", "s", "b", "slope", "chscale", "g1w", "g1b", "g2w", "g2b", "mw", "mb"}
+    assert imported.params["g1w"] == ParamRef("fc1", "weight", transpose=False)
+    assert imported.params["g2w"] == ParamRef("fc2", "weight", transpose=True)  # transB=0: torch holds W^T
+    assert imported.params["mean"].attr == "running_mean"
+    assert dict(imported.module.named_buffers()).keys() >= {"bn.running_mean", "bn.running_var"}
+
+
+def test_gradients_reach_matmul_and_gemm_weights():
+    imported = import_model(transformer_block())
+    x = torch.randn(2, 4, 8)
+    imported.module(x).square().sum().backward()
+    for name in ("wq", "w1", "w2", "lnw", "bq"):
+        grad = imported.tensor(name).grad  # none of these is transposed, so this is the leaf
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_tensor_is_a_live_view_in_onnx_layout():
+    imported = import_model(cnn_model())
+    view = imported.tensor("g2w")  # Gemm transB=0: ONNX [5, 6], nn.Linear weight [6, 5]
+    assert tuple(view.shape) == (5, 6)
+    with torch.no_grad():
+        view[0, 1] = 42.0
+    linear = imported.module.get_submodule("fc2")
+    assert linear.weight[1, 0].item() == 42.0
+
+
+def test_unsupported_ops_are_listed_in_one_error():
+    model = onnx.parser.parse_model("""<ir_version: 10, opset_import: ["" : 20, "com.acme" : 1]>
+    g (float[N, 3] x) => (float[N, 3] y, int64 s) {
+       [foo] h = com.acme.Foo(x)
+       [n7] s = Size(x)
+       [relu] y = Relu(h)
+    }""")
+    model.graph.node[0].name = "/a/Foo"  # exporter-style name the text format cannot spell
+    with pytest.raises(UnsupportedModelError) as info:
+        import_model(model)
+    assert str(info.value) == "cannot convert 2 ops: com.acme.Foo (node /a/Foo), Size-19 (node n7)"
+
+
+def test_converter_exception_becomes_clear_error():
+    model = text_model("""
+    g (float[N, 6] x, int64[2] shape) => (float[N, 2, 3] y) {
+       [c] k = Constant<value = int64[3] {0, 2, 3}>()
+       [view] y = Reshape<allowzero = 1>(x, k)
+    }""", opset=14)
+    with pytest.raises(UnsupportedModelError, match=r"^cannot convert 1 ops: Reshape-14 \(node view\): .*allowzero"):
+        import_model(model)
+
+
+def test_numerical_mismatch_names_the_output():
+    # onnx2torch maps every nearest Resize to torch's floor rule; round_prefer_ceil differs.
+    model = text_model("""
+    g (float[1, 1, 4, 4] x) => (float[1, 1, 8, 8] up) {
+       [c] scales = Constant<value = float[4] {1, 1, 2, 2}>()
+       [resize] up = Resize<mode = "nearest", coordinate_transformation_mode = "asymmetric", nearest_mode = "round_prefer_ceil">(x, , scales)
+    }""")
+    with pytest.raises(UnsupportedModelError, match=r"differs from onnxruntime at output 'up': max abs error"):
+        import_model(model)
+
+
+def test_dynamic_non_batch_dim_needs_input_shapes():
+    model = text_model("""
+    g (float[N, T, 8] x, float[8, 4] w) => (float[N, T, 4] y) {
+       [mm] y = MatMul(x, w)
+    }""", w=rand(8, 4))
+    with pytest.raises(ShapeError, match="'T'"):
+        import_model(model)
+    imported = import_model(model, input_shapes={"x": (2, 5, 8)})
+    assert imported.input_shapes == {"x": (2, 5, 8)}
+    assert imported.onnx_model.graph.input[0].type.tensor_type.shape.dim[1].dim_param == "T"
+
+
+def test_input_model_is_not_mutated_and_normalized_graph_is_kept():
+    model = cnn_model()
+    before = model.SerializeToString()
+    imported = import_model(model)
+    assert model.SerializeToString() == before
+    assert [n.name for n in imported.onnx_model.graph.node] == [n.name for n in model.graph.node]
+
+
+def test_torch_runtime_failure_becomes_clear_error():
+    # onnx2torch's Flatten mis-handles axis=0 and fails when run.
+    model = text_model("""
+    g (float[2, 3] x) => (float[1, 6] y) {
+       [flat0] y = Flatten<axis = 0>(x)
+    }""")
+    with pytest.raises(UnsupportedModelError, match="^the torch import fails on a sample input: IndexError"):
+        import_model(model)

@@ -1,0 +1,92 @@
+"""Residual layer removal: ``Add(x, f(x))`` -> ``x``; an emptied branch -> ``Add(x, constant)``."""
+
+from __future__ import annotations
+
+from onnxprune.passes import PruningPlan, analyze
+from onnxprune.passes.testing import check_exact, model_from_text
+
+H17 = '<ir_version: 8, opset_import: ["" : 17]>'
+
+
+def block(i: int, x: str, c: int = 8, mid: int = 6) -> tuple[str, str]:
+    """A basic residual block on ``x``: declarations and node lines; output a{i}."""
+    decl = (f"float[{mid},{c},3,3] wa{i}, float[{mid}] sa{i}, float[{mid}] ba{i}, float[{mid}] ma{i}, float[{mid}] vara{i}, "
+            f"float[{c},{mid},3,3] wb{i}, float[{c}] sb{i}, float[{c}] bb{i}, float[{c}] mb{i}, float[{c}] varb{i}")
+    nodes = f"""
+  ca{i} = Conv <pads=[1,1,1,1]> ({x}, wa{i})
+  ta{i} = BatchNormalization (ca{i}, sa{i}, ba{i}, ma{i}, vara{i})
+  ra{i} = Relu (ta{i})
+  cb{i} = Conv <pads=[1,1,1,1]> (ra{i}, wb{i})
+  tb{i} = BatchNormalization (cb{i}, sb{i}, bb{i}, mb{i}, varb{i})
+  a{i} = Add ({x}, tb{i})"""
+    return decl, nodes
+
+
+def chain(n: int, output_is_add: bool = False) -> str:
+    decls, body, x = [], [], "r0"
+    for i in range(1, n + 1):
+        decl, nodes = block(i, x)
+        decls.append(decl)
+        body.append(nodes)
+        x = f"a{i}"
+    tail = "" if output_is_add else f"\n  r = Relu ({x})\n  y = Conv (r, wh)"
+    out = "float[1,8,8,8] " + x if output_is_add else "float[1,4,8,8] y"
+    return f"""{H17}
+g (float[1,3,8,8] x) => ({out}) <float[8,3,3,3] w0, float[4,8,1,1] wh, {', '.join(decls)}>
+{{
+  r0 = Conv <pads=[1,1,1,1]> (x, w0){''.join(body)}{tail}
+}}"""
+
+
+def test_drop_consecutive_branches() -> None:
+    model = model_from_text(chain(3))
+    analysis = analyze(model)
+    assert [b.id for b in analysis.residual_branches] == ["Add_6", "Add_12", "Add_18"]
+    plan = PruningPlan(dropped_branches=("Add_6", "Add_12"))
+    checked = check_exact(model, plan, analysis=analysis)
+    ops = [n.op_type for n in checked.pruned.graph.node]
+    assert ops.count("Conv") == 4 and ops.count("Add") == 1
+    assert checked.macs == checked.predicted_macs
+
+
+def test_drop_branch_whose_add_is_the_graph_output_keeps_the_output_name() -> None:
+    model = model_from_text(chain(1, output_is_add=True))
+    analysis = analyze(model)
+    plan = PruningPlan(dropped_branches=(analysis.residual_branches[0].id,))
+    checked = check_exact(model, plan, analysis=analysis)
+    assert [o.name for o in checked.pruned.graph.output] == ["a1"]
+    assert [n.op_type for n in checked.pruned.graph.node] == ["Conv", "Identity"]
+
+
+def test_emptied_inner_group_turns_the_branch_into_a_constant() -> None:
+    model = model_from_text(chain(2))
+    analysis = analyze(model)
+    inner = next(g for g in analysis.groups if g.id == "wa1")
+    assert inner.branch == "Add_6"
+    plan = PruningPlan(kept={"wa1": (), "w0": (0, 3, 4, 7)})  # the residual stream is pruned too
+    checked = check_exact(model, plan, analysis=analysis)
+    initializers = {i.name: tuple(i.dims) for i in checked.pruned.graph.initializer}
+    assert "wa1" not in initializers and "wb1" not in initializers
+    assert initializers["tb1_constant"] == (1, 4, 1, 1)
+    assert checked.macs == checked.predicted_macs
+
+
+def test_transformer_style_branch_with_matmul_bias() -> None:
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,5,8] x) => (float[1,5,8] y) <float[8,8] we, float[8,16] w1, float[16] k1, float[16,8] w2, float[8] k2>
+{
+  e = MatMul (x, we)
+  h0 = MatMul (e, w1)
+  h = Add (h0, k1)
+  a = Relu (h)
+  o0 = MatMul (a, w2)
+  o = Add (o0, k2)
+  r = Add (e, o)
+  y = Relu (r)
+}"""
+    model = model_from_text(text)
+    analysis = analyze(model)
+    branch = analysis.residual_branches[0]
+    assert {t.name for t in branch.gate_tensors} == {"w2", "k2"}
+    checked = check_exact(model, PruningPlan(dropped_branches=(branch.id,)), analysis=analysis)
+    assert [n.op_type for n in checked.pruned.graph.node] == ["MatMul", "Relu"]
