@@ -10,7 +10,8 @@ original's onnxruntime outputs) and is scored on the held-out test split with on
     uniform-channels     the same fraction of every layer (largest norms), fine-tuned all epochs
 
 The baselines are chosen before training and fine-tune for the whole budget, so they get at
-least as much fine-tuning as the learned methods. Latency: onnxruntime CPU, 1 thread, batch 1,
+least as much fine-tuning as the learned methods. Latency: onnxruntime CPU, 1 thread, batch 256
+(``--latency-batch``; at batch 1 these tiny models time the runtime's per-call overhead),
 interleaved timing (:func:`onnxprune.latency.measure_latency`); speedup = p50(original) / p50(pruned).
 
     python benchmarks/structured_table.py [--models resnet,vgg] [--targets 0.5,0.25] [--epochs 9]
@@ -51,6 +52,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=9)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--latency-seconds", type=float, default=3.0)
+    parser.add_argument("--latency-batch", type=int, default=256,
+                        help="rows per timed call (at batch 1 these 8x8 models time onnxruntime's overhead)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
     threads(1)
@@ -72,7 +75,7 @@ def main() -> None:
                 method = METHODS[method_name](target_macs=target)
                 result = prune(setup, method, TrainConfig(epochs=args.epochs, seed=args.seed, quiet=True))
                 stats = measure_latency([setup.original, result["pruned"]], {"image": setup.test_set.inputs["image"][:1]},
-                                        threads=1, seconds=args.latency_seconds)
+                                        threads=1, seconds=args.latency_seconds, batch=args.latency_batch)
                 row = {"model": name, "target": float(target), "method": method_name,
                        "accuracy": result["accuracy"], "macs": result["macs"], "macs_frac": result["macs_frac"],
                        "params": result["params"], "params_frac": result["params_frac"],

@@ -7,6 +7,8 @@ and optional integer labels ``[N]``. Sources:
 * ``data.npy`` for single-input models;
 * a directory of ``.npz`` / ``.npy`` files, concatenated along axis 0 in file-name order
   (an array one rank short of the input is one sample);
+* a directory of images (png/jpg, optionally in class sub-folders whose names become labels),
+  decoded and fitted to a single image input by :mod:`onnxprune.calibration.images`;
 * ``synthetic``: standard-normal inputs of the resolved input shapes, for smoke tests only.
 
 Every check names the input and what was expected, as one :class:`CalibrationError` line, before
@@ -24,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxprune.calibration.images import is_image_folder, load_image_folder
 from onnxprune.errors import CalibrationError, ShapeError
 from onnxprune.shapes import graph_inputs, resolve_input_shapes
 
@@ -69,6 +72,7 @@ def load_calibration(
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     labels: str | Path | None = None,
     seed: int = 0,
+    image_options: dict | None = None,
 ) -> CalibrationSet:
     """Load and validate calibration data for ``model`` (see the module docstring)."""
     if source is None:
@@ -80,7 +84,10 @@ def load_calibration(
     if str(source) == SYNTHETIC:
         data = _synthetic(model, input_shapes or {}, specs, seed)
         return data
-    arrays = _read_source(Path(source), specs)
+    if is_image_folder(source):
+        arrays = _read_images(Path(source), model, input_shapes or {}, specs, image_options or {})
+    else:
+        arrays = _read_source(Path(source), specs)
     file_labels = arrays.pop(LABELS_KEY, None)
     if labels is not None:
         file_labels = _read_array(Path(labels), "--labels")
@@ -101,6 +108,18 @@ def _input_specs(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]]) 
             dims = (dims[0] if dims else None, *given[1:])
         specs.append(_Spec(value.name, dtype, dims))
     return specs
+
+
+def _read_images(path: Path, model, overrides, specs: list[_Spec], options: dict) -> dict[str, np.ndarray]:
+    if len(specs) != 1:
+        raise CalibrationError(f"--calib {path}: an image folder serves single-input models; this one "
+                               f"has inputs {[s.name for s in specs]}")
+    shape = resolve_input_shapes(model, overrides)[specs[0].name]
+    images, labels, _skipped = load_image_folder(path, shape, **options)  # skips are logged there
+    arrays = {specs[0].name: images}
+    if labels is not None:
+        arrays[LABELS_KEY] = labels
+    return arrays
 
 
 def _read_source(path: Path, specs: list[_Spec]) -> dict[str, np.ndarray]:
@@ -223,7 +242,9 @@ def _synthetic(model: onnx.ModelProto, overrides: dict, specs: list[_Spec], seed
     return CalibrationSet(inputs, None, synthetic=True)
 
 
-def split_holdout(data: CalibrationSet, fraction: float = 0.1, seed: int = 0) -> tuple[CalibrationSet, CalibrationSet | None]:
+def split_holdout(
+    data: CalibrationSet, fraction: float = 0.1, seed: int = 0
+) -> tuple[CalibrationSet, CalibrationSet | None]:
     """Seeded random split into (train, holdout); training never sees the holdout."""
     if not 0.0 <= fraction < 1.0:
         raise CalibrationError(f"--holdout {fraction}: expected a fraction in [0, 1)")

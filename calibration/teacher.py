@@ -7,6 +7,8 @@ epoch distils from the same targets, and the holdout's targets define fidelity.
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,21 +17,30 @@ from onnxprune.calibration.data import CalibrationSet
 
 log = logging.getLogger(__name__)
 
+_PROTOBUF_LIMIT = 2**31 - 2**25
 
-def _session(model: onnx.ModelProto, providers: list[str] | None):
+
+def _session(model: onnx.ModelProto, providers: list | None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=providers or ["CPUExecutionProvider"])
+    providers = providers or ["CPUExecutionProvider"]
+    if model.ByteSize() < _PROTOBUF_LIMIT:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    with tempfile.TemporaryDirectory(prefix="onnxprune-teacher-") as tmp:  # >2 GB: external data
+        path = Path(tmp) / "teacher.onnx"
+        detached = onnx.ModelProto()
+        detached.CopyFrom(model)  # saving as external data rewrites the tensors in place
+        onnx.save_model(detached, str(path), save_as_external_data=True, location="teacher.onnx.data")
+        return ort.InferenceSession(str(path), options, providers=providers)
 
 
 def teacher_outputs(
     model: onnx.ModelProto,
     data: CalibrationSet,
     batch_size: int = 256,
-    providers: list[str] | None = None,
+    providers: list | None = None,
 ) -> list[np.ndarray]:
     """The model's outputs for every sample, in graph-output order, each [N, ...]."""
     session = _session(model, providers)

@@ -27,11 +27,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import click
 import onnx
 
 from onnxprune.errors import GateFailedError, OnnxPruneError
-from onnxprune.latency import PROVIDERS
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +74,13 @@ class GateResult:
     unit: str = ""  # "", "ms" or "x"; fractions print as percentages
     note: str = ""  # why a figure is missing
 
-    def describe(self) -> str:
+    def describe(self, verdict: bool = True) -> str:
+        """``--min-speedup 1.30x: measured 1.12x, missed`` (without ``, missed`` if not ``verdict``)."""
         if self.measured is None:
-            return f"{self.name} {_fmt(self.threshold, self.unit)}: not measured ({self.note})"
-        relation = ">=" if self.name.startswith("--min") else "<="
-        verdict = "ok" if self.passed else "missed"
-        return f"{self.name}: {_fmt(self.measured, self.unit)} (needs {relation} {_fmt(self.threshold, self.unit)}) {verdict}"
+            text = f"{self.name} {_fmt(self.threshold, self.unit)}: not measured ({self.note})"
+        else:
+            text = f"{self.name} {_fmt(self.threshold, self.unit)}: measured {_fmt(self.measured, self.unit)}"
+        return f"{text}, {'ok' if self.passed else 'missed'}" if verdict else text
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -131,7 +130,8 @@ def enforce(results: Sequence[GateResult]) -> None:
     """Raises GateFailedError (exit code 3) naming every missed gate and its figures."""
     missed = [r for r in results if not r.passed]
     if missed:
-        raise GateFailedError("gate missed: " + "; ".join(r.describe() for r in missed))
+        raise GateFailedError(f"{len(missed)} of {len(results)} gates missed: "
+                              + "; ".join(r.describe(verdict=False) for r in missed))
 
 
 def rejected_path(out: str | os.PathLike) -> Path:
@@ -166,97 +166,3 @@ def measure_before_after(
              after.p50_ms, speedup or float("nan"))
     return {"provider": before.provider, "threads": before.threads, "batch": LATENCY_BATCH, "seconds": seconds,
             "before": before.to_dict(), "after": after.to_dict(), "speedup": speedup}
-
-
-# --- command-line options and the end of a gated run ------------------------------------------
-
-OPTIONS = [
-    click.Option(["--min-fidelity"], type=click.FloatRange(0.0, 1.0), default=None, metavar="F",
-                 help="CI gate: top-1 agreement with the original on the holdout must be >= F (e.g. 0.98)."),
-    click.Option(["--max-accuracy-drop"], type=click.FloatRange(0.0, 1.0), default=None, metavar="D",
-                 help="CI gate: holdout accuracy may drop by at most D (fraction: 0.01 = one point; needs labels)."),
-    click.Option(["--max-latency-ms"], type=click.FloatRange(0.0, min_open=True), default=None, metavar="MS",
-                 help="CI gate: p50 latency of the pruned model (batch 1, --providers) must be <= MS."),
-    click.Option(["--min-speedup"], type=click.FloatRange(0.0, min_open=True), default=None, metavar="S",
-                 help="CI gate: p50 latency of the original / the pruned model must be >= S."),
-    click.Option(["--providers"], "latency_provider", type=click.Choice(PROVIDERS), default="cpu",
-                 help="Execution provider that latency (gates, report, --target-latency-ms) is measured on."),
-    click.Option(["--latency-threads"], type=click.IntRange(1), default=1,
-                 help="onnxruntime intra-op threads for latency measurements."),
-    click.Option(["--latency-seconds"], type=click.FloatRange(0.0), default=2.0,
-                 help="Time spent timing each comparison (0: no latency in a report folder unless a gate needs it)."),
-]
-"""Options the prune command adds (``command.params.extend(gates.OPTIONS)``); the exit code of a
-missed gate is 3."""
-
-
-@dataclasses.dataclass(frozen=True)
-class LatencySpec:
-    provider: str = "cpu"
-    threads: int = 1
-    seconds: float = 2.0
-
-
-def check_report_path(report_path: str | os.PathLike | None, model_path: str | os.PathLike) -> None:
-    """Refuses, before any work, a --report that is the input, or a folder (no .json suffix) that
-    is an existing file, or a .json whose directory does not exist."""
-    if report_path is None:
-        return
-    path = Path(report_path)
-    if path.resolve() == Path(model_path).resolve():
-        raise OnnxPruneError(f"--report {path} is the input file; choose another path")
-    if path.suffix.lower() == ".json":
-        if not path.resolve().parent.is_dir():
-            raise OnnxPruneError(f"--report {path}: directory {path.parent} does not exist")
-    elif path.exists() and not path.is_dir():
-        raise OnnxPruneError(f"--report {path}: exists and is not a directory (a .json name writes one file)")
-
-
-def conclude(
-    report: dict[str, Any],
-    *,
-    original: onnx.ModelProto,
-    normalized: onnx.ModelProto,
-    pruned: onnx.ModelProto,
-    feeds: Mapping[str, Any],
-    out: str | os.PathLike,
-    input_path: str | os.PathLike,
-    report_path: str | os.PathLike | None,
-    gates: Gates,
-    latency: LatencySpec = LatencySpec(),
-) -> Path:
-    """The end of a verified prune run: figures (widths, sizes, latency), gates, then the model
-    to ``out`` (or to :func:`rejected_path` on a miss), the report, and GateFailedError on a miss.
-
-    ``normalized`` is the imported original (same initializer names as ``pruned``); ``feeds``
-    one batch of inputs for timing. Returns the path the model was written to.
-    """
-    import time
-
-    from onnxprune.modelio import save_model_atomic
-    from onnxprune.report_dir import add_model_figures, read_trail, write_report
-
-    phases = report.setdefault("phases", {})
-    add_model_figures(report, normalized, pruned)
-    trail = (report.get("method_options") or {}).get("trail")
-    if trail:
-        report["trail"] = read_trail(trail)
-    folder = report_path is not None and Path(report_path).suffix.lower() != ".json"
-    if gates.needs_latency or (folder and latency.seconds > 0):
-        started = time.perf_counter()
-        report["latency"] = measure_before_after(original, pruned, feeds, latency.provider, latency.threads,
-                                                 max(latency.seconds, 0.5))
-        phases["latency"] = time.perf_counter() - started
-    results = evaluate_gates(gates, report)
-    record_gates(report, results)
-    accepted = report["status"] == "accepted"
-    target = Path(out) if accepted else rejected_path(out)
-    written = save_model_atomic(pruned, target, input_path=input_path)
-    report["output"] = os.fspath(out) if accepted else None
-    if not accepted:
-        report["rejected_output"] = os.fspath(written)
-        log.warning("gate missed: the model is at %s, %s is not written", written, out)
-    if report_path is not None:
-        write_report(report, report_path)
-    enforce(results)
-    return written

@@ -257,8 +257,8 @@ def plot_latency_curve(curve: Sequence[Mapping[str, Any]], target_ms: float, pat
     ax = fig.add_subplot()
     ordered = sorted(curve, key=lambda c: c[x_key])
     ax.plot([c[x_key] for c in ordered], [c["latency_ms"] for c in ordered], color="#08519c", alpha=0.5)
-    for met, style in ((True, dict(color="#2ca02c", label="meets target")),
-                       (False, dict(facecolors="none", edgecolors="#d62728", label="too slow"))):
+    for met, style in ((True, {"color": "#2ca02c", "label": "meets target"}),
+                       (False, {"facecolors": "none", "edgecolors": "#d62728", "label": "too slow"})):
         pts = [c for c in curve if c["met"] == met]
         if pts:
             ax.scatter([c[x_key] for c in pts], [c["latency_ms"] for c in pts], zorder=3, **style)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -31,13 +30,12 @@ from onnxprune.importer import import_model
 from onnxprune.macs import count_macs
 from onnxprune.methods.base import PruningMethod, registry
 from onnxprune.modelio import load_model, save_model_atomic
+from onnxprune.passes import apply_plan
 from onnxprune.report import add_layers, build_report, nonzero_weights, write_report
 from onnxprune.shapes import parse_input_shapes, resolve_input_shapes
 from onnxprune.training import Replica, TrainConfig, TrainData, distributed, prunable_weights, train
 from onnxprune.verify import assert_close, run_onnxruntime
 from onnxprune.writeback import write_back
-
-log = logging.getLogger(__name__)
 
 _VERIFY_SAMPLES = 256
 
@@ -50,6 +48,7 @@ class PruneConfig:
     method_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     calib: str | None = None
     labels: str | None = None
+    image_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # --mean/--std/... for image folders
     input_shapes: tuple[str, ...] = ()
     holdout: float = 0.1
     loss: str | None = None
@@ -150,9 +149,12 @@ def _run(config: PruneConfig, replica: Replica) -> RunResult:
 
 def _calibrate(config: PruneConfig, original: onnx.ModelProto, overrides, replica: Replica) -> _Calibration:
     """Load and validate the data, split the holdout, compute the teacher's targets once."""
-    data = load_calibration(config.calib, original, overrides, config.labels, seed=config.train.seed)
+    data = load_calibration(config.calib, original, overrides, config.labels, seed=config.train.seed,
+                            image_options=config.image_options)
     train_set, holdout = split_holdout(data, config.holdout, config.train.seed)
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if replica.device.type == "cuda" else None
+    providers = None
+    if replica.device.type == "cuda":  # each process's teacher on its own GPU
+        providers = [("CUDAExecutionProvider", {"device_id": replica.device.index or 0}), "CPUExecutionProvider"]
     train_targets = teacher_outputs(original, train_set, providers=providers)
     eval_set, eval_targets = train_set, train_targets
     if holdout is not None:
@@ -209,21 +211,6 @@ def _analysis(method: PruningMethod, model: onnx.ModelProto, shapes):
     from onnxprune.passes.groups import analyze
 
     return analyze(model, shapes)
-
-
-# --- plan application -------------------------------------------------------------------------
-# TEMPORARY until onnxprune.passes.apply_plan lands: an empty plan (the magnitude baseline's only
-# plan) is applied as "no structural change"; a non-empty plan without the passes is an error.
-
-def apply_plan(model: onnx.ModelProto, plan, shapes) -> onnx.ModelProto:
-    try:
-        from onnxprune.passes import apply_plan as passes_apply_plan
-    except ImportError:  # TEMPORARY fallback, see above
-        if not plan.is_empty:
-            raise OnnxPruneError("this plan removes structures, but onnxprune.passes is not installed")
-        log.warning("onnxprune.passes not available: plan not applied (zeros only)")
-        return model
-    return passes_apply_plan(model, plan, shapes)
 
 
 def _set_metadata(model: onnx.ModelProto, method: PruningMethod, config: PruneConfig, before, after) -> None:

@@ -122,10 +122,13 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     def ratio(a: float, b: float) -> str:
         return f"{a / b:.1%}" if b else "n/a"
 
+    def change(pair: dict) -> str:
+        return f"{format_count(pair['before'])} -> {format_count(pair['after'])} ({ratio(pair['after'], pair['before'])})"
+
     lines = [
         f"method      {report['method']} {json.dumps(report['method_options'], sort_keys=True)}",
-        f"MACs        {format_count(m['before'])} -> {format_count(m['after'])} ({ratio(m['after'], m['before'])})",
-        f"params      {format_count(p['before'])} -> {format_count(p['after'])} ({ratio(p['after'], p['before'])})",
+        f"MACs        {change(m)}",
+        f"params      {change(p)}",
         f"nonzero     {format_count(w['before']['nonzero'])} -> {format_count(w['after']['nonzero'])} "
         f"prunable weights ({ratio(w['after']['nonzero'], w['before']['total'])} of {format_count(w['before']['total'])})",
     ]

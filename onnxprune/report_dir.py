@@ -89,7 +89,7 @@ def read_trail(folder: str | os.PathLike) -> list[dict[str, Any]]:
     lines = [line.strip() for line in table.read_text().splitlines() if line.strip().startswith("|")]
     if len(lines) < 2:
         return []
-    cells = lambda line: [c.strip() for c in line.strip("|").split("|")]  # noqa: E731
+    cells = lambda line: [c.strip() for c in line.strip("|").split("|")]
     keys = cells(lines[0])
     return [{k: _number(v) for k, v in zip(keys, cells(line))} for line in lines[2:]]
 
@@ -189,14 +189,15 @@ def _plots(report: Mapping[str, Any], folder: Path) -> list[Path]:
 
 def _short(name: str) -> str:
     """Axis label: a torch-exported weight name without its ``.weight`` suffix."""
-    return name[: -len(".weight")] if name.endswith(".weight") else name
+    return name.removesuffix(".weight")
 
 
 def render_markdown(report: Mapping[str, Any], images: Sequence[str] = ()) -> str:
     """The readable summary (report.md); ``images`` are PNG names in the same folder."""
     images = set(images)
-    out = [f"# onnxprune report: {Path(str(report.get('input'))).name} -> "
-           f"{Path(str(report.get('output'))).name if report.get('output') else '(no output)'}", ""]
+    written = report.get("output") or report.get("rejected_output")
+    title = f"{Path(str(report.get('input'))).name} -> {Path(written).name if written else '(not written)'}"
+    out = [f"# onnxprune report: {title}", ""]
     out += _status(report)
     out += ["## Size and speed", "", "| | before | after | after / before |", "| --- | ---: | ---: | ---: |"]
     for label, key in (("MACs per sample", "macs"), ("parameters", "params"), ("model size", "size_bytes")):
@@ -327,8 +328,9 @@ def _latency_target(report: Mapping[str, Any], image: bool) -> list[str]:
     target = report.get("latency_target")
     if not target:
         return []
-    out = [f"## Latency target: {target['target_ms']:.4g} ms on {target.get('provider', 'cpu')} "
-           f"({'met' if target.get('met') else 'NOT met'})", ""]
+    heading = (f"## Latency target: {target['target_ms']:.4g} ms on {target.get('provider', 'cpu')} "
+               f"({'met' if target.get('met') else 'NOT met'})")
+    out = [heading, ""]
     out += ["![latency vs MACs](latency.png)", ""] if image else []
     out += ["| round | MAC fraction | MACs | latency p50 | meets |", "| ---: | ---: | ---: | ---: | --- |"]
     out += [f"| {i} | {c['mac_fraction']:.3f} | {format_count(c['macs']) if c.get('macs') is not None else ''} | "

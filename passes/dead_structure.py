@@ -45,8 +45,13 @@ def removable(analysis, dead: dict[str, list[int]], values: list[dict[str, np.nd
     for group_id, channels in dead.items():
         group = analysis.group(group_id)
         keep = [c for c in channels if all(_removable_at(site, c, values) for site in group.folds)]
-        if len(keep) == group.size:
-            keep = keep[1:]  # a layer needs at least one channel
+        if group.chunks > 1:  # a grouped Conv's output loses equally many channels per conv group
+            runs = [[c for c in keep if group.chunk_of(c) == j] for j in range(group.chunks)]
+            least = min(len(r) for r in runs)
+            keep = sorted(c for r in runs for c in r[:least])
+        if len(keep) == group.size:  # a layer needs at least one channel (per conv group)
+            run = group.size // group.chunks
+            keep = [c for c in keep if c % run]
         if keep:
             out[group_id] = keep
     return out

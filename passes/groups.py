@@ -21,12 +21,11 @@ import logging
 import math
 from typing import Iterable
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 
 import onnxprune.passes.rules  # noqa: F401  (registers the op rules)
-from onnxprune.passes.plan import PlanError, PruningPlan
+from onnxprune.passes.analysis import GroupAnalysis, _node_names
 from onnxprune.passes.rules.core import Gates, Layout, RuleContext, Segment, lookup
 from onnxprune.passes.residual_branches import find_residual_branches
 from onnxprune.passes.structures import (
@@ -41,6 +40,7 @@ class _Space:
 
     def __init__(self, sid: int, size: int, name: str) -> None:
         self.id, self.size, self.name = sid, size, name
+        self.chunks = 1
         self.slices: list[TensorAxis] = []
         self.consumers: list[TensorAxis] = []
         self.gates: list[Gates] = []
@@ -51,6 +51,9 @@ class _Space:
         self.nodes: list[str] = []
 
     def absorb(self, other: "_Space") -> None:
+        if 1 not in (self.chunks, other.chunks) and self.chunks != other.chunks:
+            self.reasons.append(f"grouped Convs with {self.chunks} and {other.chunks} groups share channels")
+        self.chunks = max(self.chunks, other.chunks)
         for field in ("slices", "consumers", "gates", "activations", "reasons", "dead_tests", "folds", "nodes"):
             getattr(self, field).extend(getattr(other, field))
 
@@ -190,6 +193,14 @@ class _Builder(RuleContext):
                 pieces.append(Piece(str(seg.space), 0, seg.size, block))
         self.edits.append(IntEdit(self.node.name, input_index, entry, tuple(pieces), attribute))
 
+    def chunked(self, layout, chunks):
+        """A grouped Conv's output: group j of the conv owns the j-th run of size/chunks channels."""
+        for seg in layout.segments:
+            space = self.space(seg.space)
+            if 1 not in (space.chunks, chunks) and space.chunks != chunks:
+                self.freeze(f"grouped Convs with {space.chunks} and {chunks} groups share channels", layout)
+            space.chunks = max(space.chunks, chunks)
+
     def tie(self, layout):
         """A depthwise node: its input and output are the same channels (MACs scale once)."""
         self.depthwise.add(self.node.name)
@@ -224,123 +235,6 @@ class _Builder(RuleContext):
 
     def _opset_of(self, node: ir.Node) -> int:
         return self.graph.opset_imports.get(node.domain or "", self.opset)
-
-
-def _node_names(graph: ir.Graph) -> None:
-    """Give unnamed nodes a stable name (op type + position) so ids and edits can refer to them."""
-    for index, node in enumerate(graph):
-        if not node.name:
-            node.name = f"{node.op_type}_{index}"
-
-
-@dataclasses.dataclass
-class GroupAnalysis:
-    """Groups, residual branches and MAC terms of one model (see the module docstring)."""
-
-    groups: list[ChannelGroup]
-    residual_branches: list[ResidualBranch]
-    mac_terms: list[MacTerm]
-    int_edits: list[IntEdit]
-    input_shapes: dict[str, tuple[int, ...]]
-
-    def __post_init__(self) -> None:
-        self._groups = {g.id: g for g in self.groups}
-        self._branches = {b.id: b for b in self.residual_branches}
-        self._ir: tuple[onnx.ModelProto, ir.Model] | None = None
-
-    def ir_model(self, model: onnx.ModelProto) -> ir.Model:
-        """An onnx-ir copy of ``model`` (the one built during analysis, once, if it is the same model)."""
-        if self._ir is not None and self._ir[0] is model:
-            ir_model, self._ir = self._ir[1], None  # passes edit it: hand it out only once
-            return ir_model
-        ir_model = ir.from_proto(model)
-        _node_names(ir_model.graph)
-        return ir_model
-
-    def group(self, group_id: str) -> ChannelGroup:
-        try:
-            return self._groups[group_id]
-        except KeyError:
-            raise PlanError(f"plan names unknown channel group {group_id!r}") from None
-
-    def branch(self, branch_id: str) -> ResidualBranch:
-        try:
-            return self._branches[branch_id]
-        except KeyError:
-            raise PlanError(f"plan names unknown residual branch {branch_id!r}") from None
-
-    @property
-    def prunable_groups(self) -> list[ChannelGroup]:
-        return [g for g in self.groups if g.prunable]
-
-    @property
-    def total_macs(self) -> int:
-        return sum(term.macs for term in self.mac_terms)
-
-    def validate(self, plan: PruningPlan) -> None:
-        """Raise PlanError (one line) unless ``plan`` can be applied exactly to this model."""
-        for group_id, kept in plan.kept.items():
-            group = self.group(group_id)
-            if not group.prunable and len(kept) != group.size:
-                raise PlanError(f"group {group_id!r} is frozen ({group.reason}); it cannot be pruned")
-            bad = [i for i in kept if not 0 <= i < group.size]
-            if bad:
-                raise PlanError(f"group {group_id!r}: kept index {bad[0]} out of range 0..{group.size - 1}")
-            if not kept and group.branch is None:
-                raise PlanError(f"group {group_id!r} cannot be emptied: it is not inside a residual branch")
-        for branch_id in plan.dropped_branches:
-            self.branch(branch_id)
-
-    def predicted_macs(self, plan: PruningPlan) -> int:
-        """MACs of the model after ``apply_plan(plan)`` (exact: counts are products of sizes)."""
-        self.validate(plan)
-        sizes = {g.id: g.size for g in self.groups}
-        kept = {g: len(v) for g, v in plan.kept.items()}
-        gone = self._removed_nodes(plan)
-
-        def fraction(pieces: tuple[Piece, ...]) -> tuple[int, int]:
-            total = sum(p.block * (p.stop - p.start) for p in pieces)
-            left = sum(p.block * kept.get(p.group, sizes[p.group]) for p in pieces)
-            return left, total
-
-        macs = 0
-        for term in self.mac_terms:
-            if term.node in gone:
-                continue
-            num, den = 1, 1
-            sides = [term.outputs] if term.depthwise else [term.inputs, term.outputs]
-            for pieces in sides:
-                if pieces:
-                    left, total = fraction(pieces)
-                    num, den = num * left, den * total
-            macs += term.macs * num // den
-        return macs
-
-    def _removed_nodes(self, plan: PruningPlan) -> set[str]:
-        gone: set[str] = set()
-        for branch_id in plan.dropped_branches:
-            gone.update(self.branch(branch_id).nodes)
-        for group_id, kept in plan.kept.items():
-            group = self.group(group_id)
-            if not kept and group.branch is not None:
-                gone.update(self.branch(group.branch).nodes)  # the branch becomes a constant
-        return gone
-
-    def describe(self, plan: PruningPlan) -> list[str]:
-        """One line per change the plan makes, for people (``inspect --plan``)."""
-        self.validate(plan)
-        lines = []
-        for group_id, kept in plan.kept.items():
-            group = self.group(group_id)
-            if len(kept) < group.size:
-                lines.append(f"group {group_id}: keep {len(kept)}/{group.size} channels "
-                             f"({len(group.producers)} tensors and {len(group.consumers)} consumers sliced)")
-        for branch_id in plan.dropped_branches:
-            branch = self.branch(branch_id)
-            lines.append(f"branch {branch_id}: removed ({len(branch.nodes)} nodes, {branch.macs} MACs)")
-        before, after = self.total_macs, self.predicted_macs(plan)
-        lines.append(f"MACs {before} -> {after} ({after / max(before, 1):.1%})")
-        return lines
 
 
 def analyze(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> GroupAnalysis:
@@ -434,7 +328,7 @@ def _finish(builder: _Builder, graph: ir.Graph, branches, cost, input_shapes) ->
             consumers=tuple(dict.fromkeys(space.consumers)), gate_tensors=_flatten(space.gates),
             activations=tuple(dict.fromkeys(space.activations)), prunable=not space.reasons,
             reason="; ".join(space.reasons[:3]), dead_tests=tuple(dict.fromkeys(space.dead_tests)),
-            folds=tuple(space.folds), nodes=tuple(dict.fromkeys(space.nodes)), branch=inside,
+            folds=tuple(space.folds), nodes=tuple(dict.fromkeys(space.nodes)), branch=inside, chunks=space.chunks,
         ))
 
     def remap(pieces: Iterable[Piece]) -> tuple[Piece, ...]:

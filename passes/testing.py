@@ -49,8 +49,10 @@ def random_plan(analysis: GroupAnalysis, seed: int = 0, fraction: float = 0.5, b
         if group.branch is not None and rng.random() < empty_fraction:
             kept[group.id] = ()
             continue
-        count = max(1, int(round(group.size * (1 - fraction))))
-        kept[group.id] = tuple(sorted(rng.choice(group.size, count, replace=False).tolist()))
+        run = group.size // group.chunks  # grouped Conv outputs: the same count in every run
+        count = max(1, int(round(run * (1 - fraction))))
+        kept[group.id] = tuple(sorted(j * run + c for j in range(group.chunks)
+                                      for c in rng.choice(run, count, replace=False).tolist()))
     dropped = tuple(b.id for b in analysis.residual_branches if rng.random() < branch_fraction)
     return PruningPlan(kept=kept, dropped_branches=dropped)
 
@@ -108,7 +110,7 @@ def initializer_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
 # --- random graphs for property tests ------------------------------------------------------
 
 BLOCKS = ("conv", "residual", "depthwise", "squeeze_excite", "concat", "inverted_residual", "maxpool",
-          "silu", "hardswish", "leaky")
+          "silu", "hardswish", "leaky", "grouped")
 
 
 class _GraphWriter:
@@ -183,6 +185,11 @@ class _GraphWriter:
         elif kind == "hardswish":
             self.value = self.op(f"HardSwish ({self.bn(self.conv(x, c, width, 3), width)})")
             self.channels = width
+        elif kind == "grouped":  # a 1x1 conv to an even width, then a 2-group 3x3 conv
+            even = 2 * max(1, width // 2)
+            e = self.op(f"Relu ({self.bn(self.conv(x, c, even, 1), even)})")
+            self.value = self.op(f"Relu ({self.bn(self.conv(e, even, even, 3, group=2), even)})")
+            self.channels = even
         elif kind == "leaky":
             self.value = self.op(f"LeakyRelu <alpha=0.1> ({self.conv(x, c, width, 3, bias=True)})")
             self.channels = width

@@ -31,7 +31,7 @@ def test_every_parameter_ends_at_zero_or_one(resnet_run):
     for p in method.params:
         assert bool(((p == 0) | (p == 1)).all())
     # the plan is the parameters: dropped branches are those at 0, kept units those at 1
-    assert {b for b, p in method.phi.items() if float(p) == 0} == set(resnet_run[1]["plan"].dropped_branches)
+    assert {b for b, p in method.phi.items() if float(p.detach()) == 0} == set(resnet_run[1]["plan"].dropped_branches)
 
 
 def test_macs_fall_per_epoch(resnet_run):
@@ -49,7 +49,7 @@ def test_relaxed_sample_is_one_with_probability_theta():
     u = torch.rand(200_000, 3)
     xi = torch.sigmoid((torch.logit(theta) + torch.logit(u)) / Bernoulli.tau)
     torch.testing.assert_close((xi > 0.5).float().mean(0), theta, atol=5e-3, rtol=0)
-    assert float(((xi < 0.1) | (xi > 0.9)).float().mean()) > 0.7  # mostly near 0 or 1
+    assert float(((xi < 0.1) | (xi > 0.9)).float().mean()) > 0.5  # most within 0.1 of 0 or 1
 
 
 def test_layer_vs_unit_knob_shifts_the_cost_gradient():
@@ -65,3 +65,12 @@ def test_layer_vs_unit_knob_shifts_the_cost_gradient():
     assert grads[0.0] == (pytest.approx([2 * 0.6 / 4] * 4), 0.0)
     assert grads[1.0] == ([0.0] * 4, pytest.approx(2 * 0.8))
     assert grads[0.5] == (pytest.approx([0.6 / 4] * 4), pytest.approx(0.8))
+
+
+def test_layer_vs_unit_knob_trades_removed_blocks_for_removed_units():
+    removed = {}
+    for a in (0.9, 0.1):
+        method = Bernoulli(strength=10.0, layer_vs_unit=a)
+        result = run("resnet", method, epochs=6, n_train=768)
+        removed[a] = (len(result["plan"].dropped_branches), method.removed_units())
+    assert removed[0.9][0] > removed[0.1][0] and removed[0.9][1] < removed[0.1][1], removed

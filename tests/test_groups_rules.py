@@ -51,8 +51,9 @@ g (float[1,3,8,8] x) => (float[1,4,4,4] y) <float[8,3,3,3] w1, float[8] k1, floa
     "conv_depthwise_with_bias": (conv_net(
         "r = Relu (t)\n  u = Conv <group=8, pads=[1,1,1,1]> (r, wd, kd)", ", float[8,1,3,3] wd, float[8] kd"),
         {"wd": (4, 1, 3, 3), "kd": (4,)}, {}),
-    "conv_grouped": (conv_net("r = Relu (t)\n  u = Conv <group=2, pads=[1,1,1,1]> (r, wg)", ", float[8,4,3,3] wg"),
-                     {"w1": (8, 3, 3, 3)}, {"w1": "grouped Conv"}),
+    "conv_grouped": (conv_net("r = Relu (t)\n  g = Conv <group=2, pads=[1,1,1,1]> (r, wg)\n  u = Relu (g)",
+                              ", float[8,4,3,3] wg"), {"w1": (8, 3, 3, 3), "wg": (4, 4, 3, 3), "w2": (4, 4, 1, 1)},
+                     {"w1": "grouped Conv"}),
     "convtranspose_plain": (f"""{H17}
 g (float[1,3,4,4] x) => (float[1,2,8,8] y) <float[8,3,1,1] w1, {bn(1)}, float[8,2,2,2] wt, float[2] kt>
 {{

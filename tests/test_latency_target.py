@@ -16,11 +16,17 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-
-from onnxprune.latency_target import (latency_meter, pick_from_trail, plot_latency_curve, prune_to_latency,
-                                      search_runs, trail_candidates)
-from onnxprune.macs import count_macs
 from onnxprune.passes import PruningPlan, analyze, apply_plan
+
+from onnxprune.latency_target import (
+    latency_meter,
+    pick_from_trail,
+    plot_latency_curve,
+    prune_to_latency,
+    search_runs,
+    trail_candidates,
+)
+from onnxprune.macs import count_macs
 
 SHAPES = {"x": (1, 8, 16, 16)}
 
@@ -71,7 +77,7 @@ def prune_at(cnn):
     def plan_for(share: float) -> PruningPlan:
         return PruningPlan(kept={g.id: tuple(range(max(1, round(share * g.size)))) for g in groups})
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def at(fraction: float) -> onnx.ModelProto:
         lo, hi = 0.0, 1.0  # the largest share whose predicted MACs fit the fraction
         for _ in range(20):
@@ -91,7 +97,7 @@ def meter():
 def test_prune_to_latency_meets_a_measured_target(cnn, prune_at, meter, tmp_path):
     original_ms = meter(cnn)
     target = 0.5 * original_ms
-    macs_of = lambda m: count_macs(m, SHAPES).total_macs  # noqa: E731
+    macs_of = lambda m: count_macs(m, SHAPES).total_macs
     search = prune_to_latency(prune_at, meter, original_ms, target, max_rounds=5, macs_of=macs_of)
 
     assert search.met, search.curve
@@ -115,7 +121,7 @@ def test_prune_to_latency_meets_a_measured_target(cnn, prune_at, meter, tmp_path
 def test_search_converges_on_an_affine_cost():
     """The search math alone, on latency = 0.2 + 0.8 f ms (20% fixed overhead): it must end with
     the largest fraction that meets the target, within the tolerance."""
-    latency = lambda f: 0.2 + 0.8 * f  # noqa: E731
+    latency = lambda f: 0.2 + 0.8 * f
     for target in (0.9, 0.6, 0.3):
         search = prune_to_latency(lambda f: f, latency, latency(1.0), target, max_rounds=8, tolerance=0.02)
         best = (target - 0.2) / 0.8

@@ -107,3 +107,20 @@ def test_trail_on_the_sample_mlp(tmp_path, sample_models_dir):
         ort.InferenceSession(model.SerializeToString()).run(None, {"image": x})
         assert 1 - densities[-1] == pytest.approx(float(row["sparsity"]), abs=1e-3)
     assert all(b < a for a, b in zip(densities, densities[1:])), densities
+
+
+def test_ltp_channel_granularity_removes_channels_physically(tmp_path, sample_models_dir):
+    from onnxprune import pipeline
+    from onnxprune.macs import count_macs
+    from onnxprune.training import TrainConfig
+
+    result = pipeline.run(pipeline.PruneConfig(
+        model=sample_models_dir / "vgg.onnx", out=tmp_path / "vgg_ltp.onnx", method="ltp",
+        method_options={"sparsity": 0.5, "granularity": "channel"},
+        calib=str(sample_models_dir / "digits_train.npz"), train=TrainConfig(epochs=2, lr=3e-3, quiet=True)))
+    kept = sum(len(v) for v in result.plan.kept.values())
+    total = sum(len(v) / d for v, d in zip(result.plan.kept.values(), result.plan.meta["layer_density"].values()))
+    assert kept / total == pytest.approx(0.5, abs=0.02)  # half of the channels, per-group thresholds
+    shapes = {"image": (1, 1, 8, 8)}
+    before = count_macs(onnx.load(sample_models_dir / "vgg.onnx"), shapes).total_macs
+    assert count_macs(onnx.load(tmp_path / "vgg_ltp.onnx"), shapes).total_macs < 0.7 * before

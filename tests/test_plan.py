@@ -101,3 +101,19 @@ def test_predicted_macs_and_describe(analysis) -> None:
     assert analysis.predicted_macs(empty_inner) == analysis.predicted_macs(drop)
     lines = analysis.describe(PruningPlan(kept={"w1": (0, 1, 2, 3)}, dropped_branches=drop.dropped_branches))
     assert lines[0].startswith("group w1: keep 4/8") and "removed" in lines[1] and lines[-1].startswith("MACs")
+
+
+def test_grouped_conv_output_keeps_equal_counts_per_conv_group() -> None:
+    model = model_from_text("""<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,4,8,8] x) => (float[1,2,8,8] y) <float[6,2,3,3] wg, float[2,6,1,1] wo>
+{
+  c = Conv <group=2, pads=[1,1,1,1]> (x, wg)
+  r = Relu (c)
+  y = Conv (r, wo)
+}""")
+    analysis = analyze(model)
+    group = analysis.group("wg")
+    assert group.prunable and group.chunks == 2
+    analysis.validate(PruningPlan(kept={"wg": (0, 2, 3, 4)}))  # two of each conv group's three
+    with pytest.raises(PlanError, match="equally many channels in each run of 3"):
+        analysis.validate(PruningPlan(kept={"wg": (0, 1, 2, 3)}))

@@ -122,3 +122,12 @@ def test_magnitude_needs_sparsity_and_out_must_differ(tiny_conv_path, calib, tmp
     assert main([str(tiny_conv_path), "--method", "magnitude", "--sparsity", "0.5", "--calib", str(calib),
                  "--out", str(tiny_conv_path), *FAST]) == 2
     assert "is the input file" in capsys.readouterr().err and _digest(tiny_conv_path) == before
+
+
+def test_divergence_stops_the_run_and_writes_nothing(tiny_conv_path, calib, tmp_path, capsys):
+    out = tmp_path / "o.onnx"
+    code = main([str(tiny_conv_path), "--method", "magnitude", "--sparsity", "0.5", "--calib", str(calib),
+                 "--out", str(out), "--optimizer", "sgd", "--lr", "1e30", *FAST])
+    err = capsys.readouterr().err
+    assert code == 4 and re.search(r"error: loss became (nan|inf) at epoch \d, step \d+; nothing was written", err)
+    assert not out.exists()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from onnxprune.calibration.images import image_options
 from onnxprune.calibration.losses import LOSSES
 from onnxprune.config import config_option, effective_config, parameter_sources
 from onnxprune.methods.base import registry
@@ -46,7 +47,9 @@ METHOD_OPTIONS, OPTION_READERS = _method_options()
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output .onnx path.")
 @click.option("--calib", default=None, metavar="DATA",
               help="Calibration data: .npz keyed by input name (optional 'labels'), .npy, a directory "
-                   "of them, or 'synthetic' (random inputs, smoke tests only). Required.")
+                   "of them, a folder of images (class sub-folders give labels), or 'synthetic' "
+                   "(random inputs, smoke tests only). Required.")
+@image_options
 @click.option("--labels", default=None, type=click.Path(dir_okay=False), help="Integer labels .npy [N].")
 @click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=DxDxD",
               help="Static shape for an input with dynamic dims (repeatable), e.g. image=1x3x224x224.")
@@ -71,7 +74,8 @@ METHOD_OPTIONS, OPTION_READERS = _method_options()
 def command(ctx: click.Context, model: Path, method: str, out: Path, calib: str | None, labels: str | None,
             input_shape: tuple[str, ...], holdout: float, loss: str | None, temperature: float, epochs: int,
             batch_size: int, lr: float, optimizer: str, weight_decay: float, seed: int, device: str,
-            quiet: bool, report: Path | None, config: str | None, **method_values) -> None:
+            quiet: bool, report: Path | None, config: str | None, mean: list[float] | None,
+            std: list[float] | None, channel_order: str, layout: str, **method_values) -> None:
     """Prune IN.onnx with a training-based method and write a smaller OUT.onnx."""
     from onnxprune import pipeline
     from onnxprune.report import summary_lines
@@ -86,6 +90,8 @@ def command(ctx: click.Context, model: Path, method: str, out: Path, calib: str 
                         weight_decay=weight_decay, seed=seed, device=device, quiet=quiet)
     result = pipeline.run(pipeline.PruneConfig(
         model=model, out=out, method=method, method_options=own, calib=calib, labels=labels,
+        image_options={"mean": 0.0 if mean is None else mean, "std": 1.0 if std is None else std,
+                       "channel_order": channel_order, "layout": layout},
         input_shapes=input_shape, holdout=holdout, loss=loss, temperature=temperature, train=train,
         report=report, options=effective_config(ctx), option_sources=sources))
     if result.replica.is_main:

@@ -16,7 +16,7 @@ loss's units) that removing the whole model is worth.
 Gradient estimator: the binary-concrete relaxation of Bern(theta) (Maddison et al. 2017; the
 reparameterization the L0 gates of Louizos et al. 2018 build on): with ``u ~ U(0, 1)`` per gate
 and step, ``xi = sigmoid((logit theta + logit u) / tau)``, tau = 2/3. ``xi > 1/2`` exactly when
-the Bernoulli sample would be 1 (probability theta), most samples sit near 0 or 1, and the
+the Bernoulli sample would be 1 (probability theta), most samples are within 0.1 of 0 or 1, the
 gradient flows through the samples that are in transit, so it measures the loss change of
 switching a structure off or on (a straight-through estimator only sees the slope at the
 sample, about 0 at a trained optimum: a pilot with it left most parameters undecided). It is
@@ -138,9 +138,12 @@ class Bernoulli(PruningMethod):
         self.structure.average_grads(self.params)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        # with a MAC target, nothing more dies once the surviving structures are at the target:
+        # removal is permanent, so an overshoot could not be undone at rounding
+        reaped = self.target is None or self.hard_macs() * self.b0 > self.target
         with torch.no_grad():
             for key, p in [*self.theta.items(), *self.phi.items()]:
-                p.clamp_(0, 1)
+                p.clamp_(0 if reaped else self.eps, 1)
                 dead = self.alive[key] & (p < self.eps)
                 if key in self.theta and bool(dead.any()) and int((self.alive[key] & ~dead).sum()) == 0:
                     dead[torch.argmax(p * self.alive[key])] = False  # a group keeps its last unit
@@ -171,17 +174,20 @@ class Bernoulli(PruningMethod):
         """Round every parameter to 0/1 (enforcing --target-macs if set) and freeze the gates."""
         with torch.no_grad():
             undecided = sum(int(((p > self.eps) & (p < 1 - self.eps)).sum()) for p in self.params)
-            for key, p in [*self.theta.items(), *self.phi.items()]:
-                self.alive[key] &= p >= 0.5
-            for g in self.theta:
-                if not bool(self.alive[g].any()):
-                    self.alive[g][torch.argmax(self.theta[g])] = True
-            dropped = [b for b in self.phi if not bool(self.alive[b])]
-            if self.target is not None and self.hard_macs() * self.b0 > self.target:
+            if self.target is None:
+                for key, p in [*self.theta.items(), *self.phi.items()]:
+                    self.alive[key] &= p >= 0.5
+            else:  # the target sets the size: branches by phi >= 1/2, then units by theta, to the target
+                for b, p in self.phi.items():
+                    self.alive[b] &= p >= 0.5
+                dropped = [b for b in self.phi if not bool(self.alive[b])]
                 scores = {g: self.theta[g] * self.alive[g] for g in self.theta}
                 masks = select_to_budget(scores, self.structure.resource, self.target, dropped)
                 for g in self.theta:
                     self.alive[g] &= masks[g]
+            for g in self.theta:
+                if not bool(self.alive[g].any()):
+                    self.alive[g][torch.argmax(self.theta[g])] = True
             for key, p in [*self.theta.items(), *self.phi.items()]:
                 p.copy_(self.alive[key].to(p.dtype))
         self.fixed = {k: self.alive[k].float() for k in [*self.theta, *self.phi]}

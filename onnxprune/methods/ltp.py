@@ -8,7 +8,8 @@ Training uses the soft mask and a differentiable L0 count (see ``masking`` for t
     T_l = T0 · Var(|x_l|)  (recomputed every step, no gradient), deployment mask: s > τ_l.
 
 [design] τ_l = t_l · mean(s_l at start): the optimizer trains t_l (init 0) in its own group
-(``--lr-threshold``), so one learning rate suits layers of any weight scale.
+(``--lr-threshold``, default 8 / steps of the LTP phase), so one learning rate suits layers of
+any weight scale and runs of any length.
 With ``--sparsity`` as a target, λ starts at ``--l0-weight`` (default 1) and, at every check
 (4 per epoch), grows by 25% while the hard-masked sparsity is below a cubic ramp to the target
 (reached at the end of the LTP phase), and shrinks by 25% while above it. For the last
@@ -74,7 +75,8 @@ class LTP(PruningMethod):
         click.Option(["--granularity"], type=click.Choice(["weight", "channel"]), default="weight"),
         click.Option(["--trail"], type=click.Path(file_okay=False), default=None),
         click.Option(["--l0-weight"], type=float, default=None, help="LTP: weight λ of the L0 term (start value with --sparsity)."),
-        click.Option(["--lr-threshold"], type=float, default=1e-2, help="LTP: learning rate of the thresholds."),
+        click.Option(["--lr-threshold"], type=float, default=None,
+                     help="LTP: learning rate of the thresholds [default: 8 / steps of the LTP phase]."),
         click.Option(["--ltp-t0"], type=float, default=1e-1, help="LTP: temperature factor T0 in T = T0·Var(|w|)."),
         click.Option(["--ltp-exact-gradient"], is_flag=True, default=False,
                      help="LTP: use the exact mask gradient instead of the simplified one."),
@@ -136,7 +138,9 @@ class LTP(PruningMethod):
             layer.masks.append(masking.attach(ctx.model, param, fn))
 
     def param_groups(self, ctx: TrainContext) -> list[dict]:
-        lr = self.cfg["lr_threshold"]
+        # t is in units of the layer's mean score, so with Adam it can travel ~8 (prune weights
+        # up to ~2.8x the layer's rms) over the LTP phase, however long the run is
+        lr = self.cfg["lr_threshold"] or 8.0 / max(1, self.finetune_from)
         return [{"params": [layer.t for layer in self.layers], "lr": lr, "weight_decay": 0.0}]
 
     def penalty(self, ctx: TrainContext) -> torch.Tensor | None:

@@ -18,7 +18,7 @@ from onnxprune.passes.rules.core import Layout, Segment, State, register
 @register("Concat", 4)
 def concat(node, ctx) -> None:
     layouts = [ctx.layout(v) for v in node.inputs]
-    known = [l for l in layouts if l is not None]
+    known = [lay for lay in layouts if lay is not None]
     if not known:
         return
     axis = ctx.attr("axis")
@@ -33,10 +33,10 @@ def concat(node, ctx) -> None:
             return
         ctx.set_layout(node.outputs[0], merged)
         return
-    if len(known) != len(layouts) or any(l.axis != axis or l.block != first.block for l in known):
+    if len(known) != len(layouts) or any(lay.axis != axis or lay.block != first.block for lay in known):
         ctx.freeze(f"Concat {node.name!r} joins channels with a value of unknown channels", *known)
         return
-    segments = tuple(s for l in known for s in l.segments)
+    segments = tuple(s for lay in known for s in lay.segments)
     ctx.set_layout(node.outputs[0], dataclasses.replace(first, segments=segments))
 
 

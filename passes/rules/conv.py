@@ -6,8 +6,9 @@
 Plain (group=1): W's axis 0 (ConvTranspose: 1) and B open the output channels; W's axis 1
 (ConvTranspose: 0) reads the input channels. Depthwise (group = C_in = C_out): output channel c
 is input channel c filtered, so the output carries the input's channels; W and B follow them and
-the ``group`` attribute counts them. Other grouped convs tie channels in blocks of C/group, which
-we do not cut: their channels are frozen.
+the ``group`` attribute counts them. Other grouped convs read input run j (of C_in/group channels)
+in conv group j: their input channels are frozen; their output channels are pruned with equally
+many kept in each of the ``group`` runs, so C_out stays a multiple of ``group``.
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ def conv(node, ctx) -> None:
         ctx.tie(layout)
         # zeroing a channel's filter and bias zeroes it whatever comes in: a reset point
         ctx.set_layout(node.outputs[0], layout.reset([(wt,) if bt is None else (wt, bt) for wt, bt in zip(weights, biases)]))
-    else:
-        ctx.freeze(f"grouped Conv {node.name!r} (group={group}) ties channels in blocks", layout)
+    else:  # grouped: filters of conv group j read input run j, so the input stays whole
+        ctx.freeze(f"grouped Conv {node.name!r} (group={group}) reads its input channels in blocks", layout)
+        out = ctx.produce(node.outputs[0], 1, TensorAxis(w.name, 0, 0, c_out), bias)
+        ctx.chunked(out, group)  # C_out must stay a multiple of group: equal counts per conv group
 
 
 @register("ConvTranspose", 1)

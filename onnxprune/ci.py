@@ -1,0 +1,195 @@
+"""A prune run with CI gates, a report folder and a latency target around it.
+
+    result, results = ci.run(config, CiOptions.pop_from(values))
+
+1. refuse bad paths before any work (``--out``, ``--report``);
+2. one pipeline run, or with ``--target-latency-ms`` a search over the MAC target of a
+   structured method (:func:`onnxprune.latency_target.search_runs`, one run per round);
+3. figures from the models: per-layer widths, sizes, the trail; latency of the original and
+   the pruned model measured interleaved (when a latency gate is set, or the report is a folder);
+4. the gates (:mod:`onnxprune.gates`); the model goes to ``--out`` when all pass, else to
+   ``OUT.rejected.onnx`` and ``--out`` is not written;
+5. the report: ``--report DIR`` (json, markdown, plots) or ``--report run.json``.
+
+The caller prints its summary and then calls :func:`onnxprune.gates.enforce` (exit code 3).
+The pipeline itself runs with ``out=None, report=None``; this module writes both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import onnx
+
+from onnxprune import latency_target
+from onnxprune.errors import OnnxPruneError
+from onnxprune.gates import GateResult, Gates, evaluate_gates, measure_before_after, record_gates, rejected_path
+from onnxprune.latency import PROVIDERS
+
+log = logging.getLogger(__name__)
+
+OPTIONS = [
+    click.Option(["--min-fidelity"], type=click.FloatRange(0.0, 1.0), default=None, metavar="F",
+                 help="CI gate: top-1 agreement with the original on the holdout must be >= F (e.g. 0.98)."),
+    click.Option(["--max-accuracy-drop"], type=click.FloatRange(0.0, 1.0), default=None, metavar="D",
+                 help="CI gate: holdout accuracy may drop by at most D (fraction: 0.01 = one point; needs labels)."),
+    click.Option(["--max-latency-ms"], type=click.FloatRange(0.0, min_open=True), default=None, metavar="MS",
+                 help="CI gate: p50 latency of the pruned model (batch 1, --providers) must be <= MS."),
+    click.Option(["--min-speedup"], type=click.FloatRange(0.0, min_open=True), default=None, metavar="S",
+                 help="CI gate: p50 latency of the original / of the pruned model must be >= S."),
+    click.Option(["--providers", "latency_provider"], type=click.Choice(PROVIDERS), default="cpu",
+                 help="Execution provider latency is measured on (gates, report, --target-latency-ms)."),
+    click.Option(["--latency-threads"], type=click.IntRange(1), default=1,
+                 help="onnxruntime intra-op threads for latency measurements."),
+    click.Option(["--latency-seconds"], type=click.FloatRange(0.0), default=2.0,
+                 help="Seconds spent timing each comparison; 0 leaves latency out of a report folder "
+                      "unless a latency gate needs it."),
+    *latency_target.OPTIONS,
+]
+"""The prune command's options for gates, latency and latency targets (exit code 3 on a miss)."""
+
+NAMES = tuple(option.name for option in OPTIONS)
+
+
+@dataclasses.dataclass(frozen=True)
+class CiOptions:
+    gates: Gates = dataclasses.field(default_factory=Gates)
+    provider: str = "cpu"
+    threads: int = 1
+    seconds: float = 2.0
+    target_latency_ms: float | None = None
+    latency_rounds: int = 4
+
+    @classmethod
+    def pop_from(cls, values: dict[str, Any]) -> CiOptions:
+        """Takes this module's options out of a command's keyword arguments."""
+        v = {name: values.pop(name) for name in NAMES if name in values}
+        return cls(Gates(v.get("min_fidelity"), v.get("max_accuracy_drop"), v.get("max_latency_ms"),
+                         v.get("min_speedup")),
+                   v.get("latency_provider", "cpu"), v.get("latency_threads", 1), v.get("latency_seconds", 2.0),
+                   v.get("target_latency_ms"), v.get("latency_rounds", 4))
+
+
+def run(config, ci: CiOptions) -> tuple[Any, list[GateResult]]:
+    """The gated prune run (module docstring); ``config`` is a ``pipeline.PruneConfig``.
+    Returns the pipeline's RunResult (``written`` = where the model went) and the gate results."""
+    from onnxprune import pipeline
+
+    check_paths(config.model, config.out, config.report)
+    _check_latency_target(config, ci)
+    inner = dataclasses.replace(config, out=None, report=None)
+    if ci.target_latency_ms is None:
+        result = pipeline.run(inner)
+        original = config.model  # read again only if latency is measured
+    else:
+        original, feeds = _original_and_feeds(config)
+        started = time.perf_counter()
+        result, _ = latency_target.search_runs(
+            lambda options: pipeline.run(dataclasses.replace(inner, method_options=options)),
+            config.method_options, original, feeds, ci.target_latency_ms, ci.provider, ci.threads,
+            max(ci.seconds, 0.5), ci.latency_rounds)
+        if result.replica.is_main:
+            result.report.setdefault("phases", {})["latency search (all runs)"] = time.perf_counter() - started
+    if not result.replica.is_main:
+        return result, []
+    result.written, results = conclude(
+        result.report, original=original, normalized=result.imported.onnx_model, pruned=result.model,
+        feeds=result.imported.sample_inputs(), out=config.out, input_path=config.model,
+        report_path=config.report, ci=ci)
+    return result, results
+
+
+def _original_and_feeds(config) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The original model and random inputs at the shapes the pipeline resolves the same way."""
+    from onnxprune.latency import random_feeds
+    from onnxprune.modelio import load_model
+    from onnxprune.shapes import parse_input_shapes, resolve_input_shapes
+
+    original = load_model(config.model)
+    return original, random_feeds(original, resolve_input_shapes(original, parse_input_shapes(config.input_shapes)))
+
+
+def check_paths(model: str | os.PathLike, out: str | os.PathLike | None, report: str | os.PathLike | None) -> None:
+    """Refuses, before any work, an output that is the input or lies in a missing directory, and
+    a report folder (no .json suffix) that exists as a file."""
+    for option, path in (("--out", out), ("--report", report)):
+        if path is None:
+            continue
+        path = Path(path)
+        if path.resolve() == Path(model).resolve():
+            raise OnnxPruneError(f"{option} {path} is the input file; choose another path")
+        if not path.resolve().parent.is_dir():
+            raise OnnxPruneError(f"{option} {path}: directory {path.parent} does not exist")
+    if report is not None and Path(report).suffix.lower() != ".json" and Path(report).is_file():
+        raise OnnxPruneError(f"--report {report}: exists and is not a directory (a .json name writes one file)")
+
+
+def _check_latency_target(config, ci: CiOptions) -> None:
+    if ci.target_latency_ms is None:
+        return
+    from onnxprune.methods.base import registry
+
+    names = {option.name for option in registry()[config.method].options}
+    if "target_macs" not in names:
+        raise OnnxPruneError(f"--target-latency-ms needs a structured method with --target-macs; "
+                             f"--method {config.method} has none")
+    if config.method_options.get("target_macs") is not None:
+        raise OnnxPruneError("give --target-latency-ms or --target-macs, not both")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise OnnxPruneError("--target-latency-ms is not supported under torchrun (every process would time "
+                             "the models differently)")
+
+
+def conclude(report: dict[str, Any], *, original: onnx.ModelProto | str | os.PathLike, normalized: onnx.ModelProto,
+             pruned: onnx.ModelProto, feeds: Mapping[str, Any], out: str | os.PathLike, input_path: str | os.PathLike,
+             report_path: str | os.PathLike | None, ci: CiOptions) -> tuple[Path, list[GateResult]]:
+    """Figures, gates, the model (to ``out`` or its rejected name) and the report; steps 3-5.
+    ``original`` (model or path) is what latency compares against; ``normalized`` is the
+    imported original, whose initializer names the pruned model keeps (for the widths)."""
+    from onnxprune.modelio import save_model_atomic
+    from onnxprune.report_dir import add_model_figures, read_trail, write_report
+
+    phases = report.setdefault("phases", {})
+    add_model_figures(report, normalized, pruned)
+    trail = (report.get("method_options") or {}).get("trail")
+    if trail:
+        report["trail"] = read_trail(trail)
+    folder = report_path is not None and Path(report_path).suffix.lower() != ".json"
+    if ci.gates.needs_latency or (folder and ci.seconds > 0):
+        started = time.perf_counter()
+        report["latency"] = measure_before_after(original, pruned, feeds, ci.provider, ci.threads, max(ci.seconds, 0.5))
+        phases["latency"] = time.perf_counter() - started
+    results = evaluate_gates(ci.gates, report)
+    record_gates(report, results)
+    accepted = report["status"] == "accepted"
+    written = save_model_atomic(pruned, out if accepted else rejected_path(out), input_path=input_path)
+    report["output"] = os.fspath(out) if accepted else None
+    if not accepted:
+        report["rejected_output"] = os.fspath(written)
+        log.info("gate missed: the model is at %s; %s is not written", written, out)
+    if report_path is not None:
+        write_report(report, report_path)
+    return written, results
+
+
+def summary_lines(report: Mapping[str, Any], results: Sequence[GateResult]) -> list[str]:
+    """Lines the prune command prints after the run's own summary."""
+    lines = []
+    latency = report.get("latency")
+    if latency:
+        lines.append(f"latency     {latency['before']['p50_ms']:.4g} ms -> {latency['after']['p50_ms']:.4g} ms p50 "
+                     f"({latency['speedup']:.2f}x, {latency['provider']}, batch 1, {latency['threads']} thread(s))")
+    target = report.get("latency_target")
+    if target:
+        lines.append(f"target      {target['target_ms']:.4g} ms {'met' if target['met'] else 'NOT met'} after "
+                     f"{len(target['curve'])} run(s)")
+    for result in results:
+        lines.append(f"gate        {result.describe()}")
+    return lines
