@@ -81,19 +81,21 @@ def main() -> None:
                     stats = measure_latency([setup.original, result["pruned"]], {"input": images[:1]}, threads=1,
                                             seconds=args.latency_seconds, batch=batch)
                     speedup = stats[0].p50_ms / stats[1].p50_ms
+                    fastest = stats[0].min_ms / stats[1].min_ms
                     row[f"b{batch}"] = {"p50_ms_original": stats[0].p50_ms, "p50_ms": stats[1].p50_ms,
-                                        "speedup": speedup, "speedup_ok": speedup >= 0.8 * reduction}
+                                        "speedup": speedup, "speedup_min": fastest,
+                                        "speedup_ok": speedup >= 0.8 * reduction}
                 onnx.checker.check_model(result["pruned"], full_check=True)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print()
-    print("| model | method | MACs frac | params frac | removed blocks | batch | p50 ms (orig -> pruned) | speedup | >= 0.8x MAC reduction |")
+    print("| model | method | MACs frac | params frac | removed blocks | batch | p50 ms (orig -> pruned) | speedup p50 (min) | p50 >= 0.8x MAC reduction |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         for batch in (1, args.latency_batch):
             t = r[f"b{batch}"]
             print(f"| {r['model']} | {r['method']} | {r['macs_frac']:.3f} | {r['params_frac']:.3f} | {r['dropped_branches']} "
-                  f"| {batch} | {t['p50_ms_original']:.3f} -> {t['p50_ms']:.3f} | {t['speedup']:.2f}x | "
+                  f"| {batch} | {t['p50_ms_original']:.3f} -> {t['p50_ms']:.3f} | {t['speedup']:.2f}x ({t['speedup_min']:.2f}x) | "
                   f"{'yes' if t['speedup_ok'] else 'NO'} ({r['mac_reduction']:.2f}x) |")
 
 if __name__ == "__main__":

@@ -84,6 +84,7 @@ def run(config, ci: CiOptions) -> tuple[Any, list[GateResult]]:
 
     check_paths(config.model, config.out, config.report)
     _check_latency_target(config, ci)
+    ci = _check_provider(config, ci)
     inner = dataclasses.replace(config, out=None, report=None)
     if ci.target_latency_ms is None:
         result = pipeline.run(inner)
@@ -147,9 +148,29 @@ def _check_latency_target(config, ci: CiOptions) -> None:
                              "the models differently)")
 
 
+def _check_provider(config, ci: CiOptions) -> CiOptions:
+    """Before any work: a latency gate or target on a provider that cannot run here is an error
+    (exit 2); a report folder's timing is then skipped with a warning instead."""
+    folder = config.report is not None and Path(config.report).suffix.lower() != ".json"
+    needed = ci.gates.needs_latency or ci.target_latency_ms is not None
+    if ci.provider == "cpu" or not (needed or (folder and ci.seconds > 0)):
+        return ci
+    from onnxprune.latency import ProviderUnavailableError, provider_status
+
+    usable, reason = provider_status(ci.provider, ci.threads)
+    if usable:
+        return ci
+    if needed:
+        raise ProviderUnavailableError(f"--providers {ci.provider}: unavailable ({reason}); latency gates and "
+                                       f"--target-latency-ms need it")
+    log.warning("--providers %s unavailable (%s): the report has no latency", ci.provider, reason)
+    return dataclasses.replace(ci, seconds=0.0)
+
+
 def conclude(report: dict[str, Any], *, original: onnx.ModelProto | str | os.PathLike, normalized: onnx.ModelProto,
-             pruned: onnx.ModelProto, feeds: Mapping[str, Any], out: str | os.PathLike, input_path: str | os.PathLike,
-             report_path: str | os.PathLike | None, ci: CiOptions) -> tuple[Path, list[GateResult]]:
+             pruned: onnx.ModelProto, feeds: Mapping[str, Any], out: str | os.PathLike | None,
+             input_path: str | os.PathLike, report_path: str | os.PathLike | None,
+             ci: CiOptions) -> tuple[Path | None, list[GateResult]]:
     """Figures, gates, the model (to ``out`` or its rejected name) and the report; steps 3-5.
     ``original`` (model or path) is what latency compares against; ``normalized`` is the
     imported original, whose initializer names the pruned model keeps (for the widths)."""
@@ -169,9 +190,11 @@ def conclude(report: dict[str, Any], *, original: onnx.ModelProto | str | os.Pat
     results = evaluate_gates(ci.gates, report)
     record_gates(report, results)
     accepted = report["status"] == "accepted"
-    written = save_model_atomic(pruned, out if accepted else rejected_path(out), input_path=input_path)
-    report["output"] = os.fspath(out) if accepted else None
-    if not accepted:
+    written = None
+    if out is not None:  # the CLI always has --out; a Python caller may only want the report
+        written = save_model_atomic(pruned, out if accepted else rejected_path(out), input_path=input_path)
+    report["output"] = os.fspath(out) if accepted and out is not None else None
+    if not accepted and written is not None:
         report["rejected_output"] = os.fspath(written)
         log.info("gate missed: the model is at %s; %s is not written", written, out)
     if report_path is not None:

@@ -168,10 +168,14 @@ def build_module(model: onnx.ModelProto) -> tuple[fx.GraphModule, dict[str, Para
         except Exception as exc:  # a converter bug or unsupported attribute, reported per node
             failures.append(f"{label}: {first_line(exc)}")
             continue
+        try:
+            absorbed = _absorbed_params(node, onnx_node, torch_module, unique_name, mapping.inputs, inits)
+        except UnsupportedModelError as exc:
+            failures.append(f"{label}: {exc}")
+            continue
         if failures:
             continue  # keep collecting failures; the graph will not be built
         root.add_module(unique_name, torch_module)
-        absorbed = _absorbed_params(node, onnx_node, torch_module, unique_name, mapping.inputs, inits)
         params.update(absorbed)
         args = []
         for value_name in mapping.inputs:
@@ -236,8 +240,8 @@ def _absorbed_params(
         got = None if live is None else (live.t() if transpose else live).detach().numpy()
         if got is None or got.shape != expected.shape or not np.array_equal(got, expected):
             raise UnsupportedModelError(
-                f"{node.op_type} (node {node.name}): initializer {name!r} is not stored verbatim in the "
-                f"torch module (alpha/beta scaling?), so it cannot be written back"
+                f"initializer {name!r} is not stored verbatim in the torch module (e.g. Gemm alpha/beta "
+                f"!= 1), so it could not be written back"
             )
         found[name] = ref
     return found

@@ -15,19 +15,24 @@ buffers, and (c) graph outputs that are not node outputs (inputs, initializers) 
 Converters come from onnx2torch's registry, extended by ``onnxprune.converters``.
 
 ``check=True`` runs the torch module and onnxruntime on one seeded random input at the resolved
-static input shapes (dynamic batch -> 1) and raises UnsupportedModelError naming the worst output
-unless every output satisfies, element-wise,
+static input shapes (dynamic batch -> 1). An output passes when, element-wise,
 
-    |torch - ort| <= atol * max(1, max |ort|) + rtol * |ort|        (atol 1e-5, rtol 1e-4)
+    |torch - ort| <= atol + rtol * |ort|                         (atol 1e-5, rtol 1e-4)
 
-i.e. numpy's allclose rule with atol scaled by the output's magnitude when that exceeds 1: two
-correct float32 implementations of a deep net (resnet50 at 224x224) differ by a few 1e-5 on
-logits of magnitude ~10, so a fixed atol would reject correct imports. Outputs of magnitude <= 1
-get the plain rule.
+or, failing that, when its max error is within float32 rounding noise of the network itself:
+
+    max |torch - ort| <= 4 * max |torch_float32 - torch_float64|
+
+(the import re-run in float64 on the same input). Two correct float32 implementations of a deep
+net differ by more than 1e-5: resnet50 at 224x224 has torch-vs-ort 4e-5 on logits of magnitude 2,
+where torch and onnxruntime are each 3e-5 away from the float64 result. A wrong conversion
+differs in float64 too, so it still fails. Otherwise UnsupportedModelError names the worst
+output and its error.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 
@@ -47,13 +52,18 @@ _LOG = logging.getLogger(__name__)
 
 __all__ = ["ImportCheck", "ImportedModel", "ParamRef", "check_import", "import_model", "run_torch", "sample_feeds"]
 
+NOISE_FACTOR = 4.0  # torch and onnxruntime each carry ~1x the float32 noise; 4x leaves margin
+
+
 @dataclass(frozen=True)
 class ImportCheck:
-    """Torch vs onnxruntime on one seeded random input."""
+    """Torch vs onnxruntime on one seeded random input; ``float32_noise`` is measured (max over
+    outputs of |torch_float32 - torch_float64|) only when the plain tolerance was not met."""
 
     max_abs: float
     max_rel: float
     worst_output: str
+    float32_noise: float | None = None
 
 
 @dataclass
@@ -129,21 +139,38 @@ def check_import(imported: ImportedModel, atol: float = 1e-5, rtol: float = 1e-4
             m_abs, m_rel = max_errors(e, a)
         except VerificationError as exc:
             raise UnsupportedModelError(f"import check: output {name!r}: {exc}") from None
-        results.append((name, m_abs, m_rel, _close_scaled(e, a, atol, rtol)))
+        close = np.allclose(a.astype(np.float64), e.astype(np.float64), atol=atol, rtol=rtol)
+        results.append((name, m_abs, m_rel, close))
+    noise = None
+    if not all(r[3] for r in results):
+        noise = float32_noise(imported, feeds)
+        if noise is not None:
+            results = [(n, m_abs, m_rel, close or m_abs <= NOISE_FACTOR * noise[i])
+                       for i, (n, m_abs, m_rel, close) in enumerate(results)]
     failed = [r for r in results if not r[3]]
     worst, worst_abs, worst_rel, _ = max(failed or results, key=lambda r: float(np.nan_to_num(r[2], nan=np.inf)))
     if failed:
+        floor = "not measurable" if noise is None else f"{max(noise):.3g}"
         raise UnsupportedModelError(
             f"torch import differs from onnxruntime at output {worst!r}: max abs error {worst_abs:.3g}, "
-            f"max rel error {worst_rel:.3g} (atol {atol:g} x max(1, |output|), rtol {rtol:g})"
+            f"max rel error {worst_rel:.3g} (atol {atol:g}, rtol {rtol:g}; float32 noise {floor})"
         )
-    return ImportCheck(max_abs=worst_abs, max_rel=worst_rel, worst_output=worst)
+    return ImportCheck(max_abs=worst_abs, max_rel=worst_rel, worst_output=worst,
+                       float32_noise=None if noise is None else max(noise))
 
 
-def _close_scaled(expected: np.ndarray, actual: np.ndarray, atol: float, rtol: float) -> bool:
-    expected, actual = expected.astype(np.float64), actual.astype(np.float64)
-    scale = max(1.0, float(np.abs(expected).max())) if expected.size else 1.0
-    return bool(np.all(np.abs(actual - expected) <= atol * scale + rtol * np.abs(expected)))
+def float32_noise(imported: ImportedModel, feeds: dict[str, np.ndarray]) -> list[float] | None:
+    """Per output, max |torch_float32 - torch_float64| on ``feeds``; None if float64 cannot run
+    (e.g. a graph that casts to float32 explicitly)."""
+    float32 = run_torch(imported, feeds)
+    twin = ImportedModel(**{**imported.__dict__, "module": copy.deepcopy(imported.module).double()})
+    wide = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in feeds.items()}
+    try:
+        float64 = run_torch(twin, wide)
+    except Exception:  # noqa: BLE001 -- any failure means: no noise estimate, plain rule only
+        return None
+    return [float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) if a.size else 0.0
+            for a, b in zip(float32, float64)]
 
 
 def run_torch(imported: ImportedModel, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -244,9 +244,10 @@ def search_runs(
 
 
 def plot_latency_curve(curve: Sequence[Mapping[str, Any]], target_ms: float, path: str | os.PathLike,
-                       original_ms: float | None = None) -> Path:
+                       original_ms: float | None = None, original_macs: int | None = None) -> Path:
     """Measured latency against MACs (or the MAC fraction when MACs are unknown), the target as a
-    dashed line; candidates that met it filled, the others hollow."""
+    dashed line; candidates that met it filled, the others hollow, the original (when given) as
+    a black square at the right end of the line."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import EngFormatter
@@ -255,8 +256,13 @@ def plot_latency_curve(curve: Sequence[Mapping[str, Any]], target_ms: float, pat
     x_key = "macs" if use_macs else "mac_fraction"
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    ordered = sorted(curve, key=lambda c: c[x_key])
-    ax.plot([c[x_key] for c in ordered], [c["latency_ms"] for c in ordered], color="#08519c", alpha=0.5)
+    line = [(c[x_key], c["latency_ms"]) for c in curve]
+    if original_ms is not None and (original_macs is not None or not use_macs):
+        anchor = original_macs if use_macs else 1.0
+        line.append((anchor, original_ms))
+        ax.scatter([anchor], [original_ms], marker="s", color="black", zorder=3, label=f"original {original_ms:.3g} ms")
+    line.sort()
+    ax.plot([x for x, _ in line], [y for _, y in line], color="#08519c", alpha=0.5)
     for met, style in ((True, {"color": "#2ca02c", "label": "meets target"}),
                        (False, {"facecolors": "none", "edgecolors": "#d62728", "label": "too slow"})):
         pts = [c for c in curve if c["met"] == met]
@@ -266,8 +272,6 @@ def plot_latency_curve(curve: Sequence[Mapping[str, Any]], target_ms: float, pat
         ax.annotate(str(c.get("round", "")), (c[x_key], c["latency_ms"]), xytext=(4, 4), textcoords="offset points",
                     fontsize=7)
     ax.axhline(target_ms, linestyle="--", color="gray", label=f"target {target_ms:.3g} ms")
-    if original_ms is not None:
-        ax.axhline(original_ms, linestyle=":", color="black", label=f"original {original_ms:.3g} ms")
     ax.set_xlabel("MACs per sample" if use_macs else "fraction of the original MACs")
     if use_macs:
         ax.xaxis.set_major_formatter(EngFormatter())

@@ -30,6 +30,7 @@ from typing import Any
 import onnx
 
 from onnxprune import report as run_report
+from onnxprune.errors import OnnxPruneError
 from onnxprune.macs import format_count
 from onnxprune.plots import plot_layer_widths, plot_trail
 
@@ -118,13 +119,13 @@ def taper_points(report: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str] 
         return None
     original, pruned = report.get("original") or {}, report.get("pruned") or {}
     points = [_point(x_key, first, original, "original")]
-    points += [_point(x_key, x_of(h), h, f"epoch {h.get('epoch')}") for h in history if x_key_in(h, x_key)]
+    points += [_point(x_key, x_of(h), h, f"epoch {h.get('epoch')}") for h in history if _has_x(h, x_key)]
     if last is not None:
         points.append(_point(x_key, last, pruned, "written"))
     return points, x_key
 
 
-def x_key_in(entry: Mapping[str, Any], x_key: str) -> bool:
+def _has_x(entry: Mapping[str, Any], x_key: str) -> bool:
     return ("macs_frac" if x_key == "macs" else "sparsity") in entry
 
 
@@ -148,8 +149,6 @@ def write_report(report: dict[str, Any], path: str | os.PathLike) -> list[Path]:
         run_report.write_report(report, path)
         return [path]
     if path.exists() and not path.is_dir():
-        from onnxprune.errors import OnnxPruneError
-
         raise OnnxPruneError(f"--report {path}: exists and is not a directory (use a .json name for one file)")
     path.mkdir(parents=True, exist_ok=True)
     plots = _plots(report, path)
@@ -180,9 +179,9 @@ def _plots(report: Mapping[str, Any], folder: Path) -> list[Path]:
         from onnxprune.latency_target import plot_latency_curve
 
         target = report["latency_target"]
-        written.append(plot_latency_curve(curve, target["target_ms"], folder / "latency.png", target.get("original_ms")))
+        written.append(plot_latency_curve(curve, target["target_ms"], folder / "latency.png", target.get("original_ms"),
+                                          (report.get("macs") or {}).get("before")))
     return written
-
 
 
 # --- report.md ----------------------------------------------------------------------------------
@@ -238,7 +237,7 @@ def _status(report: Mapping[str, Any]) -> list[str]:
         return [f"**Status: REJECTED** ({missed} of {len(gates)} gates missed); the output model was not written"
                 + (f", the candidate is at `{where}`" if where else "") + ".", ""]
     if gates:
-        return [f"**Status: accepted** (all {len(gates)} gates met).", ""]
+        return [f"**Status: accepted** ({'the gate' if len(gates) == 1 else f'all {len(gates)} gates'} met).", ""]
     return []
 
 
@@ -347,7 +346,7 @@ def _time(report: Mapping[str, Any]) -> list[str]:
         out += ["| phase | seconds |", "| --- | ---: |"] + [f"| {k} | {v:.2f} |" for k, v in phases.items()]
         out.append("")
     if report.get("seconds") is not None:
-        out.append(f"Whole run: {report['seconds']:.1f} s on {report.get('device')}.")
+        out.append(f"Prune run (load to verified model): {report['seconds']:.1f} s on {report.get('device')}.")
     return out + [""]
 
 

@@ -17,12 +17,11 @@ from onnxprune.passes.plan import PlanError, PruningPlan
 from onnxprune.passes.structures import ChannelGroup, IntEdit, MacTerm, Piece, ResidualBranch
 
 
-def _node_names(graph: ir.Graph) -> None:
+def name_nodes(graph: ir.Graph) -> None:
     """Give unnamed nodes a stable name (op type + position) so ids and edits can refer to them."""
     for index, node in enumerate(graph):
         if not node.name:
             node.name = f"{node.op_type}_{index}"
-
 
 
 @dataclasses.dataclass
@@ -46,7 +45,7 @@ class GroupAnalysis:
             ir_model, self._ir = self._ir[1], None  # passes edit it: hand it out only once
             return ir_model
         ir_model = ir.from_proto(model)
-        _node_names(ir_model.graph)
+        name_nodes(ir_model.graph)
         return ir_model
 
     def group(self, group_id: str) -> ChannelGroup:

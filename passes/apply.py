@@ -1,9 +1,10 @@
 """``apply_plan``: run the passes in order on a copy of the model and verify the result.
 
-    1. prune channels and units        (plan.kept; constants from the masked reference)
-    2. remove residual branches        (plan.dropped_branches; emptied groups' branches -> constants)
-    3. cleanup                         (unused nodes and weights, shapes, checker)
-    4. dead-structure elimination      (all-zero channels, then cleanup again)
+    1. PruneChannelsPass       plan.kept; constants a removed channel leaves come from the masked reference
+    2. RemoveBranchesPass      plan.dropped_branches; branches of emptied groups become constants
+    3. CleanupPass             unused nodes and weights
+    4. DeadStructurePass       all-zero channels (constants folded), then cleanup again
+    5. checked_proto           shape inference and the full ONNX checker
 
 The model passed in is never modified.
 """
@@ -14,9 +15,11 @@ import logging
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 
-from onnxprune.passes.cleanup import cleanup
-from onnxprune.passes.dead_structure import dead_structure_plan
+from onnxprune.passes.analysis import name_nodes
+from onnxprune.passes.cleanup import CleanupPass, checked_proto
+from onnxprune.passes.dead_structure import DeadStructurePass
 from onnxprune.passes.groups import GroupAnalysis, analyze
 from onnxprune.passes.masking import masked_reference
 from onnxprune.passes.plan import PlanError, PruningPlan
@@ -35,48 +38,29 @@ def apply_plan(model: onnx.ModelProto, plan: PruningPlan, input_shapes: dict[str
     analysis.validate(plan)
     kept = {g: k for g, k in plan.kept.items() if len(k) < analysis.group(g).size}
     emptied = {analysis.group(g).branch for g, k in kept.items() if not k} - set(plan.dropped_branches)
-    constants: dict[str, np.ndarray] = {}
-    values: list[dict[str, np.ndarray]] = []
     needed = [site.value for g, k in kept.items() if k for site in analysis.group(g).folds if site.gate != State.ZERO]
     needed += [analysis.branch(b).branch_output for b in emptied]
-    if needed:
-        values = probe_values(masked_reference(model, plan, analysis), needed, analysis.input_shapes)
-        constants = values[0]
-    branch_constants = {b: _branch_constant(analysis, b, kept, values) for b in emptied}
-    graph_model = analysis.ir_model(model)
-    PruneChannelsPass(analysis, kept, constants)(graph_model)
-    RemoveBranchesPass(analysis, plan.dropped_branches, branch_constants)(graph_model)
-    pruned = cleanup(graph_model)
+    values = probe_values(masked_reference(model, plan, analysis), needed, analysis.input_shapes) if needed else [{}]
+    passes = [
+        PruneChannelsPass(analysis, kept, values[0]),
+        RemoveBranchesPass(analysis, plan.dropped_branches,
+                           {b: _branch_constant(analysis, b, kept, values) for b in emptied}),
+        CleanupPass(),
+    ]
     if dead_structure:
-        pruned = eliminate_dead_structure(pruned, analysis.input_shapes)
-    return pruned
+        passes.append(DeadStructurePass(analysis.input_shapes))
+    graph_model = analysis.ir_model(model)
+    ir.passes.Sequential(*passes)(graph_model)
+    return checked_proto(graph_model)
 
 
 def eliminate_dead_structure(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> onnx.ModelProto:
-    """Remove channels whose weights are all zero (exactly: constants folded); then clean up."""
-    if not _has_zero_slice(model):
-        return model  # nothing can be dead: skip the analysis
-    analysis = analyze(model, input_shapes)
-    kept, values = dead_structure_plan(model, analysis)
-    if not kept:
+    """Remove channels whose weights are all zero (exactly: constants folded); ``model`` if none."""
+    graph_model = ir.from_proto(model)
+    name_nodes(graph_model.graph)
+    if not DeadStructurePass(input_shapes)(graph_model).modified:
         return model
-    graph_model = analysis.ir_model(model)
-    PruneChannelsPass(analysis, kept, values, fold_all=True)(graph_model)
-    return cleanup(graph_model)
-
-
-def _has_zero_slice(model: onnx.ModelProto) -> bool:
-    """Does a layer weight have an all-zero output slice (a candidate dead channel)?"""
-    weights = {node.input[1] for node in model.graph.node
-               if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(node.input) > 1}
-    for init in model.graph.initializer:
-        if init.name not in weights or len(init.dims) < 1:
-            continue
-        nonzero = onnx.numpy_helper.to_array(init) != 0
-        for axis in range(min(2, nonzero.ndim)):  # Gemm/MatMul/ConvTranspose keep outputs on axis 1
-            if not np.all(np.any(np.moveaxis(nonzero, axis, 0).reshape(nonzero.shape[axis], -1), axis=1)):
-                return True
-    return False
+    return checked_proto(graph_model)
 
 
 def _branch_constant(analysis: GroupAnalysis, branch_id: str, kept, values) -> np.ndarray:

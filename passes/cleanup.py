@@ -1,28 +1,36 @@
-"""Cleanup: delete unused nodes and initializers, re-infer shapes, and run the full checker.
+"""Cleanup: delete unused nodes and initializers; then a checked ModelProto.
 
-Rewrites leave intermediate shapes stale, so every value_info is dropped and recomputed by
-ONNX shape inference; ``onnx.checker.check_model(full_check=True)`` must then pass, else the
-rewrite is a bug and a VerificationError names the failure.
+Rewrites leave intermediate shapes stale, so :class:`CleanupPass` drops them along with the
+nodes and weights nothing reads any more. :func:`checked_proto` recomputes every value_info by
+ONNX shape inference and runs ``onnx.checker.check_model(full_check=True)``; a failure is a bug
+in a rewrite and raises a VerificationError naming it.
 """
 
 from __future__ import annotations
 
 import onnx
-import onnx_ir as ir  # noqa: F401  (type of `model`)
+import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from onnxprune.errors import VerificationError
 from onnxprune.passes.groups import skeleton_model
 
 
-def cleanup(model: ir.Model) -> onnx.ModelProto:
-    """Remove dead structure from ``model`` (in place) and return the checked ModelProto."""
-    common.RemoveUnusedNodesPass()(model)
-    outputs = {id(v) for v in model.graph.outputs}
-    for node in model.graph:
-        for value in node.outputs:
-            if id(value) not in outputs:
-                value.shape = None  # stale after slicing; recomputed below
+class CleanupPass(ir.passes.InPlacePass):
+    """Remove unused nodes and initializers; forget intermediate shapes (re-inferred later)."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = common.RemoveUnusedNodesPass()(model).modified
+        outputs = {id(v) for v in model.graph.outputs}
+        for node in model.graph:
+            for value in node.outputs:
+                if id(value) not in outputs:
+                    value.shape = None  # stale after slicing
+        return ir.passes.PassResult(model, modified=modified)
+
+
+def checked_proto(model: ir.Model) -> onnx.ModelProto:
+    """``model`` as a ModelProto with inferred shapes that passes the full ONNX checker."""
     proto = ir.to_proto(model)
     proto.graph.ClearField("value_info")
     try:

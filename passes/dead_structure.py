@@ -15,8 +15,11 @@ import logging
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 
+from onnxprune.passes.cleanup import CleanupPass
 from onnxprune.passes.probe import probe_values
+from onnxprune.passes.prune_channels import PruneChannelsPass
 from onnxprune.passes.structures import FoldSite
 
 log = logging.getLogger(__name__)
@@ -78,3 +81,40 @@ def dead_structure_plan(model: onnx.ModelProto, analysis) -> tuple[dict[str, tup
     kept = {g: tuple(c for c in range(analysis.group(g).size) if c not in set(gone[g])) for g in gone}
     log.info("dead structure: %d channels in %d groups", sum(map(len, gone.values())), len(gone))
     return kept, values[0]
+
+
+class DeadStructurePass(ir.passes.InPlacePass):
+    """Find dead channels (weights all zero) and remove those that can go exactly; then clean up."""
+
+    def __init__(self, input_shapes: dict[str, tuple[int, ...]] | None = None) -> None:
+        super().__init__()
+        self.input_shapes = input_shapes
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        from onnxprune.passes.groups import analyze
+
+        if not _has_zero_slice(model):
+            return ir.passes.PassResult(model, modified=False)  # nothing can be dead: skip the analysis
+        proto = ir.to_proto(model)
+        analysis = analyze(proto, self.input_shapes)
+        kept, values = dead_structure_plan(proto, analysis)
+        if not kept:
+            return ir.passes.PassResult(model, modified=False)
+        PruneChannelsPass(analysis, kept, values, fold_all=True)(model)
+        CleanupPass()(model)
+        return ir.passes.PassResult(model, modified=True)
+
+
+def _has_zero_slice(model: ir.Model) -> bool:
+    """Does a layer weight have an all-zero slice on its first two axes (a candidate dead channel)?"""
+    for node in model.graph:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.inputs) < 2:
+            continue
+        weight = node.inputs[1]
+        if weight is None or weight.const_value is None:
+            continue
+        nonzero = weight.const_value.numpy() != 0
+        for axis in range(min(2, nonzero.ndim)):  # Gemm/MatMul/ConvTranspose keep outputs on axis 1
+            if not np.all(np.any(np.moveaxis(nonzero, axis, 0).reshape(nonzero.shape[axis], -1), axis=1)):
+                return True
+    return False

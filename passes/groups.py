@@ -25,7 +25,7 @@ import onnx
 import onnx_ir as ir
 
 import onnxprune.passes.rules  # noqa: F401  (registers the op rules)
-from onnxprune.passes.analysis import GroupAnalysis, _node_names
+from onnxprune.passes.analysis import GroupAnalysis, name_nodes
 from onnxprune.passes.rules.core import Gates, Layout, RuleContext, Segment, lookup
 from onnxprune.passes.residual_branches import find_residual_branches
 from onnxprune.passes.structures import (
@@ -228,7 +228,13 @@ class _Builder(RuleContext):
             reason = f"no rule for op {node.op_type} (node {node.name!r})"
             self.freeze(reason, *(self.layouts[v.name] for v in inputs_with_layout))
             return
-        rule(node, self)
+        try:
+            rule(node, self)
+        except Exception as exc:  # a model the rule did not foresee: freeze, never guess
+            log.warning("rule for %s failed on node %r: %s", node.op_type, node.name, exc)
+            touched = [self.layouts.get(v.name) for v in (*inputs_with_layout, *node.outputs) if v is not None]
+            self.freeze(f"rule for {node.op_type} failed on {node.name!r} ({type(exc).__name__})", *touched)
+            return
         for value in inputs_with_layout:
             if value.name not in self._touched:  # a rule that ignores a channel input is a bug
                 self.freeze(f"{node.op_type} {node.name!r} ignores input {value.name!r}", self.layouts[value.name])
@@ -247,7 +253,7 @@ def analyze(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
     shapes = static_shape_map(infer_static_shapes(skeleton, {**input_shapes, **weight_shapes}))
     ir_model = ir.from_proto(model)
     graph = ir_model.graph
-    _node_names(graph)
+    name_nodes(graph)
     opset = graph.opset_imports.get("", 1)
     builder = _Builder(graph, shapes, opset)
     for node in graph:

@@ -141,15 +141,17 @@ def _append_add(graph: ir.Graph, node: ir.Node, delta: np.ndarray) -> None:
     bias = _initializer(graph, f"{node.name}_folded_bias", delta)
     add = ir.Node("", "Add", [out, bias], name=f"{node.name}_folded_add")
     graph.insert_after(node, add)
-    out.replace_all_uses_with(add.outputs[0])
-    add.replace_input_with(0, out)
-    add.outputs[0].name = f"{out.name}_folded"
+    for use in list(out.uses()):
+        if use.node is not add:
+            use.node.replace_input_with(use.idx, add.outputs[0])
     if out.is_graph_output():  # the graph output keeps its name and now includes the bias
         index = list(graph.outputs).index(out)
         name = out.name
         out.name, add.outputs[0].name = f"{name}_unfolded", name
         add.outputs[0].type, add.outputs[0].shape = out.type, out.shape
         graph.outputs[index] = add.outputs[0]
+    else:
+        add.outputs[0].name = f"{out.name}_folded"
 
 
 def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:

@@ -37,14 +37,15 @@ class RemoveBranchesPass(ir.passes.InPlacePass):
             add, skip_index, _ = where[branch_id]
             skip = add.inputs[skip_index]
             out = add.outputs[0]
+            for use in list(out.uses()):
+                use.node.replace_input_with(use.idx, skip)
             if out.is_graph_output():  # keep the output's name: the Add becomes an Identity
-                identity = ir.Node("", "Identity", [skip], name=add.name, outputs=[ir.Value(name=out.name)])
+                name = out.name
+                out.name = f"{name}_dropped"
+                identity = ir.Node("", "Identity", [skip], name=add.name, outputs=[ir.Value(name=name)])
                 graph.insert_after(add, identity)
                 identity.outputs[0].type, identity.outputs[0].shape = out.type, out.shape
                 graph.outputs[list(graph.outputs).index(out)] = identity.outputs[0]
-                add.outputs[0].name = f"{out.name}_dropped"
-            else:
-                out.replace_all_uses_with(skip)
         for branch_id, value in self.constant.items():
             branch = self.analysis.branch(branch_id)
             add, _, index = where[branch_id]

@@ -135,6 +135,17 @@ def test_target_latency_needs_a_structured_method(sample_models_dir, tmp_path):
     assert not any(tmp_path.iterdir())  # refused before any work
 
 
+def test_an_unusable_provider_is_refused_before_training(sample_models_dir, tmp_path):
+    from onnxprune.latency import provider_status
+
+    if provider_status("cuda")[0]:
+        pytest.skip("CUDA is usable here")
+    config = _config(sample_models_dir, tmp_path / "o.onnx", tmp_path / "rep")
+    with pytest.raises(OnnxPruneError, match="--providers cuda: unavailable") as caught:
+        ci.run(config, ci.CiOptions(gates=Gates(min_speedup=1.1), provider="cuda"))
+    assert caught.value.exit_code == 2 and not any(tmp_path.iterdir())
+
+
 def test_speedup_of_a_really_smaller_model():
     """A 1024-wide MLP against itself pruned to a quarter of the units: interleaved timing sees it."""
     rng = np.random.default_rng(0)

@@ -254,6 +254,23 @@ g (float[1,5,8] x) => (float[1,5,8] y) <float[8,8] we, float[8] ke, float[8] lg,
   r = Add (e, o)
   y = LayerNormalization <axis=-1> (r, lg2, lb2)
 }}""".replace(H17, H20), {"w1": (8, 8), "k1": (8,), "w2": (8, 8)}, {"we": "LayerNormalization"}),
+    "sigmoid_folds_into_gemm_alpha_beta": (f"""{H17}
+g (float[1,3,4,4] x) => (float[1,10] y) <float[8,3,3,3] w1, {bn(1)}, float[10,8] wf, float[10] kf>
+{{
+  c1 = Conv <pads=[1,1,1,1]> (x, w1)
+  t1 = BatchNormalization (c1, s1, b1, m1, var1)
+  s = Sigmoid (t1)
+  p = GlobalAveragePool (s)
+  f = Flatten (p)
+  y = Gemm <transB=1, alpha=0.5, beta=2.0> (f, wf, kf)
+}}""", {"w1": (4, 3, 3, 3), "wf": (10, 4)}, {}),
+    "sigmoid_folds_into_matmul_graph_output": (f"""{H17}
+g (float[2,6] x) => (float[2,5] y) <float[6,8] wa, float[8,5] wb>
+{{
+  h = MatMul (x, wa)
+  s = Sigmoid (h)
+  y = MatMul (s, wb)
+}}""", {"wa": (6, 4), "wb": (4, 5)}, {}),
     "unknown_op_freezes": (conv_net("u = LRN <size=3> (t)"), {"w1": (8, 3, 3, 3)}, {"w1": "no rule for op LRN"}),
     "softmax_over_channels_freezes": (conv_net("u = Softmax <axis=1> (t)"), {"w1": (8, 3, 3, 3)}, {"w1": "no rule"}),
 }

@@ -171,3 +171,44 @@ def test_torch_runtime_failure_becomes_clear_error():
     }""")
     with pytest.raises(UnsupportedModelError, match="^the torch import fails on a sample input: IndexError"):
         import_model(model)
+
+
+def test_float32_noise_rule_accepts_rounding_but_not_a_real_difference():
+    from onnxprune.importer import check_import, float32_noise
+
+    # sin(x @ 100 W): float32 rounding of the large matmul (|h| ~ 1e3) shows up as ~2e-3 in the sine.
+    model = text_model("""
+    g (float[4, 512] x, float[512, 64] w) => (float[4, 64] y) {
+       [mm] h = MatMul(x, w)
+       [sin] y = Sin(h)
+    }""", w=rand(512, 64) * 100)
+    imported = import_model(model)  # torch and onnxruntime differ by more than atol, but only by noise
+    assert imported.check.max_abs > 1e-4 and imported.check.float32_noise is not None
+    assert imported.check.max_abs <= 4 * imported.check.float32_noise
+    noise = float32_noise(imported, imported.sample_inputs())
+    assert noise == [imported.check.float32_noise]
+    with torch.no_grad():
+        imported.tensor("w").mul_(1 + 1e-4)  # a real (if small) difference from the ONNX weights
+    with pytest.raises(UnsupportedModelError, match=r"at output 'y'.*float32 noise [0-9.e-]+\)$"):
+        check_import(imported)
+
+
+def test_float32_noise_is_none_when_float64_cannot_run():
+    from onnxprune.importer import float32_noise
+
+    model = text_model("""
+    g (float[2, 3] x, float[3, 3] w) => (float[2, 3] y) {
+       [to_f32] c = Cast<to = 1>(x)
+       [mm] y = MatMul(c, w)
+    }""", w=rand(3, 3))
+    imported = import_model(model)
+    assert float32_noise(imported, imported.sample_inputs()) is None
+
+
+def test_gemm_with_alpha_is_refused_because_it_cannot_be_written_back():
+    model = text_model("""
+    g (float[N, 4] x, float[3, 4] w, float[3] b) => (float[N, 3] y) {
+       [scaled_fc] y = Gemm<alpha = 2.0, transB = 1>(x, w, b)
+    }""", w=rand(3, 4), b=rand(3))
+    with pytest.raises(UnsupportedModelError, match=r"^cannot convert 1 ops: Gemm-13 \(node scaled_fc\): .*'w'"):
+        import_model(model)

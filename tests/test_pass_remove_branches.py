@@ -58,6 +58,20 @@ def test_drop_branch_whose_add_is_the_graph_output_keeps_the_output_name() -> No
     assert [n.op_type for n in checked.pruned.graph.node] == ["Conv", "Identity"]
 
 
+def test_drop_branch_whose_add_is_a_graph_output_and_read_further() -> None:
+    decl, nodes = block(1, "r0")
+    model = model_from_text(f"""{H17}
+g (float[1,3,8,8] x) => (float[1,8,8,8] a1, float[1,8,8,8] z) <float[8,3,3,3] w0, {decl}>
+{{
+  r0 = Conv <pads=[1,1,1,1]> (x, w0){nodes}
+  z = Relu (a1)
+}}""")
+    analysis = analyze(model)
+    checked = check_exact(model, PruningPlan(dropped_branches=(analysis.residual_branches[0].id,)), analysis=analysis)
+    assert [n.op_type for n in checked.pruned.graph.node] == ["Conv", "Identity", "Relu"]
+    assert [o.name for o in checked.pruned.graph.output] == ["a1", "z"]
+
+
 def test_emptied_inner_group_turns_the_branch_into_a_constant() -> None:
     model = model_from_text(chain(2))
     analysis = analyze(model)

@@ -139,6 +139,26 @@ def test_taper_follows_the_history(real_run):
     assert [p["macs"] for p in points[1:-1]] == [h["macs_frac"] * result.report["macs"]["before"] for h in history]
 
 
+def test_taper_of_a_weight_level_method_is_against_sparsity(sample_models_dir, tmp_path):
+    from onnxprune import pipeline
+    from onnxprune.training import TrainConfig
+
+    config = pipeline.PruneConfig(model=sample_models_dir / "mlp.onnx", out=None, method="magnitude",
+                                  method_options={"sparsity": 0.8}, calib=str(sample_models_dir / "digits_train.npz"),
+                                  train=TrainConfig(epochs=2, batch_size=64, quiet=True))
+    result = pipeline.run(config)
+    points, x_key = taper_points(result.report)
+    assert x_key == "sparsity" and points[0]["sparsity"] == 0.0
+    assert points[-1]["sparsity"] == pytest.approx(0.8, abs=1e-3)  # magnitude zeroes exactly 80% of the weights
+    assert [p["sparsity"] for p in points[1:-1]] == [h["sparsity"] for h in result.report["history"]]
+    report = dict(result.report)
+    add_model_figures(report, result.imported.onnx_model, result.model)
+    names = [p.name for p in write_report(report, tmp_path / "rep")]
+    assert names == ["report.json", "report.md", "widths.png", "taper.png"]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| point | sparsity | fidelity | accuracy |" in md and "| written | 80.0% |" in md
+
+
 def test_json_path_writes_one_file(real_run, tmp_path):
     result, _ = real_run
     assert write_report(result.report, tmp_path / "run.json") == [tmp_path / "run.json"]

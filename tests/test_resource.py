@@ -9,7 +9,7 @@ import click
 import pytest
 import torch
 
-from onnxprune.methods.resource import Resource, Term, parse_target, select_to_budget
+from onnxprune.methods.resource import Resource, Term, parse_target, round_counts, select_to_budget
 
 # conv1: image(1) -> A(4) 100 MACs per (in, out) channel pair; conv2: A(4) -> B(3);
 # dw: depthwise on B; fc: flatten of B (2 features per channel) -> 10 outputs, inside branch "blk"
@@ -88,3 +88,36 @@ def test_select_to_budget_drops_lowest_scores_until_the_target_is_met(target, ke
     masks = select_to_budget(scores, r, target)
     assert masks["A"].int().tolist() == kept_a and masks["B"].int().tolist() == kept_b
     assert r.hard(masks) == pytest.approx(cost)
+
+
+def test_round_counts_to_a_channel_multiple_keeps_the_top_scores():
+    scores = {"big": torch.arange(32.0), "small": torch.arange(6.0)}
+    masks = {"big": scores["big"] >= 19, "small": scores["small"] >= 4}  # 13 and 2 kept
+    rounded = round_counts(scores, masks, 8)
+    assert int(rounded["big"].sum()) == 16 and bool(rounded["big"][16:].all())  # 13 -> 16, top scores
+    assert torch.equal(rounded["small"], masks["small"])  # a group of <= 8 channels is left alone
+    allowed = {"big": scores["big"] >= 18, "small": torch.ones(6, dtype=torch.bool)}  # only 14 allowed
+    assert int(round_counts(scores, masks, 8, allowed)["big"].sum()) == 8  # cannot round up: rounds down
+
+
+def test_select_to_budget_with_a_channel_multiple_meets_the_target():
+    terms = [Term(macs=64 * 40, inputs=(("A", 0, 64, 1),), outputs=(("B", 0, 40, 1),)),
+             Term(macs=40 * 10, inputs=(("B", 0, 40, 1),))]
+    r = Resource(terms, {"A": 64, "B": 40})
+    torch.manual_seed(0)
+    scores = {"A": torch.rand(64), "B": torch.rand(40)}
+    for target in (0.8, 0.5, 0.3):
+        masks = select_to_budget(scores, r, target * r.total_macs, multiple=8)
+        assert all(int(m.sum()) % 8 == 0 for m in masks.values())
+        assert target * 0.8 * r.total_macs < r.hard(masks) <= target * r.total_macs
+
+
+def test_select_to_budget_never_keeps_removed_channels_and_keeps_multiples():
+    terms = [Term(macs=64 * 40, inputs=(("A", 0, 64, 1),), outputs=(("B", 0, 40, 1),)),
+             Term(macs=40 * 10, inputs=(("B", 0, 40, 1),))]
+    r = Resource(terms, {"A": 64, "B": 40})
+    scores = {"A": torch.linspace(0, 1, 64), "B": torch.linspace(0, 1, 40)}
+    allowed = {"A": torch.arange(64) >= 51, "B": torch.arange(40) >= 3}  # 13 and 37 units left
+    masks = select_to_budget(scores, r, 0.99 * r.total_macs, multiple=8, allowed=allowed)
+    for g in masks:
+        assert not bool((masks[g] & ~allowed[g]).any()) and int(masks[g].sum()) % 8 == 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from onnxprune import ci
 from onnxprune.calibration.images import image_options
 from onnxprune.calibration.losses import LOSSES
 from onnxprune.config import config_option, effective_config, parameter_sources
@@ -67,8 +68,9 @@ METHOD_OPTIONS, OPTION_READERS = _method_options()
 @click.option("--seed", type=int, default=0, help="Seeds the holdout split, shuffling and the method.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: CUDA when available.")
 @click.option("--quiet", is_flag=True, help="No progress bar (CI logs).")
-@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the run report (JSON) here.")
+@click.option("--report", type=click.Path(path_type=Path), default=None,
+              help="Write the run report: a folder (report.json, report.md, PNG plots), or one JSON file "
+                   "when the name ends in .json.")
 @config_option
 @click.pass_context
 def command(ctx: click.Context, model: Path, method: str, out: Path, calib: str | None, labels: str | None,
@@ -77,9 +79,10 @@ def command(ctx: click.Context, model: Path, method: str, out: Path, calib: str 
             quiet: bool, report: Path | None, config: str | None, mean: list[float] | None,
             std: list[float] | None, channel_order: str, layout: str, **method_values) -> None:
     """Prune IN.onnx with a training-based method and write a smaller OUT.onnx."""
-    from onnxprune import pipeline
+    from onnxprune import gates, pipeline
     from onnxprune.report import summary_lines
 
+    ci_options = ci.CiOptions.pop_from(method_values)  # before the method-option checks below
     sources = parameter_sources(ctx)
     for name, value in method_values.items():
         if method not in OPTION_READERS[name] and sources.get(name) != "default":
@@ -88,16 +91,18 @@ def command(ctx: click.Context, model: Path, method: str, out: Path, calib: str 
     own = {name: value for name, value in method_values.items() if method in OPTION_READERS[name]}
     train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                         weight_decay=weight_decay, seed=seed, device=device, quiet=quiet)
-    result = pipeline.run(pipeline.PruneConfig(
+    result, gate_results = ci.run(pipeline.PruneConfig(
         model=model, out=out, method=method, method_options=own, calib=calib, labels=labels,
         image_options={"mean": 0.0 if mean is None else mean, "std": 1.0 if std is None else std,
                        "channel_order": channel_order, "layout": layout},
         input_shapes=input_shape, holdout=holdout, loss=loss, temperature=temperature, train=train,
-        report=report, options=effective_config(ctx), option_sources=sources))
+        report=report, options=effective_config(ctx), option_sources=sources), ci_options)
     if result.replica.is_main:
-        for line in summary_lines(result.report):
+        for line in summary_lines(result.report) + ci.summary_lines(result.report, gate_results):
             click.echo(line)
-        click.echo(f"wrote       {result.written}")
+        click.echo(f"wrote       {result.written}" + ("" if result.report["status"] == "accepted" else " (REJECTED)"))
+    gates.enforce(gate_results)  # a missed gate: exit code 3, after the report and the summary
 
 
 command.params.extend(METHOD_OPTIONS)
+command.params.extend(ci.OPTIONS)

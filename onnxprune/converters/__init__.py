@@ -5,4 +5,4 @@ Importing this package registers every converter in onnx2torch's own registry
 registering a key twice raises there. One module per op family.
 """
 
-from onnxprune.converters import gelu, pad, pooling, reduce, reshape, resize, same_semantics, split  # noqa: F401
+from onnxprune.converters import gelu, group_norm, pad, pooling, reduce, reshape, resize, same_semantics, split  # noqa: F401

@@ -39,7 +39,8 @@ import torch
 
 from onnxprune.methods.base import PruningMethod, TrainContext, register
 from onnxprune.methods.gates import GateBank, Structure
-from onnxprune.methods.resource import GATE_LR_OPTION, TARGET_MACS_OPTION, parse_target, select_to_budget
+from onnxprune.methods.resource import (CHANNEL_MULTIPLE_OPTION, GATE_LR_OPTION, TARGET_MACS_OPTION, parse_target, round_counts,
+                                          select_to_budget)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class Bernoulli(PruningMethod):
     options = [
         TARGET_MACS_OPTION,
         GATE_LR_OPTION,
+        CHANNEL_MULTIPLE_OPTION,
         click.Option(["--strength"], type=click.FloatRange(0), default=10.0, show_default=True,
                      help="bernoulli: accuracy vs pruning (loss worth the whole model's cost)."),
         click.Option(["--layer-vs-unit"], type=click.FloatRange(0, 1), default=0.5, show_default=True,
@@ -79,6 +81,7 @@ class Bernoulli(PruningMethod):
         self.unit_w = 2 * (1 - float(cfg.get("layer_vs_unit", 0.5) if cfg.get("layer_vs_unit") is not None else 0.5))
         self.flops_w = float(cfg.get("flops_vs_params") if cfg.get("flops_vs_params") is not None else 0.5)
         self.target = parse_target(cfg["target_macs"], self.b0) if cfg.get("target_macs") else None
+        self.multiple = int(cfg.get("channel_multiple") or 8)
         dev = ctx.device
         self.theta = {g: torch.full((n,), self.init, device=dev, requires_grad=True) for g, n in s.groups.items()}
         self.phi = {b: torch.full((), self.init, device=dev, requires_grad=True) for b in s.branches}
@@ -174,20 +177,30 @@ class Bernoulli(PruningMethod):
         """Round every parameter to 0/1 (enforcing --target-macs if set) and freeze the gates."""
         with torch.no_grad():
             undecided = sum(int(((p > self.eps) & (p < 1 - self.eps)).sum()) for p in self.params)
-            if self.target is None:
-                for key, p in [*self.theta.items(), *self.phi.items()]:
-                    self.alive[key] &= p >= 0.5
-            else:  # the target sets the size: branches by phi >= 1/2, then units by theta, to the target
-                for b, p in self.phi.items():
-                    self.alive[b] &= p >= 0.5
-                dropped = [b for b in self.phi if not bool(self.alive[b])]
-                scores = {g: self.theta[g] * self.alive[g] for g in self.theta}
-                masks = select_to_budget(scores, self.structure.resource, self.target, dropped)
-                for g in self.theta:
-                    self.alive[g] &= masks[g]
+            self.alive_before = {b: self.alive[b].clone() for b in self.phi}
+            for b, p in self.phi.items():
+                self.alive[b] &= p >= 0.5
+            dropped = [b for b in self.phi if not bool(self.alive[b])]
+            # removed units have theta = 0 and rank last: they come back (with their weights as
+            # removed) only to round a layer up to the channel multiple, or, with a target, when
+            # the survivors are under it (removals in one step can overshoot it)
+            if self.target is None:  # theta >= 1/2, counts rounded to the channel multiple
+                keep = {g: self.alive[g] & (self.theta[g] >= 0.5) for g in self.theta}
+                for g in keep:
+                    if not bool(keep[g].any()):
+                        keep[g][torch.argmax(self.theta[g])] = True
+                masks = round_counts(self.theta, keep, self.multiple)
+            else:  # the target sets the size: units ranked by theta, kept until the MACs meet it
+                masks = select_to_budget(self.theta, self.structure.resource, self.target, dropped, self.multiple)
+                # branches that rounding dropped come back (highest phi first) while they fit
+                for b in sorted((b for b in dropped if bool(self.alive_before[b])), key=lambda b: -float(self.phi[b])):
+                    trial = [d for d in dropped if d != b]
+                    if self.structure.resource.hard({**masks}, trial) <= self.target:
+                        dropped, self.alive[b] = trial, torch.ones_like(self.alive[b])
+                        masks = select_to_budget(self.theta, self.structure.resource, self.target, dropped,
+                                                 self.multiple)
             for g in self.theta:
-                if not bool(self.alive[g].any()):
-                    self.alive[g][torch.argmax(self.theta[g])] = True
+                self.alive[g] = masks[g].to(self.alive[g].device)
             for key, p in [*self.theta.items(), *self.phi.items()]:
                 p.copy_(self.alive[key].to(p.dtype))
         self.fixed = {k: self.alive[k].float() for k in [*self.theta, *self.phi]}

@@ -10,6 +10,8 @@ gates, plan and passes), so a comparison differs only in *which* channels are ke
   It depends on the weights' per-layer scale, which the Lagrangian gates do not.
 - uniform: every group keeps the same fraction of its channels (its largest-norm ones), the
   fraction found by bisection so that the MACs meet the target.
+
+Both round kept counts to ``--channel-multiple`` like the methods they are compared with.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 
 from onnxprune.methods.base import TrainContext
 from onnxprune.methods.lagrangian import Lagrangian
-from onnxprune.methods.resource import select_to_budget
+from onnxprune.methods.resource import round_counts, select_to_budget
 
 
 def channel_norms(ctx: TrainContext, group) -> torch.Tensor:
@@ -59,7 +61,7 @@ class MagnitudeChannels(FixedChannels):
     name = "magnitude-channels"
 
     def choose(self, scores):
-        return select_to_budget(scores, self.structure.resource, self.target)
+        return select_to_budget(scores, self.structure.resource, self.target, multiple=self.multiple)
 
 
 class UniformChannels(FixedChannels):
@@ -73,7 +75,7 @@ class UniformChannels(FixedChannels):
                 m = torch.zeros(len(s), dtype=torch.bool)
                 m[torch.argsort(s, descending=True)[:k]] = True
                 masks[gid] = m
-            return masks
+            return round_counts(scores, masks, self.multiple)
 
         lo, hi = 0.0, 1.0
         for _ in range(40):

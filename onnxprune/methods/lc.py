@@ -33,6 +33,7 @@ import torch
 from onnxprune.errors import OnnxPruneError
 from onnxprune.methods import masking, projections
 from onnxprune.methods.base import SPARSITY_OPTION, PruningMethod, TrainContext, register
+from onnxprune.methods.resource import CHANNEL_MULTIPLE_OPTION
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class LC(PruningMethod):
     options = [
         SPARSITY_OPTION,
         click.Option(["--granularity"], type=click.Choice(["weight", "channel"]), default="weight"),
+        CHANNEL_MULTIPLE_OPTION,
         click.Option(["--lc-form"], type=click.Choice(FORMS), default="l0-constraint",
                      help="LC: the compression set (C step)."),
         click.Option(["--mu0"], type=float, default=1e-2, help="LC: first penalty weight μ0."),
@@ -97,9 +99,13 @@ class LC(PruningMethod):
                 for s in slices:
                     key = f"p{id(s.param)}"
                     variables[key] = s.param
-                    members.append((key, s.axis, s.start + k))
+                    members += [(key, s.axis, s.start + k * s.block + b) for b in range(s.block)]
                 groups.append(members)
                 self.group_ids.append((group.id, k))
+        self.group_index: dict[str, torch.Tensor] = {}
+        for i, (gid, _) in enumerate(self.group_ids):
+            self.group_index.setdefault(gid, []).append(i)
+        self.group_index = {gid: torch.tensor(v) for gid, v in self.group_index.items()}
         return groups, variables
 
     def _layer_normalization(self) -> torch.Tensor:
@@ -137,6 +143,8 @@ class LC(PruningMethod):
         rest[keep] = -1.0
         extra = max(0, self.kappa - int(keep.sum()))
         keep[torch.sort(rest, descending=True, stable=True).indices[:extra]] = True
+        for gid, index in self.group_index.items():  # runtime-friendly channel counts
+            keep[index] = masking.align_kept(keep[index], sq[index], self.cfg["channel_multiple"])
         return keep
 
     def penalty(self, ctx: TrainContext) -> torch.Tensor | None:

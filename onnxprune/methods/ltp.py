@@ -33,6 +33,7 @@ import torch
 from onnxprune.errors import OnnxPruneError
 from onnxprune.methods import masking
 from onnxprune.methods.base import SPARSITY_OPTION, PruningMethod, TrainContext, register
+from onnxprune.methods.resource import CHANNEL_MULTIPLE_OPTION, TRAIL_OPTION
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,8 @@ class LTP(PruningMethod):
     options = [
         SPARSITY_OPTION,
         click.Option(["--granularity"], type=click.Choice(["weight", "channel"]), default="weight"),
-        click.Option(["--trail"], type=click.Path(file_okay=False), default=None),
+        TRAIL_OPTION,
+        CHANNEL_MULTIPLE_OPTION,
         click.Option(["--l0-weight"], type=float, default=None, help="LTP: weight λ of the L0 term (start value with --sparsity)."),
         click.Option(["--lr-threshold"], type=float, default=None,
                      help="LTP: learning rate of the thresholds [default: 8 / steps of the LTP phase]."),
@@ -139,7 +141,8 @@ class LTP(PruningMethod):
 
     def param_groups(self, ctx: TrainContext) -> list[dict]:
         # t is in units of the layer's mean score, so with Adam it can travel ~8 (prune weights
-        # up to ~2.8x the layer's rms) over the LTP phase, however long the run is
+        # up to ~2.8x the layer's rms) over the LTP phase, however long the run is; faster makes
+        # L0 dominate so every t moves at the same Adam pace and the per-layer allocation is lost
         lr = self.cfg["lr_threshold"] or 8.0 / max(1, self.finetune_from)
         return [{"params": [layer.t for layer in self.layers], "lr": lr, "weight_decay": 0.0}]
 
@@ -181,7 +184,10 @@ class LTP(PruningMethod):
         if self.target is not None:
             self._calibrate(self.target)
         for layer in self.layers:
-            layer.frozen = layer.hard()
+            keep = layer.hard()
+            if self.channel:  # runtime-friendly channel counts
+                keep = masking.align_kept(keep, layer.score().detach(), self.cfg["channel_multiple"])
+            layer.frozen = keep
         self.frozen = True
         ctx.metrics["sparsity"] = self.sparsity()
         log.info("LTP: hard masks frozen at sparsity %.4f", ctx.metrics["sparsity"])

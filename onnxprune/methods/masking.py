@@ -117,11 +117,6 @@ def substituted(values: dict[torch.nn.Parameter, torch.Tensor], masks: list[Mask
             m.enabled = True
 
 
-def density(masks: dict[str, torch.Tensor]) -> float:
-    total = sum(m.numel() for m in masks.values())
-    return float(sum(int(m.count_nonzero()) for m in masks.values()) / max(total, 1))
-
-
 # --------------------------------------------------------------------------- channel groups
 
 
@@ -191,3 +186,23 @@ def plan_from_keep(keep: dict[str, torch.Tensor], meta: dict):
         indices = torch.nonzero(mask.reshape(-1)).reshape(-1).tolist()
         kept[group_id] = tuple(indices)
     return PruningPlan(kept=kept, meta=meta)
+
+
+def align_kept(keep: torch.Tensor, scores: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Round a group's kept-channel count to a multiple of ``multiple`` (at least one multiple,
+    at most the group size), adding the best-scoring pruned or dropping the worst kept channels.
+
+    onnxruntime's CPU convolutions run blocked layouts (8 or 16 channels); a pruned layer with,
+    say, 13 or 21 channels can be slower than the unpruned one (measured: VGG sample at 60% of
+    the MACs with 13/13/26/21 channels ran 0.72 ms vs 0.45 ms; 16/16/24/24 ran 0.47 ms)."""
+    size, count = keep.numel(), int(keep.sum())
+    if multiple <= 1 or size <= multiple:
+        return keep
+    target = min(size, max(multiple, int(round(count / multiple)) * multiple))
+    order = torch.sort(scores.double().cpu(), descending=True, stable=True).indices
+    aligned = torch.zeros_like(keep)
+    ranked_kept = [int(i) for i in order if keep[i]]
+    ranked_free = [int(i) for i in order if not keep[i]]
+    chosen = ranked_kept[:target] + ranked_free[: max(0, target - len(ranked_kept))]
+    aligned[chosen] = True
+    return aligned

@@ -31,6 +31,10 @@ import torch
 # shared with every method that takes a MAC budget or writes a trail (declared identically)
 TARGET_MACS_OPTION = click.Option(["--target-macs"], type=str, default=None, help="fraction (0.5) or count (1.2G)")
 TRAIL_OPTION = click.Option(["--trail"], type=click.Path(file_okay=False), default=None)
+CHANNEL_MULTIPLE_OPTION = click.Option(
+    ["--channel-multiple"], type=click.IntRange(1), default=8, show_default=True,
+    help="structured methods: round each layer's kept channels to a multiple of this (onnxruntime's "
+         "CPU convolutions slow down on odd channel counts; 1 = no rounding).")
 GATE_LR_OPTION = click.Option(["--gate-lr"], type=click.FloatRange(0, min_open=True), default=None,
                               help="structured methods: learning rate of the gate parameters' own Adam "
                                    "optimizer [lagrangian 0.05, bernoulli 0.05].")
@@ -147,34 +151,96 @@ def parse_target(text: str | float | None, total: float, default: float | None =
     return value
 
 
+def round_counts(scores: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], multiple: int,
+                 allowed: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Round each group's kept count to the nearest multiple of ``multiple`` (at least one
+    multiple; a group of at most ``multiple`` channels is left alone), keeping the top scores.
+
+    onnxruntime's CPU convolutions run far slower on odd channel counts: on the resnet sample a
+    plan keeping 2..55 channels per layer ran at 1.7x the original's latency with half the MACs,
+    the same plan rounded to multiples of 8 at 0.85x. ``allowed`` (e.g. units not yet removed for
+    good) bounds the rounding up: a group then rounds down instead.
+    """
+    out = {}
+    for gid, mask in masks.items():
+        size, k = len(mask), int(mask.sum())
+        if multiple <= 1 or size <= multiple:
+            out[gid] = mask.clone()
+            continue
+        limit = size if allowed is None else int(allowed[gid].sum())
+        up = min(size, multiple * max(1, round(k / multiple)))
+        k = up if up <= limit else max(min(limit, multiple * (limit // multiple)), 1)
+        s = scores[gid].detach().to(torch.float64).cpu().clone()
+        if allowed is not None:
+            s[~allowed[gid].cpu()] = -math.inf
+        new = torch.zeros(size, dtype=torch.bool)
+        new[torch.argsort(s, descending=True, stable=True)[:k]] = True
+        out[gid] = new
+    return out
+
+
 def select_to_budget(scores: Mapping[str, torch.Tensor], resource: Resource, target: float,
-                     dropped_branches: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+                     dropped_branches: Sequence[str] = (), multiple: int = 1,
+                     allowed: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Keep channels in descending score order until the MACs meet ``target``.
 
     Channels are dropped in ascending score order (one global ranking across groups, each
     group keeping at least its best channel); the MACs fall monotonically along that order,
-    so a binary search finds the shortest prefix to drop with ``R <= target``.
+    so a binary search finds the shortest prefix to drop with ``R <= target``. With
+    ``multiple`` > 1 each group's count is then rounded (:func:`round_counts`); the MACs are
+    no longer exactly monotone in the prefix, so the search is followed by a walk to the first
+    prefix that fits. Channels outside ``allowed`` (removed for good) are never kept.
     """
+    allowed = {gid: torch.ones(len(s), dtype=torch.bool) if allowed is None else allowed[gid].cpu().bool()
+               for gid, s in scores.items()}
     order = []  # (score, group, index) of droppable channels
     for gid, s in scores.items():
+        s = torch.where(allowed[gid], s.detach().cpu().to(torch.float64), -math.inf)
         best = int(torch.argmax(s))
-        order += [(float(v), gid, i) for i, v in enumerate(s.tolist()) if i != best]
+        order += [(float(v), gid, i) for i, v in enumerate(s.tolist()) if i != best and allowed[gid][i]]
     order.sort(key=lambda x: x[0])
 
     def masks_after(k: int) -> dict[str, torch.Tensor]:
-        masks = {gid: torch.ones(len(s), dtype=torch.bool) for gid, s in scores.items()}
+        masks = {gid: a.clone() for gid, a in allowed.items()}
         for _, gid, i in order[:k]:
             masks[gid][i] = False
-        return masks
+        return round_counts(scores, masks, multiple, allowed) if multiple > 1 else masks
+
+    def fits(k: int) -> bool:
+        return resource.hard(masks_after(k), dropped_branches) <= target
 
     lo, hi = 0, len(order)
     while lo < hi:
         mid = (lo + hi) // 2
-        if resource.hard(masks_after(mid), dropped_branches) <= target:
+        if fits(mid):
             hi = mid
         else:
             lo = mid + 1
-    return masks_after(lo)
+    while lo < len(order) and not fits(lo):
+        lo += 1
+    masks = masks_after(lo)
+    return _fill(scores, masks, resource, target, dropped_branches, multiple, allowed) if multiple > 1 else masks
+
+
+def _fill(scores, masks, resource, target, dropped_branches, multiple, allowed) -> dict[str, torch.Tensor]:
+    """Rounding leaves room under the target: add blocks of ``multiple`` top channels to the
+    group where the block fits best, until no block fits (counts stay multiples, or full)."""
+    while True:
+        best, best_cost = None, -1.0
+        for gid, m in masks.items():
+            free = allowed[gid] & ~m
+            full = int(m.sum()) + int(free.sum()) == len(m)  # a partial block only to complete the group
+            if len(m) <= multiple or not bool(free.any()) or (int(free.sum()) < multiple and not full):
+                continue
+            s = torch.where(free, scores[gid].detach().cpu().to(torch.float64), -math.inf)
+            grown = m.clone()
+            grown[torch.argsort(s, descending=True)[:min(multiple, int(free.sum()))]] = True
+            cost = resource.hard({**masks, gid: grown}, dropped_branches)
+            if best_cost < cost <= target:
+                best, best_cost = (gid, grown), cost
+        if best is None:
+            return masks
+        masks = {**masks, best[0]: best[1]}
 
 
 def terms_from_analysis(analysis, model, branches: Mapping[str, object] = ()) -> list[Term]:

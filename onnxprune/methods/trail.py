@@ -54,8 +54,8 @@ class Trail:
         m, structure = self.method, self.method.structure
         with torch.no_grad():
             gates = {gid: g.detach().clone() for gid, g in m.gates().items()}
-            masks = select_to_budget(gates, structure.resource, level * m.b0)
-        m.selection = {gid: gates[gid] * masks[gid] for gid in gates}
+            masks = select_to_budget(gates, structure.resource, level * m.b0, multiple=m.multiple)
+        m.selection = {gid: gates[gid] * masks[gid].to(gates[gid].device) for gid in gates}
         try:
             metrics = self.ctx.evaluate() if self.ctx.evaluate is not None else {}
             shapes = input_shapes_of(self.ctx)
