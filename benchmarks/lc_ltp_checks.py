@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import logging
 import tempfile
 from pathlib import Path
@@ -73,14 +74,15 @@ def check_ltp(args) -> None:
         print(f"target 95%: reached {100 * run.plan.meta['sparsity']:.2f}%, test accuracy {100 * test_accuracy(run.model):.1f}%")
         print(f"  thresholds tau_l: {', '.join(f'{k} {v:.4g}' for k, v in run.plan.meta['thresholds'].items())}")
         print(f"  layer densities: {', '.join(f'{k} {v:.4f}' for k, v in run.plan.meta['layer_density'].items())}")
-        rows = list(csv.DictReader(open(Path(tmp) / "trail.csv")))
+        with open(Path(tmp) / "trail.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
         names = set(run.plan.meta["layer_density"])
         densities = [weight_density(onnx.load(Path(tmp) / r["file"]), names) for r in rows]
         print("  trail (sparsity, holdout fidelity, holdout accuracy, test accuracy, density in file):")
         for r, d in zip(rows, densities):
             acc = test_accuracy(onnx.load(Path(tmp) / r["file"]))
             print(f"    {float(r['sparsity']):.4f}  {float(r['fidelity']):.3f}  {float(r['accuracy']):.3f}  {acc:.3f}  {d:.4f}")
-        print(f"  density never rises along the trail: {all(b <= a for a, b in zip(densities, densities[1:]))}")
+        print(f"  density never rises along the trail: {all(b <= a for a, b in itertools.pairwise(densities))}")
     for lam in (0.01, 0.1, 1.0, 10.0):
         run = prune("mlp", "ltp", {"l0_weight": lam, "ltp_finetune": 0.0}, max(5, args.epochs // 3), args.lr)
         print(f"  L0 weight {lam:>5}: sparsity {100 * run.plan.meta['sparsity']:.1f}%, test accuracy {100 * test_accuracy(run.model):.1f}%")

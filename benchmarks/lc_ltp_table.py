@@ -22,6 +22,7 @@ import torch
 from onnxprune import pipeline
 from onnxprune.training import TrainConfig
 
+log = logging.getLogger("lc_ltp_table")
 ROOT = Path(__file__).resolve().parents[1] / "sample_models"
 
 
@@ -61,7 +62,7 @@ def main() -> None:
             for method in ("magnitude", "lc", "ltp"):
                 start = time.perf_counter()
                 cells.append(f"{100 * test_accuracy(prune(model, method, sparsity, args.epochs, args.lr)):.1f}")
-                logging.warning("%s %s %.2f: %s%% (%.0f s)", model, method, sparsity, cells[-1],
+                log.warning("%s %s %.2f: %s%% (%.0f s)", model, method, sparsity, cells[-1],
                                 time.perf_counter() - start)
             print(f"| {model} | {100 * original:.1f} | {100 * sparsity:.0f}% | {' | '.join(cells)} |", flush=True)
 

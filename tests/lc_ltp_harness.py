@@ -12,8 +12,8 @@ import functools
 
 import numpy as np
 import torch
-
 from onnxprune.calibration.losses import TaskLoss
+
 from onnxprune.methods.base import PruningMethod
 from onnxprune.methods.projections import global_topk_mask
 from onnxprune.training import TrainConfig, TrainData, train

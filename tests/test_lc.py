@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from lc_ltp_harness import OneShotMagnitude, accuracy, density, fit, trained_mlp
+
 from onnxprune.errors import OnnxPruneError
 from onnxprune.methods.base import TrainContext, registry
 from onnxprune.methods.lc import LC
@@ -73,7 +73,7 @@ def test_lc_beats_one_shot_magnitude_at_2_percent_and_learns_layer_densities():
     one_shot = trained_mlp()
     fit(OneShotMagnitude(0.98), one_shot, epochs=30)
     model = trained_mlp()
-    ctx, plan = fit(LC(sparsity=0.98), model, epochs=30)
+    _ctx, plan = fit(LC(sparsity=0.98), model, epochs=30)
     # exactly κ weights kept (global budget), the per-layer split learned, not prescribed
     assert density(model) == pytest.approx(0.02, abs=1e-4)
     layer = plan.meta["layer_density"]
@@ -108,6 +108,6 @@ def test_lc_channel_granularity_removes_channels_physically(tmp_path, sample_mod
         train=TrainConfig(epochs=2, lr=3e-3, quiet=True)))
     assert result.plan.kept and min(result.plan.meta["layer_density"].values()) < 1.0
     original = onnx.load(sample_models_dir / "vgg.onnx")
-    size = lambda m: sum(int(np.prod(t.dims)) for t in m.graph.initializer)  # noqa: E731
+    size = lambda m: sum(int(np.prod(t.dims)) for t in m.graph.initializer)
     assert size(onnx.load(out)) < 0.6 * size(original)
     onnx.checker.check_model(onnx.load(out), full_check=True)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import csv
+import itertools
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
 from lc_ltp_harness import accuracy, density, fit, trained_mlp
+
 from onnxprune.errors import OnnxPruneError
 from onnxprune.methods import masking
 from onnxprune.methods.base import registry
@@ -68,7 +69,7 @@ def test_ltp_reaches_target_with_per_layer_thresholds_and_monotone_sparsity():
     assert max(thresholds) > 1.5 * min(thresholds), thresholds
     sparsity = [h["sparsity"] for h in ctx.history if "step" in h]
     assert len(sparsity) > 20
-    assert all(b >= a - 0.005 for a, b in zip(sparsity, sparsity[1:])), sparsity  # density never rises
+    assert all(b >= a - 0.005 for a, b in itertools.pairwise(sparsity)), sparsity  # density never rises
 
 
 def test_sparsity_rises_with_l0_weight():
@@ -95,7 +96,8 @@ def test_trail_on_the_sample_mlp(tmp_path, sample_models_dir):
         model=sample_models_dir / "mlp.onnx", out=tmp_path / "out.onnx", method="ltp",
         method_options={"sparsity": 0.9, "trail": str(trail), "trail_step": 0.1},
         calib=str(sample_models_dir / "digits_train.npz"), train=TrainConfig(epochs=8, lr=3e-3, quiet=True)))
-    rows = list(csv.DictReader(open(trail / "trail.csv")))
+    with open(trail / "trail.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
     assert len(rows) >= 4
     densities = []
     x = np.load(sample_models_dir / "digits_test.npz")["image"][:32]
@@ -106,7 +108,7 @@ def test_trail_on_the_sample_mlp(tmp_path, sample_models_dir):
         assert float(row["accuracy"]) > 0.5
         ort.InferenceSession(model.SerializeToString()).run(None, {"image": x})
         assert 1 - densities[-1] == pytest.approx(float(row["sparsity"]), abs=1e-3)
-    assert all(b < a for a, b in zip(densities, densities[1:])), densities
+    assert all(b < a for a, b in itertools.pairwise(densities)), densities
 
 
 def test_ltp_channel_granularity_removes_channels_physically(tmp_path, sample_models_dir):

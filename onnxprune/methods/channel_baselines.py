@@ -77,8 +77,12 @@ class UniformChannels(FixedChannels):
                 masks[gid] = m
             return round_counts(scores, masks, self.multiple)
 
-        lo, hi = 0.0, 1.0
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if self.structure.resource.hard(masks_at(mid)) <= self.target else (lo, mid)
-        return masks_at(lo)
+        # rounded counts make the MACs a step function of the fraction: scan it for the largest
+        # MACs that still meet the target
+        best, best_cost = masks_at(0.0), -1.0
+        for step in range(1001):
+            masks = masks_at(step / 1000)
+            cost = self.structure.resource.hard(masks)
+            if best_cost < cost <= self.target:
+                best, best_cost = masks, cost
+        return best

@@ -26,13 +26,19 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import ClassVar
 
 import click
 import torch
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.methods import masking, projections
-from onnxprune.methods.base import SPARSITY_OPTION, PruningMethod, TrainContext, register
+from onnxprune.methods.base import (
+    SPARSITY_OPTION,
+    PruningMethod,
+    TrainContext,
+    register,
+)
 from onnxprune.methods.resource import CHANNEL_MULTIPLE_OPTION
 
 log = logging.getLogger(__name__)
@@ -45,7 +51,7 @@ class LC(PruningMethod):
     name = "lc"
     help = "Learning-Compression: augmented-Lagrangian pruning with one global budget."
     granularities = ("weight", "channel")
-    options = [
+    options: ClassVar[list[click.Option]] = [
         SPARSITY_OPTION,
         click.Option(["--granularity"], type=click.Choice(["weight", "channel"]), default="weight"),
         CHANNEL_MULTIPLE_OPTION,
@@ -78,10 +84,10 @@ class LC(PruningMethod):
         else:
             self.groups, self.vars = None, dict(ctx.weights)
             count = sum(w.numel() for w in self.vars.values())
-        self.kappa = int(round((1.0 - (cfg["sparsity"] or 0.0)) * count))
+        self.kappa = round((1.0 - (cfg["sparsity"] or 0.0)) * count)
         self.radius = cfg["lc_radius"] * float(sum(w.detach().abs().sum() for w in self.vars.values()))
         total = ctx.epochs * ctx.steps_per_epoch
-        lc_total = total - int(round(cfg["lc_finetune"] * total))
+        lc_total = total - round(cfg["lc_finetune"] * total)
         self.lc_steps = max(1, min(cfg["lc_steps"], lc_total))
         self.l_length = max(1, lc_total // self.lc_steps)
         self.mu, self.j, self.gaps = cfg["mu0"], 0, []

@@ -26,13 +26,19 @@ import csv
 import logging
 import math
 from pathlib import Path
+from typing import ClassVar
 
 import click
 import torch
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.methods import masking
-from onnxprune.methods.base import SPARSITY_OPTION, PruningMethod, TrainContext, register
+from onnxprune.methods.base import (
+    SPARSITY_OPTION,
+    PruningMethod,
+    TrainContext,
+    register,
+)
 from onnxprune.methods.resource import CHANNEL_MULTIPLE_OPTION, TRAIL_OPTION
 
 log = logging.getLogger(__name__)
@@ -71,7 +77,7 @@ class LTP(PruningMethod):
     name = "ltp"
     help = "Learned Threshold Pruning: one learned threshold per layer, soft masks, L0 penalty."
     granularities = ("weight", "channel")
-    options = [
+    options: ClassVar[list[click.Option]] = [
         SPARSITY_OPTION,
         click.Option(["--granularity"], type=click.Choice(["weight", "channel"]), default="weight"),
         TRAIL_OPTION,
@@ -93,7 +99,7 @@ class LTP(PruningMethod):
             raise OnnxPruneError("--method ltp needs --sparsity (a target) or --l0-weight")
         if self.target is not None and not 0.0 <= self.target < 1.0:
             raise OnnxPruneError(f"--sparsity {self.target}: must be in [0, 1)")
-        self.l0_weight = cfg.get("l0_weight") or 1.0
+        self.l0_weight = 1.0 if cfg.get("l0_weight") is None else cfg["l0_weight"]
         self.t0 = cfg["ltp_t0"]
         self.simplified = not cfg["ltp_exact_gradient"]
         self.channel = cfg["granularity"] == "channel"
@@ -102,7 +108,7 @@ class LTP(PruningMethod):
             self._attach(ctx, layer)
         self.count = sum(int(layer.hard().numel()) for layer in self.layers)
         total = ctx.epochs * ctx.steps_per_epoch
-        self.finetune_from = total - int(round(cfg["ltp_finetune"] * total))
+        self.finetune_from = total - round(cfg["ltp_finetune"] * total)
         self.check_every = max(1, ctx.steps_per_epoch // 4)
         self.frozen = False
         self.trail = Path(cfg["trail"]) if cfg["trail"] else None
@@ -175,7 +181,7 @@ class LTP(PruningMethod):
         ctx.metrics.update(sparsity=sparsity, l0_weight=self.l0_weight)
         ctx.history.append({"step": done, "sparsity": sparsity, "l0_weight": self.l0_weight,
                             **{f"tau/{layer.name}": float(layer.tau().detach()) for layer in self.layers}})
-        level = int(math.floor(sparsity / self.trail_step + 1e-9))
+        level = math.floor(sparsity / self.trail_step + 1e-9)
         if self.trail is not None and level > self.trail_level:
             self.trail_level = level
             self._write_trail(ctx, sparsity)
@@ -227,8 +233,8 @@ class LTP(PruningMethod):
         return values
 
     def _write_trail(self, ctx: TrainContext, sparsity: float) -> None:
-        from onnxprune.writeback import write_back
         from onnxprune.modelio import save_model_atomic
+        from onnxprune.writeback import write_back
 
         masks = [m for layer in self.layers for m in layer.masks]
         with masking.substituted(self.hard_values(), masks):

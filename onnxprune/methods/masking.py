@@ -30,7 +30,7 @@ class SoftThreshold(torch.autograd.Function):
     """v = x · sigmoid((s − τ)/T) with the simplified or the exact gradient (see module doc)."""
 
     @staticmethod
-    def forward(ctx, x, score, tau, temperature, simplified: bool):  # noqa: D102
+    def forward(ctx, x, score, tau, temperature, simplified: bool):
         z = (score - tau) / temperature
         m = torch.sigmoid(z)
         ctx.save_for_backward(x, m, tau, temperature)
@@ -38,7 +38,7 @@ class SoftThreshold(torch.autograd.Function):
         return x * m
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: D102
+    def backward(ctx, grad):
         x, m, tau, temperature = ctx.saved_tensors
         dsig = m * (1 - m)  # σ'(z)
         g_z = grad * x * dsig / temperature  # ∂v/∂s, elementwise
@@ -198,7 +198,7 @@ def align_kept(keep: torch.Tensor, scores: torch.Tensor, multiple: int) -> torch
     size, count = keep.numel(), int(keep.sum())
     if multiple <= 1 or size <= multiple:
         return keep
-    target = min(size, max(multiple, int(round(count / multiple)) * multiple))
+    target = min(size, max(multiple, round(count / multiple) * multiple))
     order = torch.sort(scores.double().cpu(), descending=True, stable=True).indices
     aligned = torch.zeros_like(keep)
     ranked_kept = [int(i) for i in order if keep[i]]
