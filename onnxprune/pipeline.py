@@ -55,6 +55,7 @@ class PruneConfig:
     temperature: float = 2.0
     train: TrainConfig = TrainConfig()
     report: Path | None = None
+    sparse_storage: bool = False  # store mostly-zero weights sparsely in the written file
     # the command line's effective options and where each came from, recorded in the report so
     # the run can be repeated with --config
     options: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -68,6 +68,9 @@ METHOD_OPTIONS, OPTION_READERS = _method_options()
 @click.option("--seed", type=int, default=0, help="Seeds the holdout split, shuffling and the method.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: CUDA when available.")
 @click.option("--quiet", is_flag=True, help="No progress bar (CI logs).")
+@click.option("--sparse-storage", is_flag=True,
+              help="Store mostly-zero weights as sparse tensors: the file shrinks with sparsity "
+                   "(speed is unchanged; onnxruntime densifies them on load).")
 @click.option("--report", type=click.Path(path_type=Path), default=None,
               help="Write the run report: a folder (report.json, report.md, PNG plots), or one JSON file "
                    "when the name ends in .json.")
@@ -76,7 +79,7 @@ METHOD_OPTIONS, OPTION_READERS = _method_options()
 def command(ctx: click.Context, model: Path, method: str, out: Path, calib: str | None, labels: str | None,
             input_shape: tuple[str, ...], holdout: float, loss: str | None, temperature: float, epochs: int,
             batch_size: int, lr: float, optimizer: str, weight_decay: float, seed: int, device: str,
-            quiet: bool, report: Path | None, config: str | None, mean: list[float] | None,
+            quiet: bool, sparse_storage: bool, report: Path | None, config: str | None, mean: list[float] | None,
             std: list[float] | None, channel_order: str, layout: str, **method_values) -> None:
     """Prune IN.onnx with a training-based method and write a smaller OUT.onnx."""
     from onnxprune import gates, pipeline
@@ -96,7 +99,7 @@ def command(ctx: click.Context, model: Path, method: str, out: Path, calib: str 
         image_options={"mean": 0.0 if mean is None else mean, "std": 1.0 if std is None else std,
                        "channel_order": channel_order, "layout": layout},
         input_shapes=input_shape, holdout=holdout, loss=loss, temperature=temperature, train=train,
-        report=report, options=effective_config(ctx), option_sources=sources), ci_options)
+        report=report, sparse_storage=sparse_storage, options=effective_config(ctx), option_sources=sources), ci_options)
     if result.replica.is_main:
         for line in summary_lines(result.report) + ci.summary_lines(result.report, gate_results):
             click.echo(line)
