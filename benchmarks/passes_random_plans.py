@@ -22,9 +22,11 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-SIZE = {"vgg11": 224}  # its TorchScript export of adaptive pooling needs 224 (7x7 features)
-TORCHVISION = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "vgg11", "squeezenet1_1",
-               "shufflenet_v2_x0_5", "efficientnet_b0", "regnet_x_400mf", "densenet121", "convnext_tiny")
+# vgg11's TorchScript export of adaptive pooling needs 224 (7x7 features); vit_b_16 takes 224 only
+SIZE = {"vgg11": 224, "vit_b_16": 224}
+TORCHVISION = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "vgg11", "squeezenet1_0",
+               "shufflenet_v2_x0_5", "efficientnet_b0", "regnet_x_400mf", "densenet121", "convnext_tiny",
+               "resnext50_32x4d", "vit_b_16")
 
 
 def check(label: str, model: onnx.ModelProto, shapes: dict, seed: int = 0) -> bool:
