@@ -41,7 +41,7 @@ OPTIONS = [
     click.Option(["--max-accuracy-drop"], type=click.FloatRange(0.0, 1.0), default=None, metavar="D",
                  help="CI gate: holdout accuracy may drop by at most D (fraction: 0.01 = one point; needs labels)."),
     click.Option(["--max-latency-ms"], type=click.FloatRange(0.0, min_open=True), default=None, metavar="MS",
-                 help="CI gate: p50 latency of the pruned model (batch 1, --providers) must be <= MS."),
+                 help="CI gate: p50 latency of the pruned model (one call of --latency-batch rows, --providers) must be <= MS."),
     click.Option(["--min-speedup"], type=click.FloatRange(0.0, min_open=True), default=None, metavar="S",
                  help="CI gate: p50 latency of the original / of the pruned model must be >= S."),
     click.Option(["--providers", "latency_provider"], type=click.Choice(PROVIDERS), default="cpu",
@@ -51,6 +51,10 @@ OPTIONS = [
     click.Option(["--latency-seconds"], type=click.FloatRange(0.0), default=2.0,
                  help="Seconds spent timing each comparison; 0 leaves latency out of a report folder "
                       "unless a latency gate needs it."),
+    click.Option(["--latency-batch"], type=click.IntRange(1), default=1, metavar="N",
+                 help="Rows per timed call (gates, report, --target-latency-ms). Small models are dominated by "
+                      "the fixed per-call overhead at batch 1; a larger batch times their compute. Needs a "
+                      "dynamic (or equal) batch dimension."),
     *latency_target.OPTIONS,
 ]
 """The prune command's options for gates, latency and latency targets (exit code 3 on a miss)."""
@@ -66,6 +70,7 @@ class CiOptions:
     seconds: float = 2.0
     target_latency_ms: float | None = None
     latency_rounds: int = 4
+    batch: int = 1  # rows per timed call
 
     @classmethod
     def pop_from(cls, values: dict[str, Any]) -> CiOptions:
@@ -74,7 +79,7 @@ class CiOptions:
         return cls(Gates(v.get("min_fidelity"), v.get("max_accuracy_drop"), v.get("max_latency_ms"),
                          v.get("min_speedup")),
                    v.get("latency_provider", "cpu"), v.get("latency_threads", 1), v.get("latency_seconds", 2.0),
-                   v.get("target_latency_ms"), v.get("latency_rounds", 4))
+                   v.get("target_latency_ms"), v.get("latency_rounds", 4), v.get("latency_batch", 1))
 
 
 def run(config, ci: CiOptions) -> tuple[Any, list[GateResult]]:
@@ -85,6 +90,7 @@ def run(config, ci: CiOptions) -> tuple[Any, list[GateResult]]:
     check_paths(config.model, config.out, config.report)
     _check_latency_target(config, ci)
     ci = _check_provider(config, ci)
+    _check_batch(config, ci)
     inner = dataclasses.replace(config, out=None, report=None)
     if ci.target_latency_ms is None:
         result = pipeline.run(inner)
@@ -95,7 +101,7 @@ def run(config, ci: CiOptions) -> tuple[Any, list[GateResult]]:
         result, _ = latency_target.search_runs(
             lambda options: pipeline.run(dataclasses.replace(inner, method_options=options)),
             config.method_options, original, feeds, ci.target_latency_ms, ci.provider, ci.threads,
-            max(ci.seconds, 0.5), ci.latency_rounds)
+            max(ci.seconds, 0.5), ci.latency_rounds, ci.batch)
         if result.replica.is_main:
             result.report.setdefault("phases", {})["latency search (all runs)"] = time.perf_counter() - started
     if not result.replica.is_main:
@@ -158,6 +164,24 @@ def _check_latency_target(config, ci: CiOptions) -> None:
                              "the models differently)")
 
 
+def _check_batch(config, ci: CiOptions) -> None:
+    """Before any work: --latency-batch N needs every graph input's first dimension dynamic or N."""
+    if ci.batch == 1:
+        return
+    from onnxprune.modelio import load_model
+
+    model = load_model(config.model)
+    initializers = {init.name for init in model.graph.initializer}
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if value.name in initializers or not dims:
+            continue
+        if dims[0].HasField("dim_value") and dims[0].dim_value != ci.batch:
+            raise OnnxPruneError(f"--latency-batch {ci.batch}: input {value.name!r} of {config.model} has a fixed "
+                                 f"batch dimension {dims[0].dim_value}; use --latency-batch {dims[0].dim_value} "
+                                 f"or a model with a dynamic batch")
+
+
 def _check_provider(config, ci: CiOptions) -> CiOptions:
     """Before any work: a latency gate or target on a provider that cannot run here is an error
     (exit 2); a report folder's timing is then skipped with a warning instead."""
@@ -199,7 +223,8 @@ def conclude(report: dict[str, Any], *, original: onnx.ModelProto | str | os.Pat
         started = time.perf_counter()
         # the summary's latency line for weight-level methods only needs a short look
         seconds = ci.seconds if ci.gates.needs_latency or folder else min(ci.seconds, 1.0)
-        report["latency"] = measure_before_after(original, pruned, feeds, ci.provider, ci.threads, max(seconds, 0.5))
+        report["latency"] = measure_before_after(original, pruned, feeds, ci.provider, ci.threads, max(seconds, 0.5),
+                                                 batch=ci.batch)
         phases["latency"] = time.perf_counter() - started
     results = evaluate_gates(ci.gates, report)
     record_gates(report, results)
@@ -236,7 +261,8 @@ def summary_lines(report: Mapping[str, Any], results: Sequence[GateResult]) -> l
     latency = report.get("latency")
     if latency:
         lines.append(f"latency     {latency['before']['p50_ms']:.4g} ms -> {latency['after']['p50_ms']:.4g} ms p50 "
-                     f"({latency['speedup']:.2f}x, {latency['provider']}, batch 1, {latency['threads']} thread(s))")
+                     f"({latency['speedup']:.2f}x, {latency['provider']}, batch {latency['batch']}, "
+                     f"{latency['threads']} thread(s))")
     sizes = report.get("size_bytes") or {}
     if "written" in sizes:
         lines.append(f"file        {sizes['before'] / 1024:.1f} KiB -> {sizes['written'] / 1024:.1f} KiB")

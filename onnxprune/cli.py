@@ -46,14 +46,10 @@ class _Cli(click.Group):
             raise
         return module.command
 
-    def resolve_command(self, ctx: click.Context, args: list[str]):
-        if args and args[0] not in _COMMANDS and not args[0].startswith("-"):
-            args = [_DEFAULT_COMMAND, *args]
-        return super().resolve_command(ctx, args)
-
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        # `onnxprune model.onnx --method x`: route to `prune` before click sees the options.
-        if args and args[0] not in _COMMANDS and not args[0].startswith("-"):
+        # `onnxprune model.onnx --method x` (or `onnxprune --config prune.toml`): route to
+        # `prune` before click reads the options as the group's own.
+        if args and args[0] not in _COMMANDS and (not args[0].startswith("-") or args[0].startswith("--config")):
             args = [_DEFAULT_COMMAND, *args]
         return super().parse_args(ctx, args)
 
@@ -90,10 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def run() -> None:

@@ -180,7 +180,7 @@ def _plots(report: Mapping[str, Any], folder: Path) -> list[Path]:
 
         target = report["latency_target"]
         written.append(plot_latency_curve(curve, target["target_ms"], folder / "latency.png", target.get("original_ms"),
-                                          (report.get("macs") or {}).get("before")))
+                                          (report.get("macs") or {}).get("before"), target.get("batch", 1)))
     return written
 
 
@@ -327,15 +327,17 @@ def _latency_target(report: Mapping[str, Any], image: bool) -> list[str]:
     target = report.get("latency_target")
     if not target:
         return []
-    heading = (f"## Latency target: {target['target_ms']:.4g} ms on {target.get('provider', 'cpu')} "
-               f"({'met' if target.get('met') else 'NOT met'})")
+    heading = (f"## Latency target: {target['target_ms']:.4g} ms on {target.get('provider', 'cpu')}, "
+               f"batch {target.get('batch', 1)} ({'met' if target.get('met') else 'NOT met'})")
     out = [heading, ""]
     out += ["![latency vs MACs](latency.png)", ""] if image else []
     out += ["| round | MAC fraction | MACs | latency p50 | meets |", "| ---: | ---: | ---: | ---: | --- |"]
     out += [f"| {i} | {c['mac_fraction']:.3f} | {format_count(c['macs']) if c.get('macs') is not None else ''} | "
             f"{c['latency_ms']:.4g} ms | {'yes' if c['met'] else 'no'} |" for i, c in enumerate(target["curve"])]
     if target.get("chosen") is not None:
-        out += ["", f"Chosen: round {target['chosen']} (the largest model that meets the target)."]
+        why = ("the largest model that meets the target" if target.get("met")
+               else "none met the target: the fastest model measured")
+        out += ["", f"Chosen: round {target['chosen']} ({why})."]
     return out + [""]
 
 

@@ -219,3 +219,52 @@ def test_search_runs_over_real_prune_runs(tmp_path, sample_models_dir):
     assert "## Latency target: " in md and "![latency vs MACs](latency.png)" in md
     for c in search.curve:
         assert f"| {c['round']} | {c['mac_fraction']:.3f} | {format_count(c['macs'])} | {c['latency_ms']:.4g} ms |" in md
+
+
+def test_cli_meets_a_target_at_a_latency_batch(tmp_path, sample_models_dir, capsys):
+    """The real command on the sample VGG, timed at --latency-batch 64 (at batch 1 the fixed
+    per-call overhead is most of its latency): the target is 75% of the original's p50."""
+    from onnxprune.cli import main
+
+    model = sample_models_dir / "vgg.onnx"
+    feeds = {"image": np.load(sample_models_dir / "digits_train.npz")["image"][:1]}
+    target = round(0.75 * latency_meter(feeds, seconds=0.3, batch=64)(onnx.load(str(model))), 4)
+    out, report = tmp_path / "small.onnx", tmp_path / "rep"
+    code = main([str(model), "--method", "lagrangian", "--target-latency-ms", str(target), "--latency-batch", "64",
+                 "--latency-rounds", "3", "--latency-seconds", "0.3", "--providers", "cpu", "--epochs", "1",
+                 "--calib", str(sample_models_dir / "digits_train.npz"), "--quiet", "--out", str(out),
+                 "--report", str(report)])
+    assert code == 0, capsys.readouterr().err
+    data = __import__("json").loads((report / "report.json").read_text())
+    section = data["latency_target"]
+    assert section["batch"] == 64 and section["provider"] == "cpu" and section["target_ms"] == target
+    assert data["latency"]["batch"] == 64  # the folder's before/after timing uses the same batch
+    curve = section["curve"]
+    assert 1 <= len(curve) <= 3 and all(c["macs"] < data["macs"]["before"] for c in curve)
+    # met is what was measured, and the chosen model is the largest that met it
+    assert [c["met"] for c in curve] == [c["latency_ms"] <= target for c in curve]
+    assert section["met"], curve
+    chosen = curve[section["chosen"]]
+    assert chosen["latency_ms"] <= target and chosen["macs"] == data["macs"]["after"]
+    assert chosen["mac_fraction"] == max(c["mac_fraction"] for c in curve if c["met"])
+    assert out.exists() and count_macs(onnx.load(str(out)), {"image": (1, 1, 8, 8)}).total_macs == chosen["macs"]
+    stdout = capsys.readouterr().out
+    assert f"target      {target:.4g} ms met after {len(curve)} run(s)" in stdout and "batch 64" in stdout
+    md = (report / "report.md").read_text()
+    assert f"## Latency target: {target:.4g} ms on cpu, batch 64 (met)" in md and (report / "latency.png").exists()
+
+
+def test_cli_refuses_a_latency_batch_a_fixed_batch_model_cannot_take(tmp_path, sample_models_dir, capsys):
+    from onnxprune.cli import main
+
+    model = onnx.load(str(sample_models_dir / "mlp.onnx"))
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 1  # fixed batch 1
+    onnx.save(model, str(tmp_path / "fixed.onnx"))
+    code = main([str(tmp_path / "fixed.onnx"), "--method", "lagrangian", "--target-latency-ms", "0.1",
+                 "--latency-batch", "8", "--calib", str(sample_models_dir / "digits_train.npz"),
+                 "--out", str(tmp_path / "small.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "--latency-batch 8: input 'image'" in err and "fixed batch dimension 1" in err
+    assert not (tmp_path / "small.onnx").exists()

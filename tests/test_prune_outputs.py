@@ -40,3 +40,15 @@ def test_weight_level_summary_shows_latency_and_says_zeros_do_not_speed_up(tmp_p
     out = capsys.readouterr().out
     assert "latency" in out and "ms p50" in out
     assert "scattered zeros do not make dense runtimes" in out
+
+
+def test_config_file_first_routes_to_prune(tmp_path):
+    """`onnxprune --config prune.toml IN.onnx --out OUT.onnx`: the file's options, the default command."""
+    config = tmp_path / "prune.toml"
+    config.write_text(f'method = "magnitude"\nsparsity = 0.5\nepochs = 1\nquiet = true\n'
+                      f'calib = "{SAMPLE_MODELS / "digits_train.npz"}"\n')
+    out, report = tmp_path / "out.onnx", tmp_path / "run.json"
+    assert main(["--config", str(config), str(SAMPLE_MODELS / "mlp.onnx"), "--out", str(out),
+                 "--report", str(report), "--latency-seconds", "0"]) == 0
+    data = json.loads(report.read_text())
+    assert data["method"] == "magnitude" and data["option_sources"]["sparsity"] == "config"

@@ -105,6 +105,8 @@ class Lagrangian(PruningMethod):
     # g(0) = 0.88: off the sigmoid's flat tail, so the gates answer the multiplier at once
     # (s = 4, g = 0.98, lagged: |R - B| / B0 reached 3% early in the taper on the resnet sample)
     s_init = 2.0
+    beta_settle = 0.02
+    settle_epochs = 1
 
     def setup(self, ctx: TrainContext) -> None:
         self.structure = Structure.from_context(ctx)
@@ -126,6 +128,7 @@ class Lagrangian(PruningMethod):
         self.rho = float(self.config.get("damping") if self.config.get("damping") is not None else 5000.0)
         epochs = self.total_epochs(ctx)
         self.taper_epochs = min(int(self.config.get("taper_epochs") or max(1, round(2 * epochs / 3))), epochs)
+        self.settle_steps = self.settle_epochs * ctx.steps_per_epoch
         start = float(self.resource_now().detach())
         self.taper = Taper(start, self.target, self.taper_epochs * ctx.steps_per_epoch, self.b0)
         self.trace: list[dict[str, float]] = []
@@ -148,8 +151,12 @@ class Lagrangian(PruningMethod):
     @property
     def beta(self) -> float:
         taper = getattr(self, "taper", None)
-        progress = 0.0 if taper is None else min(1.0, taper.t / taper.steps)
-        return self.beta0 * (self.beta_end / self.beta0) ** progress
+        if taper is None:
+            return self.beta0
+        if taper.t <= taper.steps:
+            return self.beta0 * (self.beta_end / self.beta0) ** (taper.t / taper.steps)
+        progress = min(1.0, (taper.t - taper.steps) / max(self.settle_steps, 1))
+        return self.beta_end * (self.beta_settle / self.beta_end) ** progress
 
     def gates(self) -> dict[str, torch.Tensor]:
         return {gid: self._gate(gid) for gid in self.scores}
@@ -186,7 +193,7 @@ class Lagrangian(PruningMethod):
         if loss is not None and getattr(self, "_last_loss", None) is not None and loss > 1.5 * self._last_loss:
             self.taper.loss_jump()
         self._last_loss = loss
-        if self.selection is None and ctx.epoch + 1 >= self.taper_epochs:
+        if self.selection is None and ctx.epoch + 1 >= self.taper_epochs + self.settle_epochs:
             self.freeze(ctx)
 
     def freeze(self, ctx: TrainContext) -> None:
