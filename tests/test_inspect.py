@@ -53,3 +53,27 @@ def test_inspect_sample_models(name, capsys):
     assert report["total_macs"] > 0 and report["total_params"] > 0
     assert report["import_check"]["max_abs_error"] < 1e-4
     assert any(layer["prunable"] for layer in report["layers"])
+
+
+def test_inspect_plan_predicts_the_applied_macs(tmp_path, capsys):
+    from onnxprune.importer import import_model
+    from onnxprune.macs import count_macs
+    from onnxprune.passes import analyze, apply_plan
+    from onnxprune.passes.plan import PruningPlan
+
+    path = SAMPLE_MODELS / "resnet.onnx"
+    shapes = {"image": (1, 1, 8, 8)}
+    normalized = import_model(onnx.load(str(path)), shapes).onnx_model
+    analysis = analyze(normalized, shapes)
+    plan = PruningPlan(kept={g.id: tuple(range(0, g.size, 2)) for g in analysis.prunable_groups},
+                       dropped_branches=(analysis.residual_branches[0].id,))
+    plan_path = tmp_path / "plan.json"
+    plan.save(plan_path)
+    assert main(["inspect", str(path), "--plan", str(plan_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["plan"]
+    assert report["branches_dropped"] == [analysis.residual_branches[0].id]
+    assert sum(report["channels_removed"].values()) > 0
+    assert report["macs_after"] == count_macs(apply_plan(normalized, plan, shapes), shapes).total_macs
+    assert report["macs_after"] < report["macs_before"]
+    assert main(["inspect", str(path), "--plan", str(plan_path)]) == 0
+    assert "plan: removes" in capsys.readouterr().out

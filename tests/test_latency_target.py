@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 from pathlib import Path
 
@@ -235,7 +236,7 @@ def test_cli_meets_a_target_at_a_latency_batch(tmp_path, sample_models_dir, caps
                  "--calib", str(sample_models_dir / "digits_train.npz"), "--quiet", "--out", str(out),
                  "--report", str(report)])
     assert code == 0, capsys.readouterr().err
-    data = __import__("json").loads((report / "report.json").read_text())
+    data = json.loads((report / "report.json").read_text())
     section = data["latency_target"]
     assert section["batch"] == 64 and section["provider"] == "cpu" and section["target_ms"] == target
     assert data["latency"]["batch"] == 64  # the folder's before/after timing uses the same batch

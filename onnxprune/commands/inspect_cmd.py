@@ -115,7 +115,7 @@ def _plan_summary(analysis, plan_path, total_macs) -> dict:
     from onnxprune.passes.plan import PruningPlan
 
     plan = PruningPlan.load(plan_path)
-    plan.validate(analysis)
+    analysis.validate(plan)
     sizes = {g.id: g.size for g in analysis.groups}
     removed = {gid: sizes[gid] - len(kept) for gid, kept in plan.kept.items()}
     macs_after = analysis.predicted_macs(plan)
