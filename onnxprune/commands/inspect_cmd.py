@@ -80,7 +80,7 @@ def build_report(model, input_shapes, *, plan_path=None, import_check=True) -> d
         "total_params": cost.total_params,
         "import_check": check,
         "groups": [
-            {"id": g.id, "size": g.size, "prunable": g.prunable, "reason": g.reason}
+            {"id": g.id, "size": g.size, "chunks": g.chunks, "prunable": g.prunable, "reason": g.reason}
             for g in (analysis.groups if analysis else [])
         ],
         "residual_branches": [
@@ -145,7 +145,9 @@ def _print_tables(report: dict) -> None:
         for column in ("group", "size", "prunable"):
             groups.add_column(column)
         for g in report["groups"]:
-            groups.add_row(g["id"], str(g["size"]), "yes" if g["prunable"] else f"no: {g['reason']}")
+            # a grouped Conv's output: equally many channels must stay in each of its chunks
+            size = str(g["size"]) if g["chunks"] <= 1 else f"{g['size']} ({g['chunks']} chunks)"
+            groups.add_row(g["id"], size, "yes" if g["prunable"] else f"no: {g['reason']}")
         console.print(groups)
     if report["residual_branches"]:
         console.print(f"residual branches (removable layers): {len(report['residual_branches'])}")
