@@ -1,6 +1,7 @@
 """Lagrangian constraint tracking along the taper: max |R - B| / B0 after warm-up per model and target.
 
-Same settings as benchmarks/structured_table.py (digits training split, 9 epochs, batch 64,
+"Along the taper": the steps of the taper window after its warm-up (the settle phase after it
+holds the budget at the target while the gates harden). Same settings as benchmarks/structured_table.py (digits training split, 9 epochs, batch 64,
 seed 0); prints one JSON row per run (max |h| after warm-up, lambda at the start and end of the
 binding phase, final MACs and accuracy).
 
@@ -41,7 +42,7 @@ def main() -> None:
             method = Lagrangian(target_macs=target)
             result = prune(setup, method, TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, quiet=True))
             trace, warm = method.trace, method.taper.warmup
-            after = trace[warm:]
+            after = trace[warm:method.taper.steps]  # the taper window, not the settle phase after it
             worst = max(after, key=lambda r: abs(r["h"]))
             binding = [r for r in trace if r["budget"] > method.target / method.b0 + 1e-9]
             print(json.dumps({

@@ -9,7 +9,8 @@ provider), and searches the MAC fraction. Latency is roughly affine in MACs,
 with L(1) = L0 the original's latency. The first guess ignores the overhead, f1 = T' / L0, with
 the aim T' = (1 - margin) T a little under the target so measurement noise does not undo a hit.
 Each later round fits the line through the two measured points that bracket T' (regula falsi),
-or through the two smallest fractions when all are still too slow (secant extrapolation), and
+or through the two smallest fractions when all are still too slow (secant extrapolation, at most
+halving the fraction per round), and
 falls back to bisection when the fit is useless (noise made the slope non-positive or the
 estimate leaves the bracket). It stops when the bracket [largest f that met T, smallest f that
 did not] is narrower than ``tolerance``, after ``max_rounds`` prunes, or at the ends of the
@@ -19,6 +20,12 @@ kept = best quality); when none did, the fastest one, reported as not met.
 :func:`pick_from_trail` does the same over models already written (e.g. a lagrangian --trail):
 it binary-searches them in order of decreasing MACs for the largest one that meets T.
 Every measurement is recorded in the curve (mac_fraction, macs, latency_ms, met).
+
+On a shared machine the load changes between rounds, so :func:`search_runs` times every
+candidate interleaved with the original (:class:`PairedMeter`): each curve entry also holds the
+original's p50 under the same load (``original_ms``), and the line's anchor L(1) is the median of
+those rather than one early figure. ``--latency-batch B`` times one call with B rows, for models
+so small that the fixed per-call overhead would otherwise be most of what is measured.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import dataclasses
 import logging
 import os
 import re
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -73,7 +81,7 @@ class LatencySearch(Generic[T]):
 def prune_to_latency(
     prune_at: Callable[[float], T],
     measure: Callable[[T], float],
-    original_latency_ms: float,
+    original_latency_ms: float | Callable[[], float],
     target_ms: float,
     max_rounds: int = 5,
     macs_of: Callable[[T], int] | None = None,
@@ -82,13 +90,18 @@ def prune_to_latency(
     tolerance: float = 0.05,
     margin: float = 0.03,
 ) -> LatencySearch[T]:
-    """Searches the MAC fraction whose pruned model's measured latency meets ``target_ms``."""
+    """Searches the MAC fraction whose pruned model's measured latency meets ``target_ms``.
+
+    ``original_latency_ms`` may be a callable giving the current estimate (e.g. the median of the
+    original's timings taken alongside each candidate): the anchor of the line then follows the
+    machine's load instead of one early measurement."""
     if target_ms <= 0:
         raise ValueError(f"target latency must be positive, got {target_ms}")
+    anchor = original_latency_ms if callable(original_latency_ms) else (lambda: original_latency_ms)
     aim = (1.0 - margin) * target_ms
-    search: LatencySearch[T] = LatencySearch(target_ms, original_latency_ms, [], [], None)
-    points = [(1.0, original_latency_ms)]  # (fraction, latency): the original anchors the line
-    fraction = _clamp(aim / original_latency_ms, min_fraction, max_fraction)
+    search: LatencySearch[T] = LatencySearch(target_ms, anchor(), [], [], None)
+    points = [(1.0, anchor())]  # (fraction, latency): the original anchors the line
+    fraction = _clamp(aim / points[0][1], min_fraction, max_fraction)
     for round_index in range(max_rounds):
         model = prune_at(fraction)
         latency = float(measure(model))
@@ -100,6 +113,7 @@ def prune_to_latency(
         log.info("latency target %.4g ms: MAC fraction %.3f -> %.4g ms (%s)", target_ms, fraction, latency,
                  "met" if met else "too slow")
         points.append((fraction, latency))
+        points[0] = (1.0, anchor())
         fraction = _next_fraction(points, aim, target_ms, min_fraction, max_fraction, tolerance)
         if fraction is None:
             break
@@ -132,7 +146,9 @@ def _next_fraction(points, aim, target, low, high, tolerance) -> float | None:
     guess = _line(smallest[0], smallest[1], aim) if len(smallest) == 2 else None
     if guess is None or guess >= smallest[0][0]:
         guess = smallest[0][0] / 2  # noise or overhead-dominated: halve
-    return _clamp(guess, low, high)
+    # at most halve per round: one noisy pair of points must not send the search to the smallest
+    # model (seen on resnet18 under load: 0.70 -> 0.02, a wasted training run)
+    return _clamp(max(guess, smallest[0][0] / 2), low, high)
 
 
 def _line(a: tuple[float, float], b: tuple[float, float], aim: float) -> float | None:
@@ -216,6 +232,37 @@ def latency_meter(feeds: Mapping[str, Any], provider: str = "cpu", threads: int 
     return measure
 
 
+class PairedMeter:
+    """``measure(model) -> p50 ms`` that times the original in the same interleaved session, so
+    each candidate's figure comes with the original's under the same load (``originals``)."""
+
+    def __init__(self, original: onnx.ModelProto | str | os.PathLike, feeds: Mapping[str, Any], provider: str = "cpu",
+                 threads: int | None = 1, seconds: float = 1.0, min_runs: int = 20, batch: int = 1) -> None:
+        self.original, self.feeds, self.provider, self.threads = original, feeds, provider, threads
+        self.seconds, self.min_runs, self.batch = seconds, min_runs, batch
+        self.originals: list[float] = []  # the original's p50, one per call
+
+    def __call__(self, model: onnx.ModelProto | str | os.PathLike) -> float:
+        from onnxprune.latency import measure_latency
+
+        before, after = measure_latency([self.original, model], self.feeds, provider=self.provider,
+                                        threads=self.threads, batch=self.batch, seconds=self.seconds,
+                                        min_runs=self.min_runs, names=["original", "candidate"])
+        self.originals.append(before.p50_ms)
+        return after.p50_ms
+
+    def original_ms(self) -> float:
+        """The median of the original's timings so far (the first one alone before any candidate)."""
+        from onnxprune.latency import measure_latency
+
+        if not self.originals:
+            (stats,) = measure_latency(
+                [self.original], self.feeds, provider=self.provider, threads=self.threads, batch=self.batch,
+                seconds=self.seconds, min_runs=self.min_runs)
+            self.originals.append(stats.p50_ms)
+        return statistics.median(self.originals)
+
+
 def search_runs(
     run: Callable[[dict[str, Any]], Any],
     method_options: Mapping[str, Any],
@@ -234,11 +281,14 @@ def search_runs(
     holding ``latency_target`` (the measured curve), and the search. Latency is that of one call
     with ``batch`` rows (the feeds' rows repeated), so the target can sit well above the fixed
     per-call overhead of small models."""
-    meter = latency_meter(feeds, provider, threads, seconds, batch=batch)
-    original_ms = meter(original)
+    meter = PairedMeter(original, feeds, provider, threads, seconds, batch=batch)
     search = prune_to_latency(lambda f: run({**method_options, "target_macs": f"{f:.4f}"}),
-                              lambda result: meter(result.model), original_ms, target_ms, max_rounds,
+                              lambda result: meter(result.model), meter.original_ms, target_ms, max_rounds,
                               macs_of=lambda result: result.report["macs"]["after"])
+    # the original as timed alongside each candidate (the first entry is the lone first timing)
+    for entry, original_ms in zip(search.curve, meter.originals[1:]):
+        entry["original_ms"] = original_ms
+    search.original_ms = meter.original_ms()
     chosen = search.model
     chosen.report["latency_target"] = search.to_dict(provider, batch)
     if not search.met:

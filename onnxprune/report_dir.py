@@ -323,6 +323,10 @@ def _trail(report: Mapping[str, Any], image: bool) -> list[str]:
     return out + [""]
 
 
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.4g} ms"
+
+
 def _latency_target(report: Mapping[str, Any], image: bool) -> list[str]:
     target = report.get("latency_target")
     if not target:
@@ -331,9 +335,11 @@ def _latency_target(report: Mapping[str, Any], image: bool) -> list[str]:
                f"batch {target.get('batch', 1)} ({'met' if target.get('met') else 'NOT met'})")
     out = [heading, ""]
     out += ["![latency vs MACs](latency.png)", ""] if image else []
-    out += ["| round | MAC fraction | MACs | latency p50 | meets |", "| ---: | ---: | ---: | ---: | --- |"]
+    out += ["| round | MAC fraction | MACs | latency p50 | meets | original, timed alongside |",
+            "| ---: | ---: | ---: | ---: | --- | ---: |"]
     out += [f"| {i} | {c['mac_fraction']:.3f} | {format_count(c['macs']) if c.get('macs') is not None else ''} | "
-            f"{c['latency_ms']:.4g} ms | {'yes' if c['met'] else 'no'} |" for i, c in enumerate(target["curve"])]
+            f"{c['latency_ms']:.4g} ms | {'yes' if c['met'] else 'no'} | {_ms(c.get('original_ms'))} |"
+            for i, c in enumerate(target["curve"])]
     if target.get("chosen") is not None:
         why = ("the largest model that meets the target" if target.get("met")
                else "none met the target: the fastest model measured")

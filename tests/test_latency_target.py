@@ -244,6 +244,9 @@ def test_cli_meets_a_target_at_a_latency_batch(tmp_path, sample_models_dir, caps
     assert 1 <= len(curve) <= 3 and all(c["macs"] < data["macs"]["before"] for c in curve)
     # met is what was measured, and the chosen model is the largest that met it
     assert [c["met"] for c in curve] == [c["latency_ms"] <= target for c in curve]
+    # each candidate was timed alongside the original; the section's original is their median (and the lone first)
+    assert all(c["original_ms"] > 0 for c in curve)
+    assert min(c["original_ms"] for c in curve) <= section["original_ms"] or len(curve) == 1
     assert section["met"], curve
     chosen = curve[section["chosen"]]
     assert chosen["latency_ms"] <= target and chosen["macs"] == data["macs"]["after"]
