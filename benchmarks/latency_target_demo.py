@@ -2,7 +2,7 @@
 
     python benchmarks/latency_target_demo.py [--fraction 0.6] [--methods lagrangian,bernoulli]
         [--models resnet,vgg,resnet18,mobilenet_v2] [--size 112] [--epochs 3] [--tv-epochs 2]
-        [--rounds 4] [--sample-batch 64] [--seconds 1] [--json results.json] [--keep DIR]
+        [--rounds 4] [--sample-batch 64] [--seconds 1] [--bn-batches 8] [--json results.json] [--keep DIR]
 
 For each model and method it first times the original (onnxruntime CPU, one thread, p50 of one
 call) and sets the target to ``fraction`` of that, then runs
@@ -19,9 +19,9 @@ Models:
 * ``resnet``, ``vgg``: sample_models/*.onnx (8x8 digits, calib sample_models/digits_train.npz).
   They take 0.02-0.05 ms per call at batch 1, nearly all fixed per-call overhead, so they are
   timed at ``--latency-batch 64`` (``--sample-batch``) where the compute dominates.
-* ``resnet18``, ``mobilenet_v2``: torchvision, random weights, exported with torch.onnx
-  (dynamo=False, opset 17, dynamic batch) at ``--size`` x ``--size``; ``--calib synthetic``,
-  timed at batch 1.
+* ``resnet18``, ``mobilenet_v2``: torchvision, random weights (BatchNorm statistics estimated
+  on random images, ``--bn-batches``), exported with torch.onnx (dynamo=False, opset 17,
+  dynamic batch) at ``--size`` x ``--size``; ``--calib synthetic``, timed at batch 1.
 """
 
 from __future__ import annotations
@@ -43,12 +43,27 @@ SAMPLES = {"resnet", "vgg"}
 TORCHVISION = {"resnet18", "mobilenet_v2"}
 
 
-def export_torchvision(name: str, size: int, path: Path) -> Path:
+def export_torchvision(name: str, size: int, path: Path, bn_batches: int = 8) -> Path:
+    """Random weights; with ``bn_batches`` > 0 the BatchNorm running statistics are first
+    estimated on that many batches of 16 standard-normal images (train-mode forwards, no
+    gradient), so activations have the scale of a trained model. Without it BN is the identity,
+    and after 2 epochs on synthetic data the trained resnet18's logits reached ~180 (the
+    original's are ~4), where float32 round-off (6e-5) exceeds the verification's atol 1e-5 on
+    the logits near zero: the prune run stopped with exit 5 (twice, lagrangian)."""
     import torch
     import torchvision
 
     torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(weights=None).eval()
+    model = getattr(torchvision.models, name)(weights=None)
+    if bn_batches:
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.momentum = None  # cumulative average over the batches
+        model.train()
+        with torch.no_grad():
+            for _ in range(bn_batches):
+                model(torch.randn(16, 3, size, size))
+    model.eval()
     torch.onnx.export(model, (torch.randn(1, 3, size, size),), str(path), input_names=["image"],
                       output_names=["logits"], dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}},
                       opset_version=17, dynamo=False)
@@ -139,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fraction", type=float, default=0.6, help="target = fraction x the original's latency")
     parser.add_argument("--size", type=int, default=112, help="torchvision input size")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per round, sample models")
+    parser.add_argument("--bn-batches", type=int, default=8,
+                        help="torchvision: batches of random images that set BN statistics before export (0: none)")
     parser.add_argument("--tv-epochs", type=int, default=2, help="epochs per round, torchvision models")
     parser.add_argument("--rounds", type=int, default=4, help="--latency-rounds")
     parser.add_argument("--sample-batch", type=int, default=64, help="--latency-batch for the sample models")
@@ -156,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 path, calib, epochs, batch = ROOT / "sample_models" / f"{name}.onnx", \
                     str(ROOT / "sample_models" / "digits_train.npz"), args.epochs, args.sample_batch
             elif name in TORCHVISION:
-                path = export_torchvision(name, args.size, folder / f"{name}_{args.size}.onnx")
+                path = export_torchvision(name, args.size, folder / f"{name}_{args.size}.onnx", args.bn_batches)
                 calib, epochs, batch = "synthetic", args.tv_epochs, 1
             else:
                 parser.error(f"unknown model {name!r}")

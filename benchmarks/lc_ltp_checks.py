@@ -56,13 +56,15 @@ def weight_density(model: onnx.ModelProto, names) -> float:
 
 def check_lc(args) -> None:
     print("\n## 1. LC on the MLP vs one-shot magnitude (same epochs)")
-    print(f"original test accuracy {100 * test_accuracy(onnx.load(ROOT / 'mlp.onnx')):.1f}%")
+    original = test_accuracy(onnx.load(ROOT / "mlp.onnx"))
+    print(f"original test accuracy {100 * original:.1f}%")
     for kept in (0.02, 0.05):
         one = prune("mlp", "magnitude", {"sparsity": 1 - kept, "prune_ramp": 0.0}, args.epochs, args.lr)
         lc = prune("mlp", "lc", {"sparsity": 1 - kept}, args.epochs, args.lr)
         gaps = lc.plan.meta["gaps"]
         print(f"{100 * kept:.0f}% kept: one-shot magnitude {100 * test_accuracy(one.model):.1f}%, "
-              f"LC {100 * test_accuracy(lc.model):.1f}%")
+              f"LC {100 * test_accuracy(lc.model):.1f}% ({100 * (test_accuracy(lc.model) - original):+.1f} points "
+              f"vs the original, {100 * (test_accuracy(lc.model) - test_accuracy(one.model)):+.1f} vs one-shot)")
         print(f"  LC ||w - theta|| per step: {' '.join(f'{g:.3g}' for g in gaps)}")
         print(f"  LC learned layer densities: {', '.join(f'{k} {v:.4f}' for k, v in lc.plan.meta['layer_density'].items())}")
 

@@ -4,7 +4,8 @@ For each model (resnet, mobilenet, vgg) and MAC target (50% and 25% of the origi
 method trains for the same number of epochs on the digits training split (distillation from the
 original's onnxruntime outputs) and is scored on the held-out test split with onnxruntime:
 
-    lagrangian           gates under a tapering MAC budget (its last third fine-tunes the selection)
+    lagrangian           gates under a tapering MAC budget (its last third: 1 epoch settles the gates
+                         at the target, 2 fine-tune the fixed selection)
     bernoulli            --target-macs drives its strength; its last third fine-tunes 0/1 gates
     magnitude-channels   global L2-norm channel ranking to the target, fine-tuned all epochs
     uniform-channels     the same fraction of every layer (largest norms), fine-tuned all epochs

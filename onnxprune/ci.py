@@ -41,7 +41,8 @@ OPTIONS = [
     click.Option(["--max-accuracy-drop"], type=click.FloatRange(0.0, 1.0), default=None, metavar="D",
                  help="CI gate: holdout accuracy may drop by at most D (fraction: 0.01 = one point; needs labels)."),
     click.Option(["--max-latency-ms"], type=click.FloatRange(0.0, min_open=True), default=None, metavar="MS",
-                 help="CI gate: p50 latency of the pruned model (one call of --latency-batch rows, --providers) must be <= MS."),
+                 help="CI gate: p50 latency of the pruned model (one call of --latency-batch rows, --providers) "
+                      "must be <= MS."),
     click.Option(["--min-speedup"], type=click.FloatRange(0.0, min_open=True), default=None, metavar="S",
                  help="CI gate: p50 latency of the original / of the pruned model must be >= S."),
     click.Option(["--providers", "latency_provider"], type=click.Choice(PROVIDERS), default="cpu",

@@ -108,7 +108,8 @@ def test_weights_learning_rate_times_ten_changes_the_allocation_little():
 def test_keeps_up_with_uniform_channel_pruning_at_equal_macs_and_fine_tuning():
     """The MLP sample is an easy case for uniform pruning (benchmarks/structured_table.py has the
     CNN comparison): here the check is that the learned allocation, after its taper, is not
-    worse than uniform channels fine-tuned for as many epochs as its own fine-tune phase."""
+    worse than uniform channels fine-tuned for as many epochs as its own settle and fine-tune
+    phases (6 epochs: 4 taper, 1 settle, 1 fine-tune)."""
     lagrangian = run("mlp", Lagrangian(target_macs="0.25", channel_multiple=1), epochs=6)
     uniform = run("mlp", UniformChannels(target_macs="0.25", channel_multiple=1), epochs=2)
     for result in (lagrangian, uniform):

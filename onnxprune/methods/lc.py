@@ -65,12 +65,6 @@ class LC(PruningMethod):
                      help="LC: ℓ1-ball radius as a fraction of the original weights' ℓ1 norm (l1-constraint)."),
         click.Option(["--lc-finetune"], type=float, default=0.3,
                      help="LC: fraction of steps fine-tuned with θ's mask fixed after the last C step."),
-        click.Option(["--lc-ft-decay"], type=click.Choice(["none", "cosine", "linear"]), default="none",
-                     help="LC: learning-rate decay over the fine-tune."),
-        click.Option(["--lc-l-decay"], type=float, default=1.0,
-                     help="LC: the L step j runs at lr·decay^j."),
-        click.Option(["--lc-l-inner"], type=click.Choice(["none", "cosine", "linear"]), default="none",
-                     help="LC: learning-rate decay within each L step (reset at the next)."),
     ]
 
     def setup(self, ctx: TrainContext) -> None:
@@ -100,34 +94,7 @@ class LC(PruningMethod):
         self.lam = {n: torch.zeros_like(w) for n, w in self.vars.items()}
         self.theta = self._project({n: w.detach() for n, w in self.vars.items()})  # direct compression
         self.mask: dict[str, torch.Tensor] | None = None
-        self.ft_start, self.total_steps = None, total
-        self.trainable = [p for p in ctx.model.parameters() if p.requires_grad]
-        self._before: list[torch.Tensor] | None = None
         self._log(ctx)
-
-    def _lr_scale(self, ctx: TrainContext) -> float:
-        def shape(kind: str, t: float) -> float:
-            if kind == "cosine":
-                return 0.5 * (1 + math.cos(math.pi * t))
-            if kind == "linear":
-                return 1 - t
-            return 1.0
-        if self.mask is not None:
-            length = max(1, self.total_steps - self.ft_start)
-            return shape(self.cfg["lc_ft_decay"], (ctx.step - self.ft_start) / length)
-        inner = (ctx.step % self.l_length) / self.l_length
-        return self.cfg["lc_l_decay"] ** self.j * shape(self.cfg["lc_l_inner"], inner)
-
-    def before_step(self, ctx: TrainContext) -> None:
-        self.scale = self._lr_scale(ctx)
-        self._before = None if self.scale == 1.0 else [p.detach().clone() for p in self.trainable]
-
-    def _apply_scale(self) -> None:
-        if self._before is None:
-            return
-        with torch.no_grad():
-            for p, old in zip(self.trainable, self._before):
-                p.copy_(old + self.scale * (p - old))
 
     def _channel_variables(self, ctx: TrainContext):
         """Gate-tensor parameters (torch layout) and, per channel, its (name, axis, index) slices."""
@@ -201,7 +168,6 @@ class LC(PruningMethod):
                     w.grad.mul_(self.mask[n])
 
     def after_step(self, ctx: TrainContext) -> None:
-        self._apply_scale()
         if self.mask is not None:
             with torch.no_grad():
                 for n, w in self.vars.items():
@@ -219,7 +185,6 @@ class LC(PruningMethod):
         self.mu *= self.cfg["mu_factor"]
         if self.j == self.lc_steps:
             self._output_theta()
-            self.ft_start = ctx.step + 1
 
     def _output_theta(self) -> None:
         """Replace w by θ and fix θ's zero pattern (LC outputs θ, not w)."""
