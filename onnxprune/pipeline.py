@@ -12,8 +12,10 @@ trains; only rank 0 verifies, evaluates and writes.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,8 @@ from onnxprune.shapes import parse_input_shapes, resolve_input_shapes
 from onnxprune.training import Replica, TrainConfig, TrainData, distributed, prunable_weights, train
 from onnxprune.verify import assert_close, run_onnxruntime
 from onnxprune.writeback import write_back
+
+log = logging.getLogger(__name__)
 
 _VERIFY_SAMPLES = 256
 
@@ -202,7 +206,30 @@ def verify(model: onnx.ModelProto, module: torch.nn.Module, data: CalibrationSet
         raise VerificationError(f"the pruned model fails the ONNX checker: {str(exc).splitlines()[0]}") from None
     sample = {k: v[:_VERIFY_SAMPLES] for k, v in data.inputs.items()}
     expected = torch_outputs(module, sample.values(), torch.device("cpu"))
-    assert_close(expected, run_batched(model, sample), what="pruned model (onnxruntime) vs trained torch model")
+    actual = run_batched(model, sample)
+    what = "pruned model (onnxruntime) vs trained torch model"
+    try:
+        assert_close(expected, actual, what=what)
+    except VerificationError:
+        # Training can scale outputs up (logits of 100+), where two correct float32 programs
+        # differ by more than atol 1e-5. Accept only differences within 4x the torch model's
+        # own float32 rounding (|float32 - float64|), the rule the import check uses too.
+        noise = _float32_noise(module, sample, expected)
+        if noise is None or any(np.abs(e - a).max() > 4 * n for e, a, n in zip(expected, actual, noise)):
+            raise
+        log.warning("pruned model matches within 4x float32 noise (%s), not atol 1e-5", noise)
+
+
+def _float32_noise(module: torch.nn.Module, sample: dict[str, np.ndarray],
+                   float32: list[np.ndarray]) -> list[float] | None:
+    """Per output, max |module(x) in float32 - the same module in float64|; None if it cannot run."""
+    wide = copy.deepcopy(module).double()
+    try:
+        float64 = torch_outputs(wide, [v.astype(np.float64) if v.dtype == np.float32 else v
+                                       for v in sample.values()], torch.device("cpu"))
+    except Exception:  # noqa: BLE001 -- no estimate: the strict rule stands
+        return None
+    return [float(np.abs(a.astype(np.float64) - b).max()) for a, b in zip(float32, float64)]
 
 
 def _analysis(method: PruningMethod, model: onnx.ModelProto, shapes):
