@@ -216,7 +216,10 @@ class Lagrangian(PruningMethod):
         """Fix the selection: top gates until the MACs meet the target; kept gates keep their value."""
         with torch.no_grad():
             gates = {gid: g.detach().clone() for gid, g in self.gates().items()}
-            masks = select_to_budget(gates, self.structure.resource, self.target, multiple=self.multiple)
+            # rank by score, not by gate: at the settle's beta 0.02 most gates are exactly 0.0 or
+            # 1.0 in float32, and ties would be broken by channel index
+            scores = {gid: s.detach().clone() for gid, s in self.scores.items()}
+            masks = select_to_budget(scores, self.structure.resource, self.target, multiple=self.multiple)
             self.selection = {gid: gates[gid] * masks[gid].to(gates[gid].device) for gid in gates}
         self.masks = masks
         macs = self.structure.resource.hard(masks)
