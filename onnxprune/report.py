@@ -1,5 +1,5 @@
 """The run report: what a prune run did, as one JSON document (``--report run.json``) and a
-short printed summary. Field meanings are documented in /work/notes/training-README.md.
+short printed summary. Field meanings are documented in the README (section "The run report").
 """
 
 from __future__ import annotations
