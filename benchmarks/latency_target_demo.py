@@ -71,7 +71,7 @@ def export_torchvision(name: str, size: int, path: Path, bn_batches: int = 8) ->
 
 
 def feeds_for(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    from onnxprune.latency import random_feeds
+    from onnxprune.shapes import random_feeds
     from onnxprune.shapes import resolve_input_shapes
 
     return random_feeds(model, resolve_input_shapes(model, {}))

@@ -126,7 +126,7 @@ def _is_unstructured(config) -> bool:
 
 def _original_and_feeds(config) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The original model and random inputs at the shapes the pipeline resolves the same way."""
-    from onnxprune.latency import random_feeds
+    from onnxprune.shapes import random_feeds
     from onnxprune.modelio import load_model
     from onnxprune.shapes import parse_input_shapes, resolve_input_shapes
 

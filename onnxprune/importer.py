@@ -39,13 +39,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import torch
-from onnx import helper, shape_inference
+from onnx import shape_inference
 from torch import nn
 
 from onnxprune.errors import OnnxPruneError, UnsupportedModelError, VerificationError
 from onnxprune.fxbuild import ParamRef, build_module, conversion_view, first_line
 from onnxprune.normalize import normalize
 from onnxprune.shapes import infer_static_shapes, resolve_input_shapes, with_static_inputs
+from onnxprune.shapes import random_feeds as sample_feeds  # the feeds of the import check
 from onnxprune.verify import max_errors, run_onnxruntime
 
 _LOG = logging.getLogger(__name__)
@@ -184,23 +185,6 @@ def run_torch(imported: ImportedModel, feeds: dict[str, np.ndarray]) -> list[np.
         imported.module.train(was_training)
     outputs = out if isinstance(out, (tuple, list)) else (out,)
     return [o.detach().cpu().numpy() if isinstance(o, torch.Tensor) else np.asarray(o) for o in outputs]
-
-
-def sample_feeds(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded feeds for every real graph input (floats ~ N(0,1), integers 0, bools False)."""
-    rng = np.random.default_rng(seed)
-    inits = {init.name for init in model.graph.initializer}
-    feeds = {}
-    for value in model.graph.input:
-        if value.name in inits:
-            continue
-        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        shape = shapes[value.name]
-        if np.issubdtype(dtype, np.floating):
-            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feeds[value.name] = np.zeros(shape, dtype=dtype)
-    return feeds
 
 
 def _static_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:

@@ -379,25 +379,3 @@ def _stats(name, provider, batch, threads, ms: np.ndarray, peak, kind) -> Latenc
         peak_memory_bytes=peak,
         memory_kind=kind,
     )
-
-
-def random_feeds(
-    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], seed: int = 0
-) -> dict[str, np.ndarray]:
-    """Random inputs of the given static shapes: standard normal for floats, zeros for integers
-    and booleans (indices and masks must stay in range; their values rarely change the cost)."""
-    rng = np.random.default_rng(seed)
-    initializers = {init.name for init in model.graph.initializer}
-    feeds = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        if value.name not in input_shapes:
-            raise OnnxPruneError(f"no shape for input {value.name!r}")
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        shape = tuple(input_shapes[value.name])
-        if np.issubdtype(dtype, np.floating):
-            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feeds[value.name] = np.zeros(shape, dtype=dtype)
-    return feeds

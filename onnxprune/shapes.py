@@ -178,7 +178,27 @@ def _shapes_from_onnxruntime(
     return out
 
 
+def random_feeds(
+    model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]], seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Seeded inputs of the given static shapes for every real graph input: standard normal for
+    floats, zeros for integers and booleans (indices and masks must stay in range)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for value in graph_inputs(model):
+        if value.name not in input_shapes:
+            raise ShapeError(f"no shape for input {value.name!r}")
+        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        shape = tuple(input_shapes[value.name])
+        if np.issubdtype(dtype, np.floating):
+            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[value.name] = np.zeros(shape, dtype=dtype)
+    return feeds
+
+
 __all__ = [
+    "random_feeds",
     "parse_input_shapes",
     "resolve_input_shapes",
     "infer_static_shapes",

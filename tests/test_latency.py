@@ -14,8 +14,8 @@ from onnxprune.latency import (
     ProviderUnavailableError,
     batch_feeds,
     measure_latency,
-    random_feeds,
 )
+from onnxprune.shapes import random_feeds
 
 
 def mlp(width: int, depth: int = 2, inputs: int = 64, seed: int = 0) -> onnx.ModelProto:

@@ -25,7 +25,7 @@ from onnxprune.calibration.images import image_options, load_image_folder
 from onnxprune.config import config_option, effective_config
 from onnxprune.errors import CalibrationError, OnnxPruneError, ShapeError
 from onnxprune.modelio import load_model, model_size_bytes
-from onnxprune.shapes import graph_inputs, parse_input_shapes, resolve_input_shapes
+from onnxprune.shapes import graph_inputs, parse_input_shapes, random_feeds, resolve_input_shapes
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def command(ctx: click.Context, models, providers, batches, threads, seconds, mi
         for entry in entries:
             shapes = _batched_shapes(entry, batch)
             if calib is None:
-                feeds.append(latency.random_feeds(entry.model, shapes, seed))
+                feeds.append(random_feeds(entry.model, shapes, seed))
             elif Path(calib).is_dir():
                 feeds.append(_image_feeds(Path(calib), entry, shapes, image_args))
             else:
