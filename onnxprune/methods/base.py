@@ -69,6 +69,11 @@ SPARSITY_OPTION = click.Option(
     ["--sparsity"], type=float, default=None,
     help="Target fraction of weights (or channels) removed.",
 )
+# methods that prune weights or, on request, whole channels (LC, LTP)
+GRANULARITY_OPTION = click.Option(
+    ["--granularity"], type=click.Choice(["weight", "channel"]), default="weight",
+    help="weight: zeros (smaller file with --sparse-storage); channel: channels removed (faster).",
+)
 
 
 class PruningMethod:

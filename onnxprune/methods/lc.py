@@ -34,6 +34,7 @@ import torch
 from onnxprune.errors import OnnxPruneError
 from onnxprune.methods import masking, projections
 from onnxprune.methods.base import (
+    GRANULARITY_OPTION,
     SPARSITY_OPTION,
     PruningMethod,
     TrainContext,
@@ -53,7 +54,7 @@ class LC(PruningMethod):
     granularities = ("weight", "channel")
     options: ClassVar[list[click.Option]] = [
         SPARSITY_OPTION,
-        click.Option(["--granularity"], type=click.Choice(["weight", "channel"]), default="weight"),
+        GRANULARITY_OPTION,
         CHANNEL_MULTIPLE_OPTION,
         click.Option(["--lc-form"], type=click.Choice(FORMS), default="l0-constraint",
                      help="LC: the compression set (C step)."),

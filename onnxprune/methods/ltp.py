@@ -34,6 +34,7 @@ import torch
 from onnxprune.errors import OnnxPruneError
 from onnxprune.methods import masking
 from onnxprune.methods.base import (
+    GRANULARITY_OPTION,
     SPARSITY_OPTION,
     PruningMethod,
     TrainContext,
@@ -79,7 +80,7 @@ class LTP(PruningMethod):
     granularities = ("weight", "channel")
     options: ClassVar[list[click.Option]] = [
         SPARSITY_OPTION,
-        click.Option(["--granularity"], type=click.Choice(["weight", "channel"]), default="weight"),
+        GRANULARITY_OPTION,
         TRAIL_OPTION,
         CHANNEL_MULTIPLE_OPTION,
         click.Option(["--l0-weight"], type=float, default=None, help="LTP: weight λ of the L0 term (start value with --sparsity)."),
