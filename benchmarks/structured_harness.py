@@ -81,6 +81,7 @@ def prune(setup: Setup, method, config: TrainConfig, verify_result: bool = True)
     before, after = count_macs(setup.original, setup.shapes), count_macs(pruned, setup.shapes)
     return {"method": method, "ctx": ctx, "plan": plan, "pruned": pruned, "imported": imported,
             "accuracy": scores.get("accuracy"), "agreement": scores.get("top1_agreement"),
+            "rel_error": scores.get("rel_error"),
             "macs": after.total_macs, "macs_frac": after.total_macs / before.total_macs,
             "params": after.total_params, "params_frac": after.total_params / before.total_params,
             "seconds": time.perf_counter() - started}

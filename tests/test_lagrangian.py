@@ -54,7 +54,7 @@ def test_default_rounds_kept_channels_to_multiples_of_eight():
     """At the default --channel-multiple 8 the MACs stay at or under the target, within one
     8-channel block of it (coarser than 2% on the MLP: one block of fc1 is 2.4% of its MACs)."""
     method = Lagrangian(target_macs="0.5")
-    result = run("mlp", method, epochs=3, n_train=512)
+    result = run("mlp", method, epochs=4, n_train=512)
     assert all(len(kept) % 8 == 0 for kept in result["plan"].kept.values())
     assert 0.5 * 0.95 < result["macs"] / result["macs0"] <= 0.5
 
@@ -109,9 +109,19 @@ def test_keeps_up_with_uniform_channel_pruning_at_equal_macs_and_fine_tuning():
     """The MLP sample is an easy case for uniform pruning (benchmarks/structured_table.py has the
     CNN comparison): here the check is that the learned allocation, after its taper, is not
     worse than uniform channels fine-tuned for as many epochs as its own settle and fine-tune
-    phases (6 epochs: 4 taper, 1 settle, 1 fine-tune)."""
+    phases (6 epochs: 3 taper, 1 settle, 2 fine-tune)."""
     lagrangian = run("mlp", Lagrangian(target_macs="0.25", channel_multiple=1), epochs=6)
-    uniform = run("mlp", UniformChannels(target_macs="0.25", channel_multiple=1), epochs=2)
+    uniform = run("mlp", UniformChannels(target_macs="0.25", channel_multiple=1), epochs=3)
     for result in (lagrangian, uniform):
         assert abs(result["macs"] / (0.25 * result["macs0"]) - 1) < 0.02
     assert lagrangian["accuracy"] >= uniform["accuracy"] - 0.02, (lagrangian["accuracy"], uniform["accuracy"])
+
+
+def test_beats_uniform_channel_pruning_on_the_mobilenet_sample_at_a_quarter_of_the_macs():
+    """The CNN case (benchmarks/structured_table.py, 4 seeds: 98.1% vs 95.2%): both train 9
+    epochs, uniform fine-tunes all of them with its choice, the Lagrangian tapers for 4 of them;
+    uniform lands under the target (rounded to 8 channels), so it is not given fewer channels."""
+    lagrangian = run("mobilenet", Lagrangian(target_macs="0.25"), epochs=9)
+    uniform = run("mobilenet", UniformChannels(target_macs="0.25"), epochs=9)
+    assert uniform["macs"] <= lagrangian["macs"] <= 0.25 * lagrangian["macs0"]
+    assert lagrangian["accuracy"] >= uniform["accuracy"] + 0.01, (lagrangian["accuracy"], uniform["accuracy"])

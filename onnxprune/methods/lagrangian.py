@@ -12,8 +12,8 @@ the weights descend on the task loss, ``s`` on the Lagrangian, and ``lam <- lam 
 (dual ascent: lam rises while the constraint binds). The budget tapers from the current MACs
 to the target, ``B(t+1) = B(t) - r(t) * B0``, with the controller in :class:`Taper`.
 
-Phases: taper (``--taper-epochs``: the budget reaches the target within them), settle (the
-first half of the remaining epochs: the budget holds at the target while beta anneals from
+Phases: taper (``--taper-epochs``, default half the epochs: the budget reaches the target within
+them), settle (``--settle-epochs``, default the first half of the remaining epochs: the budget holds at the target while beta anneals from
 0.3 to 0.02, so the gates go to 0 or 1 under the constraint before the hard selection), then
 fine-tune (the rest) with a fixed selection: channels
 ranked by gate, the top ones kept until the MACs meet the target, kept gates frozen at their
@@ -99,7 +99,10 @@ class Lagrangian(PruningMethod):
         TRAIL_OPTION,
         CHANNEL_MULTIPLE_OPTION,
         click.Option(["--taper-epochs"], type=click.IntRange(1), default=None,
-                     help="lagrangian: epochs within which the budget reaches the target [default: 2/3 of --epochs]."),
+                     help="lagrangian: epochs within which the budget reaches the target [default: half of --epochs]."),
+        click.Option(["--settle-epochs"], type=click.IntRange(0), default=None,
+                     help="lagrangian: epochs after the taper with the budget held while the gates settle to 0/1 "
+                          "[default: half of the epochs after the taper]."),
         GATE_LR_OPTION,
         click.Option(["--dual-lr"], type=click.FloatRange(0, min_open=True), default=2.0, show_default=True,
                      help="lagrangian: dual ascent rate of the multiplier (per step, h in units of B0)."),
@@ -131,8 +134,6 @@ class Lagrangian(PruningMethod):
         self.multiple = int(self.config.get("channel_multiple") or 8)
         self.scores = {gid: torch.full((size,), self.s_init, device=ctx.device, requires_grad=True)
                        for gid, size in self.structure.groups.items()}
-        self.gate_lr = float(self.config.get("gate_lr") or 0.05)
-        self.optimizer = torch.optim.Adam(self.scores.values(), lr=self.gate_lr)
         self.selection: dict[str, torch.Tensor] | None = None  # fixed gates after the taper
         self.bank = GateBank()
         self.structure.install(ctx.model, self.bank)
@@ -142,9 +143,15 @@ class Lagrangian(PruningMethod):
         self.dual_lr = float(self.config.get("dual_lr") or 2.0)
         self.rho = float(self.config.get("damping") if self.config.get("damping") is not None else 5000.0)
         epochs = self.total_epochs(ctx)
-        self.taper_epochs = min(int(self.config.get("taper_epochs") or max(1, round(2 * epochs / 3))), epochs)
-        self.settle_epochs = (epochs - self.taper_epochs) // 2
+        # half the epochs taper, the rest settles and fine-tunes: on the CNN samples at 25% of the
+        # MACs (9 epochs, 4 seeds) a 4-epoch taper beat a 6-epoch one by 3.5 points on resnet
+        # (97.7 vs 94.2) and 0.5 on mobilenet, vgg alike; a 3-epoch one tracked the budget worse
+        self.taper_epochs = min(int(self.config.get("taper_epochs") or max(1, epochs // 2)), epochs)
+        settle = self.config.get("settle_epochs")
+        self.settle_epochs = min(int(settle), epochs - self.taper_epochs) if settle is not None else (epochs - self.taper_epochs) // 2
         self.settle_steps = self.settle_epochs * ctx.steps_per_epoch
+        self.gate_lr = float(self.config.get("gate_lr") or self.default_gate_lr(self.taper_epochs * ctx.steps_per_epoch))
+        self.optimizer = torch.optim.Adam(self.scores.values(), lr=self.gate_lr)
         start = float(self.resource_now().detach())
         self.taper = Taper(start, self.target, self.taper_epochs * ctx.steps_per_epoch, self.b0)
         self.trace: list[dict[str, float]] = []
@@ -154,6 +161,16 @@ class Lagrangian(PruningMethod):
 
             self.trail = Trail(self.config["trail"], self, ctx, start / self.b0, self.target / self.b0)
         log.info("lagrangian: %d groups, %.4g MACs, target %.4g", len(self.scores), self.b0, self.target)
+
+    @staticmethod
+    def default_gate_lr(taper_steps: int) -> float:
+        """0.05, or more when the taper is short: Adam moves a score by at most about lr per step,
+        and a gate must be able to travel from s = 2 to s = -2 (g = 0.001 at the taper's final
+        beta 0.3) within the taper. torchvision mobilenet_v2 with 256 calibration images, batch
+        32, a 4-epoch taper (28 steps): at 0.05 the scores could only fall 2.0 -> 0.6, all gates
+        stayed at 0.87 in lockstep, the constraint never bound (R 0.76 of B0 against 0.5), and the
+        final selection broke ties between equal scores by group order."""
+        return max(0.05, 4.0 / max(taper_steps, 1))
 
     def total_epochs(self, ctx: TrainContext) -> int:
         taper = self.config.get("taper_epochs")

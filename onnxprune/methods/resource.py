@@ -37,7 +37,7 @@ CHANNEL_MULTIPLE_OPTION = click.Option(
          "CPU convolutions slow down on odd channel counts; 1 = no rounding).")
 GATE_LR_OPTION = click.Option(["--gate-lr"], type=click.FloatRange(0, min_open=True), default=None,
                               help="structured methods: learning rate of the gate parameters' own Adam "
-                                   "optimizer [lagrangian 0.05, bernoulli 0.05].")
+                                   "optimizer [lagrangian: 0.05, or 4 / taper steps if larger; bernoulli 0.05].")
 _SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 
 
