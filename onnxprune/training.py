@@ -17,6 +17,9 @@ Decisions that hold for every method:
   gates passed through ``param_groups``) are averaged by hand. Only rank 0 shows progress; the
   caller writes files only where ``is_main_process``.
 * A NaN/Inf loss on any rank raises TrainingDivergedError on all of them; nothing is written.
+* A method may replace the model at the end of an epoch with a physically smaller one
+  (``onnxprune.methods.base``); the loop then rebuilds its optimizer (state carried over) and
+  DDP wrapper around it.
 * The same seed on the same CPU gives bit-identical weights.
 """
 
@@ -146,8 +149,9 @@ def train(
     ctx = TrainContext(
         model=model, imported=imported, weights=weights, analysis=analysis, device=replica.device,
         epochs=config.epochs, steps_per_epoch=math.ceil(per_rank / config.batch_size), lr=config.lr,
-        evaluate=evaluate and _in_eval_mode(model, evaluate), is_main_process=replica.is_main,
+        is_main_process=replica.is_main,
     )
+    ctx.evaluate = evaluate and _in_eval_mode(lambda: ctx.model, evaluate)
     method.setup(ctx)
     model.to(replica.device)  # setup may have added parameters
     _set_train_mode(model, config.freeze_bn)
@@ -187,6 +191,10 @@ def train(
             if ctx.evaluate is not None:
                 ctx.metrics.update(ctx.evaluate())
             method.end_epoch(ctx)
+            if ctx.model is not model:  # the method rebuilt the model smaller (see methods.base)
+                model, net, optimizer = _replace_model(ctx, method, config, replica, optimizer)
+                in_model = {id(p) for p in model.parameters()}
+                extra = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in in_model]
             ctx.history.append({"epoch": epoch + 1, **ctx.metrics})
             log.info("epoch %d/%d %s", epoch + 1, total_epochs, _fmt(ctx.metrics))
             bar.advance(epoch, total_epochs, ctx.metrics, steps=0)
@@ -222,6 +230,25 @@ def _optimizer(config: TrainConfig, model: torch.nn.Module, extra_groups: list[d
     raise OnnxPruneError(f"--optimizer {config.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
 
 
+def _replace_model(ctx: TrainContext, method: PruningMethod, config: TrainConfig, replica: Replica,
+                   old: torch.optim.Optimizer):
+    """Train ``ctx.model`` from now on: a fresh optimizer (and DDP wrapper) whose per-parameter
+    state (Adam moments, momentum) is carried over through ``ctx.state_map``."""
+    model = ctx.model.to(replica.device)
+    _set_train_mode(model, config.freeze_bn)
+    net = model
+    if replica.world > 1:  # every rank replaces its model at the same step (same hooks, same seed)
+        net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    optimizer = _optimizer(config, model, method.param_groups(ctx))
+    for new, (prev, select) in ctx.state_map.items():
+        state = old.state.get(prev)
+        if state:
+            optimizer.state[new] = {k: select(v) if torch.is_tensor(v) and v.shape == prev.shape else v
+                                    for k, v in state.items()}
+    ctx.state_map = {}
+    return model, net, optimizer
+
+
 def _set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
     model.train()
     for module in model.modules():
@@ -229,8 +256,9 @@ def _set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
             module.eval()  # frozen statistics, see the module docstring
 
 
-def _in_eval_mode(model: torch.nn.Module, evaluate: Callable[[], dict[str, float]]):
+def _in_eval_mode(current: Callable[[], torch.nn.Module], evaluate: Callable[[], dict[str, float]]):
     def run() -> dict[str, float]:
+        model = current()  # the model being trained now (a method may have replaced it)
         modes = {m: m.training for m in model.modules()}
         model.eval()
         try:

@@ -93,7 +93,10 @@ class PruneChannelsPass(ir.passes.InPlacePass):
             array = node.inputs[index].const_value.numpy().copy()
             for entry, count in drop.items():
                 array[entry] -= count
-            value = ir.Value(name=f"{node_name}_{index}_pruned", const_value=ir.Tensor(array),
+            name, suffix = f"{node_name}_{index}_pruned", 1
+            while name in graph.initializers:  # pruning a pruned model again (Bernoulli's compaction)
+                name, suffix = f"{node_name}_{index}_pruned{suffix}", suffix + 1
+            value = ir.Value(name=name, const_value=ir.Tensor(array),
                              shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.INT64))
             value.const_value.name = value.name
             graph.register_initializer(value)  # a fresh constant: the old one may be shared

@@ -1,6 +1,7 @@
 """Bernoulli unit and residual-layer pruning: the estimator's sampling, the cost split of the
 layer-vs-unit knob, and on the ResNet sample: whole blocks and many units removed, every
-parameter in {0, 1}, MACs falling per epoch, the pruned ONNX equal to the gated torch model."""
+parameter in {0, 1}, MACs (expected and trained) falling per epoch, the pruned ONNX equal to the
+gated torch model. Compaction itself: tests/test_bernoulli_compaction.py."""
 
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ def test_macs_fall_per_epoch(resnet_run):
     macs = method.epoch_macs
     assert all(a >= b for a, b in zip(macs, macs[1:])) and macs[-1] < macs[0]
     assert macs[-1] == pytest.approx(result["macs"] / result["macs0"], rel=0.01)
+    # the model actually trained shrinks too (compaction): the last epochs train the final size
+    trained = [h["macs_trained"] for h in result["ctx"].history]
+    assert all(a >= b for a, b in zip(trained, trained[1:])) and trained[0] == 1.0
+    assert trained[-1] == pytest.approx(macs[-1], rel=0.01) and method.compaction.count >= 1
     # (run() already checked that onnxruntime on the pruned model equals the gated torch model)
 
 

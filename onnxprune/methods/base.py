@@ -11,7 +11,7 @@ A method only reacts to hooks; it never writes its own loop. The hooks, in order
             loss = task_loss + penalty(ctx)     (penalty may return None)
             loss.backward(); after_backward(ctx)
             optimizer.step(); after_step(ctx)
-        end_epoch(ctx)               may set ctx.stop = True
+        end_epoch(ctx)               may set ctx.stop = True, or replace ctx.model (see below)
     finalize(ctx) -> PruningPlan     leaves ctx.model holding the final (masked) weights
 
 What the loop (onnxprune.training) guarantees to a method:
@@ -27,6 +27,11 @@ What the loop (onnxprune.training) guarantees to a method:
   ``ctx.metrics`` is shown in the progress bar and copied into ``ctx.history`` after ``end_epoch``
   (with ``loss`` and the holdout metrics); ``ctx.stop`` ends training after the current epoch.
 - Every process runs every hook with the same seed, so random choices in hooks agree across ranks.
+- ``end_epoch`` may replace the model with a physically smaller one (Bernoulli's compaction): it
+  sets ``ctx.model`` (and ``imported``, ``weights``, ``analysis`` to match) and ``ctx.state_map``
+  (new parameter -> (old parameter, function slicing an old per-element state tensor to the
+  new shape)); the loop then trains the new model with a fresh optimizer holding the carried
+  state (Adam moments) and, under DDP, a fresh wrapper. ``ctx.evaluate`` follows ``ctx.model``.
 
 Weights are addressed by ONNX initializer name everywhere (``ctx.weights``); the plan a method
 returns is keyed by ONNX names too, so the passes never see torch.
@@ -44,7 +49,8 @@ import torch
 @dataclasses.dataclass
 class TrainContext:
     """What the loop hands to a method. Fields are filled by the loop; methods may read all and
-    write only ``stop`` and ``metrics`` (shown in the progress bar and the run report)."""
+    write only ``stop`` and ``metrics`` (shown in the progress bar and the run report), and in
+    ``end_epoch`` replace the model (see the module docstring)."""
 
     model: torch.nn.Module
     imported: Any  # onnxprune.importer.ImportedModel: name map, normalized ONNX, params
@@ -61,6 +67,7 @@ class TrainContext:
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)
     evaluate: Any = None  # callable() -> dict(fidelity=..., accuracy=...) on the holdout
     is_main_process: bool = True
+    state_map: dict = dataclasses.field(default_factory=dict)  # set with a replaced model, see above
 
 
 # Options several methods read: declaring them by these objects makes the prune command's merge

@@ -27,17 +27,33 @@ for good, one above ``1 - eps`` at 1 (a plain structure); every group keeps its 
 residual layers can vanish whole). The last ``--finetune-epochs`` round the remaining ones to
 0 or 1 and fine-tune with all gates fixed. ``--target-macs`` turns ``strength`` into a
 controlled variable: log(strength) follows the expected MACs' excess over the target.
+
+Removed structures leave the trained model too (``--compact``, default on; :mod:`compaction`):
+at the end of an epoch where the units and layers removed since the last compaction are worth
+at least ``min_saving`` (5%) of the trained model's MACs, the model is rebuilt without them by
+the export's own passes and training goes on with the smaller one (weights, Adam moments and
+gates carried over; the gated outputs before and after are checked equal). theta and phi stay
+in the original numbering (a compacted group's gate reads ``theta[units]``), so the cost, the
+rounding and the plan are unchanged; a group keeps the dead units that rounding to
+``--channel-multiple`` could still bring back (with ``--target-macs``, rounding may bring back
+any dead unit to fill the target, so until rounding only residual layers are compacted). Per epoch the history has ``macs_expected``,
+``macs_frac`` (the survivors) and ``macs_trained`` (the model that epoch actually trained).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
+
+import numpy as np
 
 import click
 import torch
 
+from onnxprune.errors import OnnxPruneError
 from onnxprune.methods.base import PruningMethod, TrainContext, register
+from onnxprune.methods.compaction import Compaction, CompactionError, same_outputs
 from onnxprune.methods.gates import GateBank, Structure
 from onnxprune.methods.resource import (CHANNEL_MULTIPLE_OPTION, GATE_LR_OPTION, TARGET_MACS_OPTION, parse_target, round_counts,
                                           select_to_budget)
@@ -69,8 +85,13 @@ class Bernoulli(PruningMethod):
                      help="bernoulli: cost weight of MACs (1) vs parameters (0)."),
         click.Option(["--finetune-epochs"], type=click.IntRange(0), default=None,
                      help="bernoulli: final epochs with all gates rounded to 0/1 [default: 1/3 of --epochs]."),
+        click.Option(["--compact/--no-compact"], default=True, show_default=True,
+                     help="bernoulli: rebuild the trained model without removed structures as training goes."),
     ]
     init, eps, lr, tau = 0.9, 0.02, 0.05, 2 / 3
+    # a compaction (write-back, passes, re-import, check) costs about a tenth of an epoch on the
+    # samples; 5% of the MACs for every remaining epoch repays it within two or three epochs
+    min_saving = 0.05
 
     def setup(self, ctx: TrainContext) -> None:
         self.structure = s = Structure.from_context(ctx, with_branches=True)
@@ -99,6 +120,10 @@ class Bernoulli(PruningMethod):
         ft = cfg.get("finetune_epochs")
         self.prune_epochs = max(1, epochs - (int(ft) if ft is not None else max(1, epochs // 3)))
         self.epoch_macs: list[float] = []
+        self.trained_macs: list[float] = []
+        self.current_bank = self.bank
+        self.compacting = cfg.get("compact", True) is not False
+        self.compaction = Compaction(ctx, s.groups) if self.compacting else None
         log.info("bernoulli: %d unit groups, %d residual layers", len(self.theta), len(self.phi))
 
     def _param(self, key: str) -> torch.Tensor:
@@ -118,8 +143,13 @@ class Bernoulli(PruningMethod):
 
     def before_step(self, ctx: TrainContext) -> None:
         if self.fixed is None:
-            self.noise = {k: torch.logit(torch.rand_like(self._param(k)).clamp(1e-6, 1 - 1e-6))
-                          for k in [*self.theta, *self.phi]}
+            self.noise = self.sample_noise()
+
+    def sample_noise(self, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """``logit u``, ``u ~ U(0, 1)``, per gate (from ``generator``, else torch's global stream)."""
+        draw = lambda p: (torch.rand_like(p) if generator is None  # noqa: E731
+                          else torch.rand(p.shape, generator=generator).to(p.device))
+        return {k: torch.logit(draw(p).clamp(1e-6, 1 - 1e-6)) for k, p in [*self.theta.items(), *self.phi.items()]}
 
     def cost(self, theta: dict, phi: dict) -> torch.Tensor:
         r = self.structure.resource
@@ -164,11 +194,55 @@ class Bernoulli(PruningMethod):
         return self.structure.resource.hard({g: self.alive[g] for g in self.theta}, dropped) / self.b0
 
     def end_epoch(self, ctx: TrainContext) -> None:
+        ctx.metrics.pop("compact_seconds", None)  # only in the row of an epoch that compacted
         self.epoch_macs.append(self.hard_macs())
-        ctx.metrics.update(macs_frac=self.epoch_macs[-1], removed_units=self.removed_units(),
+        self.trained_macs.append((self.compaction.macs if self.compaction else self.b0) / self.b0)
+        ctx.metrics.update(macs_frac=self.epoch_macs[-1], macs_trained=self.trained_macs[-1],
+                           removed_units=self.removed_units(),
                            removed_layers=sum(not bool(self.alive[b]) for b in self.phi))
         if self.fixed is None and ctx.epoch + 1 >= self.prune_epochs:
             self.round(ctx)
+        if self.compacting and ctx.epoch + 1 < self.total_epochs(ctx):
+            self.compact(ctx)
+
+    def compact(self, ctx: TrainContext) -> bool:
+        """Rebuild the trained model without the structures removed since the last time, if they
+        are worth ``min_saving`` of its MACs; see the module docstring."""
+        c, started = self.compaction, time.perf_counter()
+        dropped = [b for b in self.phi if b not in c.dropped and not bool(self.alive[b])]
+        alive = {g: self.alive[g].cpu().numpy() for g in self.theta}
+        if self.target is not None and self.fixed is None:  # rounding may fill the target with dead
+            alive = {g: np.ones_like(a) for g, a in alive.items()}  # units: until then only layers go
+        keep = c.keep(ctx.analysis, alive, dropped, self.structure.groups, self.multiple if self.fixed is None else 1)
+        kept = {g: torch.zeros(n, dtype=torch.bool) for g, n in self.structure.groups.items()}
+        for g, k in keep.items():
+            kept[g][torch.from_numpy(c.units[g][k])] = True
+        after = self.structure.resource.hard(kept, [*c.dropped, *dropped])
+        if after > (1 - self.min_saving) * c.macs:
+            return False
+        try:
+            with torch.random.fork_rng(devices=[]):  # building modules draws from torch's global RNG
+                candidate = c.shrink(ctx, keep, dropped, self.current_bank.bypassed)
+            branches = [b for b in self.phi if b not in c.dropped and b not in dropped]
+            bank = c.install_gates(candidate, branches, self._gate, ctx.device)
+            self.noise = self.sample_noise(torch.Generator().manual_seed(ctx.epoch))  # one sample for both
+            try:
+                mismatch = same_outputs(ctx.model, candidate.imported.module, ctx.imported.sample_inputs(), ctx.device)
+            finally:
+                self.noise = {}
+            if mismatch:
+                raise CompactionError(mismatch)
+        except OnnxPruneError as exc:  # never expected; training goes on with the model it has
+            log.warning("bernoulli: compaction disabled for this run: %s", exc)
+            self.compacting = False
+            return False
+        macs = c.macs
+        ctx.state_map = c.commit(ctx, candidate, dropped)
+        self.current_bank = bank
+        ctx.metrics.update(compact_seconds=time.perf_counter() - started)
+        log.info("bernoulli: compacted the trained model from %.3f to %.3f of the original MACs in %.2fs",
+                 macs / self.b0, c.macs / self.b0, ctx.metrics["compact_seconds"])
+        return True
 
     def removed_units(self) -> int:
         return sum(int((~self.alive[g]).sum()) for g in self.theta)
@@ -189,16 +263,17 @@ class Bernoulli(PruningMethod):
                 for g in keep:
                     if not bool(keep[g].any()):
                         keep[g][torch.argmax(self.theta[g])] = True
-                masks = round_counts(self.theta, keep, self.multiple)
+                masks = round_counts(self.theta, keep, self.multiple, self.available)
             else:  # the target sets the size: units ranked by theta, kept until the MACs meet it
-                masks = select_to_budget(self.theta, self.structure.resource, self.target, dropped, self.multiple)
+                masks = select_to_budget(self.theta, self.structure.resource, self.target, dropped, self.multiple,
+                                         self.available)
                 # branches that rounding dropped come back (highest phi first) while they fit
                 for b in sorted((b for b in dropped if bool(self.alive_before[b])), key=lambda b: -float(self.phi[b])):
                     trial = [d for d in dropped if d != b]
                     if self.structure.resource.hard({**masks}, trial) <= self.target:
                         dropped, self.alive[b] = trial, torch.ones_like(self.alive[b])
                         masks = select_to_budget(self.theta, self.structure.resource, self.target, dropped,
-                                                 self.multiple)
+                                                 self.multiple, self.available)
             for g in self.theta:
                 self.alive[g] = masks[g].to(self.alive[g].device)
             for key, p in [*self.theta.items(), *self.phi.items()]:
@@ -208,13 +283,21 @@ class Bernoulli(PruningMethod):
         log.info("bernoulli: rounded (%d parameters were strictly between eps and 1-eps); MACs %.3f",
                  undecided, self.hard_macs())
 
+    @property
+    def available(self) -> dict[str, torch.Tensor] | None:
+        """Units still in the trained model: rounding cannot bring back what compaction cut."""
+        c = self.compaction
+        return c.available(self.structure.groups) if c is not None and c.active else None
+
     def finalize(self, ctx: TrainContext):
         if self.fixed is None:
             self.round(ctx)
+        if self.compaction is not None:
+            self.compaction.restore(ctx)  # the plan and export refer to the original graph
         self.structure.bake(ctx.model)
         dropped = [b for b in self.phi if not bool(self.alive[b])]
         return self.structure.plan({g: self.alive[g] for g in self.theta}, dropped, meta={
             "method": self.name, "strength": self.strength, "original_macs": self.b0,
             "predicted_macs": self.hard_macs() * self.b0, "removed_units": self.removed_units(),
             "removed_layers": len(dropped), "undecided_at_rounding": self.undecided,
-            "macs_per_epoch": self.epoch_macs})
+            "macs_per_epoch": self.epoch_macs, "trained_macs_per_epoch": self.trained_macs})

@@ -18,8 +18,9 @@ parametrizations, so ``write_back`` sees plain parameters under their original n
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch.nn.utils import parametrize
@@ -41,6 +42,15 @@ class GateBank:
 
     def clear(self) -> None:
         self._fns.clear()
+
+    @contextlib.contextmanager
+    def bypassed(self) -> Iterator[None]:
+        """Every gated parameter reads as its raw (ungated) value inside the block."""
+        saved, self._fns = self._fns, {}
+        try:
+            yield
+        finally:
+            self._fns = saved
 
     def get(self, key: str) -> torch.Tensor | None:
         fn = self._fns.get(key)
