@@ -16,7 +16,6 @@ weight-bearing ops become ``nn.Parameter``s and the rest buffers.
 from __future__ import annotations
 
 import inspect
-import re
 from dataclasses import dataclass
 from operator import getitem
 
@@ -30,6 +29,7 @@ from torch import fx, nn
 
 import onnxprune.converters  # noqa: F401  (registers our converters)
 from onnxprune.errors import UnsupportedModelError
+from onnxprune.names import CONTAINER, TorchNames
 
 # Ops whose float initializer inputs are weights worth training. Matrix-like ops train every
 # float initializer; element-wise ops only multi-element ones (a per-channel bias or scale, not
@@ -76,18 +76,6 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _attr_name(onnx_name: str, taken: set[str]) -> str:
-    """A valid, unique torch attribute name derived from an ONNX initializer name."""
-    base = re.sub(r"\W", "_", onnx_name).strip("_") or "init"
-    if base[0].isdigit():
-        base = f"t_{base}"
-    name, index = base, 1
-    while name in taken:
-        name, index = f"{base}_{index}", index + 1
-    taken.add(name)
-    return name
-
-
 def _is_trainable(init: onnx.TensorProto, uses: list[tuple[str, int]]) -> bool:
     numel = int(np.prod(init.dims)) if init.dims else 1
     for op_type, index in uses:
@@ -117,7 +105,14 @@ def conversion_view(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def build_module(model: onnx.ModelProto) -> tuple[fx.GraphModule, dict[str, ParamRef], tuple[str, ...]]:
+def build_module(
+    model: onnx.ModelProto,
+) -> tuple[fx.GraphModule, dict[str, ParamRef], tuple[str, ...], TorchNames]:
+    """The fx module, the initializer map, the frozen float initializers and the name tables.
+
+    Torch names come from one :class:`onnxprune.names.TorchNames` (safe, unique, bijective);
+    ONNX names never become torch attribute names directly.
+    """
     graph = OnnxGraph(model.graph)
     opset = {o.domain or "": o.version for o in model.opset_import}
     opset.setdefault("ai.onnx", opset.get("", 1))
@@ -130,31 +125,32 @@ def build_module(model: onnx.ModelProto) -> tuple[fx.GraphModule, dict[str, Para
     torch_graph = fx.Graph()
     root = nn.Module()
     container = nn.Module()
-    root.add_module("initializers", container)
+    root.add_module(CONTAINER, container)
+    torch_names = TorchNames()
     values: dict[str, fx.Node] = {}
     params: dict[str, ParamRef] = {}
-    taken: set[str] = set()
     failures: list[str] = []
 
     for name in (v.name for v in model.graph.input if v.name not in inits):
-        values[name] = torch_graph.placeholder(_attr_name(name, taken))
+        values[name] = torch_graph.placeholder(torch_names.input(name))
 
     def initializer_node(name: str) -> fx.Node:
         if name not in values:
             tensor = torch.from_numpy(numpy_helper.to_array(inits[name]).copy())
-            attr = _attr_name(name, taken)
+            attr = torch_names.tensor(name)
             if tensor.is_floating_point() and _is_trainable(inits[name], uses.get(name, [])):
                 container.register_parameter(attr, nn.Parameter(tensor))
             else:
                 container.register_buffer(attr, tensor)
             if tensor.is_floating_point():
-                params[name] = ParamRef("initializers", attr)
-            values[name] = torch_graph.get_attr(f"initializers.{attr}")
+                params[name] = ParamRef(CONTAINER, attr)
+            values[name] = torch_graph.get_attr(f"{CONTAINER}.{attr}")
         return values[name]
 
-    for unique_name, onnx_node in graph.nodes.items():
+    for position, (unique_name, onnx_node) in enumerate(graph.nodes.items()):
         node = onnx_node.proto
         label = f"{_op_label(node, opset)} (node {node.name or unique_name})"
+        module_name = torch_names.node(position, node)
         try:
             converter = get_converter(node.op_type, opset.get(node.domain, 1), domain=node.domain)
         except NotImplementedError:
@@ -169,13 +165,13 @@ def build_module(model: onnx.ModelProto) -> tuple[fx.GraphModule, dict[str, Para
             failures.append(f"{label}: {first_line(exc)}")
             continue
         try:
-            absorbed = _absorbed_params(node, onnx_node, torch_module, unique_name, mapping.inputs, inits)
+            absorbed = _absorbed_params(node, onnx_node, torch_module, module_name, mapping.inputs, inits)
         except UnsupportedModelError as exc:
             failures.append(f"{label}: {exc}")
             continue
         if failures:
             continue  # keep collecting failures; the graph will not be built
-        root.add_module(unique_name, torch_module)
+        root.add_module(module_name, torch_module)
         params.update(absorbed)
         args = []
         for value_name in mapping.inputs:
@@ -192,7 +188,7 @@ def build_module(model: onnx.ModelProto) -> tuple[fx.GraphModule, dict[str, Para
             names = tuple(inspect.signature(torch_module.forward).parameters)[first:len(args)]
             kwargs = {k: v for k, v in zip(names, args[first:]) if v is not None}
             args = args[:first]
-        call = torch_graph.call_module(unique_name, args=tuple(args), kwargs=kwargs)
+        call = torch_graph.call_module(module_name, args=tuple(args), kwargs=kwargs)
         if len(mapping.outputs) == 1:
             values[mapping.outputs[0]] = call
         else:
@@ -214,7 +210,7 @@ def build_module(model: onnx.ModelProto) -> tuple[fx.GraphModule, dict[str, Para
         if name not in params and init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
                                                        onnx.TensorProto.FLOAT16) and name in uses
     )
-    return module, params, frozen
+    return module, params, frozen, torch_names
 
 
 def _absorbed_params(

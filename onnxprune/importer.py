@@ -7,6 +7,8 @@
 For every float initializer that becomes a torch parameter or buffer,
 ``tensor(name) == initializer`` in ONNX layout (``transpose`` marks Gemm weights, which
 nn.Linear stores as W^T when transB=0). Write-back (onnxprune.writeback) inverts this map.
+Torch attribute and module names are never ONNX names: ``names`` (onnxprune.names.TorchNames)
+maps every ONNX name to a safe, unique torch name and back, so any valid ONNX name imports.
 
 The fx graph is built (onnxprune.fxbuild) rather than taken from ``onnx2torch.convert`` so that (a) every op that
 cannot be converted is collected into one error, (b) float initializers feeding weight-bearing
@@ -44,6 +46,7 @@ from torch import nn
 
 from onnxprune.errors import OnnxPruneError, UnsupportedModelError, VerificationError
 from onnxprune.fxbuild import ParamRef, build_module, conversion_view, first_line
+from onnxprune.names import TorchNames
 from onnxprune.normalize import normalize
 from onnxprune.shapes import infer_static_shapes, resolve_input_shapes, with_static_inputs
 from onnxprune.shapes import random_feeds as sample_feeds  # the feeds of the import check
@@ -79,6 +82,7 @@ class ImportedModel:
     input_shapes: dict[str, tuple[int, ...]]
     check: ImportCheck | None = None
     frozen: tuple[str, ...] = field(default=())  # float initializers baked into modules as constants
+    names: TorchNames | None = None  # ONNX name <-> torch attribute name (onnxprune.names)
 
     def tensor(self, name: str) -> torch.Tensor:
         """The live parameter/buffer for initializer ``name``, as a view in ONNX layout."""
@@ -105,7 +109,7 @@ def import_model(
     normalized = normalize(model)
     shapes = resolve_input_shapes(normalized, input_shapes)
     static = conversion_view(_static_shapes(normalized, shapes))
-    module, params, frozen = build_module(static)
+    module, params, frozen, names = build_module(static)
     inits = {init.name for init in normalized.graph.initializer}
     imported = ImportedModel(
         onnx_model=normalized,
@@ -115,6 +119,7 @@ def import_model(
         output_names=tuple(v.name for v in normalized.graph.output),
         input_shapes=shapes,
         frozen=frozen,
+        names=names,
     )
     if check:
         imported.check = check_import(imported, atol=atol, rtol=rtol)

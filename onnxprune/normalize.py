@@ -28,6 +28,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper, shape_inference
 
+from onnxprune.names import OnnxNames
+
 _LOG = logging.getLogger(__name__)
 
 _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
@@ -139,10 +141,10 @@ def _split_shared_float_initializers(graph: onnx.GraphProto) -> None:
         for name in dict.fromkeys(node.input):  # an op reading W twice is still one op
             if name in candidates and name not in graph_input_names:
                 consumers[name].append(node)
-    taken = _all_value_names(graph)
+    names = OnnxNames.of_proto(graph)
     for name, nodes in consumers.items():
         for node in nodes[1:]:
-            new_name = _fresh_name(name, taken)
+            new_name = names.fresh(name, sep="__")
             copy = TensorProto()
             copy.CopyFrom(candidates[name])
             copy.name = new_name
@@ -150,23 +152,6 @@ def _split_shared_float_initializers(graph: onnx.GraphProto) -> None:
             for index, value in enumerate(node.input):
                 if value == name:
                     node.input[index] = new_name
-
-
-def _all_value_names(graph: onnx.GraphProto) -> set[str]:
-    names = {init.name for init in graph.initializer} | {v.name for v in graph.input} | {v.name for v in graph.output}
-    for node in graph.node:
-        names.update(node.input)
-        names.update(node.output)
-    return names
-
-
-def _fresh_name(base: str, taken: set[str]) -> str:
-    index = 1
-    while f"{base}__{index}" in taken:
-        index += 1
-    name = f"{base}__{index}"
-    taken.add(name)
-    return name
 
 
 def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -23,6 +23,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxprune.names import OnnxNames
+
 log = logging.getLogger(__name__)
 
 _DENSITY_LIMIT = 1.0 / 3.0  # 12 bytes per stored nonzero vs 4 per dense element
@@ -36,6 +38,7 @@ def to_sparse_storage(model: onnx.ModelProto, min_elements: int = _MIN_ELEMENTS)
     out.CopyFrom(model)
     graph = out.graph
     graph_inputs = {i.name for i in graph.input}
+    names = OnnxNames.of_proto(graph)
     keep, constants = [], []
     for init in graph.initializer:
         array = numpy_helper.to_array(init)
@@ -47,7 +50,7 @@ def to_sparse_storage(model: onnx.ModelProto, min_elements: int = _MIN_ELEMENTS)
         indices = np.flatnonzero(flat).astype(np.int64)
         values = numpy_helper.from_array(flat[indices], init.name)
         sparse = onnx.helper.make_sparse_tensor(values, numpy_helper.from_array(indices, ""), list(array.shape))
-        constants.append(onnx.helper.make_node("Constant", [], [init.name], name=f"sparse_storage/{init.name}",
+        constants.append(onnx.helper.make_node("Constant", [], [init.name], name=names.fresh(f"sparse_storage/{init.name}"),
                                                sparse_value=sparse))
     del graph.initializer[:]
     graph.initializer.extend(keep)

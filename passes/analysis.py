@@ -13,15 +13,25 @@ import dataclasses
 import onnx
 import onnx_ir as ir
 
+from onnxprune.names import OnnxNames
 from onnxprune.passes.plan import PlanError, PruningPlan
 from onnxprune.passes.structures import ChannelGroup, IntEdit, MacTerm, Piece, ResidualBranch
 
 
 def name_nodes(graph: ir.Graph) -> None:
-    """Give unnamed nodes a stable name (op type + position) so ids and edits can refer to them."""
+    """Give unnamed (and repeated) nodes a stable, unique name so ids and edits can refer to them.
+
+    An unnamed node gets its op type and position (``Relu_7``), or the first free variant of it
+    (``Relu_7_1``) when another node already has that name; a name seen before gets a suffix.
+    """
+    names = OnnxNames(node.name for node in graph if node.name)
+    seen: set[str] = set()
     for index, node in enumerate(graph):
         if not node.name:
-            node.name = f"{node.op_type}_{index}"
+            node.name = names.fresh(f"{node.op_type}_{index}")
+        elif node.name in seen:
+            node.name = names.fresh(node.name)
+        seen.add(node.name)
 
 
 @dataclasses.dataclass

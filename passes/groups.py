@@ -25,6 +25,7 @@ import onnx
 import onnx_ir as ir
 
 import onnxprune.passes.rules  # noqa: F401  (registers the op rules)
+from onnxprune.names import OnnxNames
 from onnxprune.passes.analysis import GroupAnalysis, name_nodes
 from onnxprune.passes.rules.core import Gates, Layout, RuleContext, Segment, lookup
 from onnxprune.passes.residual_branches import find_residual_branches
@@ -316,6 +317,11 @@ def _finish(builder: _Builder, graph: ir.Graph, branches, cost, input_shapes) ->
     roots = sorted({builder.root(s.id) for s in builder.spaces})
     ids = {root: builder.spaces[root].name for root in roots}
     gid = {str(s): ids[builder.root(s)] for s in range(len(builder.spaces))}
+    # group ids are weight names, branch ids Add node names: a node may share a tensor's name,
+    # so a branch id that is also a group id gets a fresh one (methods key both in one dict)
+    fresh = OnnxNames((*ids.values(), *(b.id for b in branches)))
+    branches = [b if b.id not in ids.values() else dataclasses.replace(b, id=fresh.fresh(f"{b.id}_branch"))
+                for b in branches]
     node_branch = {}
     for branch in branches:
         for name in branch.nodes:

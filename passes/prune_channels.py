@@ -20,6 +20,7 @@ from collections import defaultdict
 import numpy as np
 import onnx_ir as ir
 
+from onnxprune.names import OnnxNames
 from onnxprune.passes.structures import FoldSite, State
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class PruneChannelsPass(ir.passes.InPlacePass):
         if not removed:
             return ir.passes.PassResult(model, modified=False)
         nodes = {node.name: node for node in graph}
+        names = OnnxNames.of_ir(graph)  # every new tensor or node name comes from here
         deltas = self._bias_deltas(graph, removed)
         cuts: dict[tuple[str, int], set[int]] = defaultdict(set)
         for group_id, channels in removed.items():
@@ -50,9 +52,9 @@ class PruneChannelsPass(ir.passes.InPlacePass):
             array = np.delete(value.const_value.numpy(), sorted(indices), axis=axis)
             value.const_value = ir.Tensor(array, name=name)
             value.shape = ir.Shape(array.shape)
-        self._edit_integers(graph, nodes, removed)
+        self._edit_integers(graph, nodes, removed, names)
         for node_name, delta in deltas.items():
-            _add_bias(graph, nodes[node_name], delta, cuts)
+            _add_bias(graph, nodes[node_name], delta, cuts, names)
         log.info("pruned %d channels in %d groups", sum(map(len, removed.values())), len(removed))
         return ir.passes.PassResult(model, modified=True)
 
@@ -77,7 +79,8 @@ class PruneChannelsPass(ir.passes.InPlacePass):
                     deltas[site.node] = deltas.get(site.node, 0) + delta
         return deltas
 
-    def _edit_integers(self, graph: ir.Graph, nodes: dict[str, ir.Node], removed: dict[str, list[int]]) -> None:
+    def _edit_integers(self, graph: ir.Graph, nodes: dict[str, ir.Node], removed: dict[str, list[int]],
+                       names: OnnxNames) -> None:
         by_input: dict[tuple[str, int, str], list] = defaultdict(list)
         for edit in self.analysis.int_edits:
             by_input[(edit.node, edit.input_index, edit.attribute)].append(edit)
@@ -93,9 +96,7 @@ class PruneChannelsPass(ir.passes.InPlacePass):
             array = node.inputs[index].const_value.numpy().copy()
             for entry, count in drop.items():
                 array[entry] -= count
-            name, suffix = f"{node_name}_{index}_pruned", 1
-            while name in graph.initializers:  # pruning a pruned model again (Bernoulli's compaction)
-                name, suffix = f"{node_name}_{index}_pruned{suffix}", suffix + 1
+            name = names.fresh(f"{node_name}_{index}_pruned")  # unique, also in a pruned model pruned again
             value = ir.Value(name=name, const_value=ir.Tensor(array),
                              shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.INT64))
             value.const_value.name = value.name
@@ -114,7 +115,8 @@ def _fold(graph: ir.Graph, site: FoldSite, channels: list[int], value: np.ndarra
     return np.einsum("j,jo->o", k, weight.reshape(weight.shape[0], weight.shape[1], -1).sum(-1))
 
 
-def _add_bias(graph: ir.Graph, node: ir.Node, delta: np.ndarray, cuts: dict[tuple[str, int], set[int]]) -> None:
+def _add_bias(graph: ir.Graph, node: ir.Node, delta: np.ndarray, cuts: dict[tuple[str, int], set[int]],
+              names: OnnxNames) -> None:
     weight = node.inputs[1].name
     out_axis = {"Conv": 0, "Gemm": 0 if _attr(node, "transB", 0) else 1, "MatMul": 1}[node.op_type]
     delta = np.delete(delta, sorted(cuts.get((weight, out_axis), ())))  # the node's own outputs may be cut
@@ -123,7 +125,7 @@ def _add_bias(graph: ir.Graph, node: ir.Node, delta: np.ndarray, cuts: dict[tupl
         delta = delta * _attr(node, "alpha", 1.0)
     bias_index = 2
     if node.op_type == "MatMul":
-        _append_add(graph, node, delta.astype(dtype))
+        _append_add(graph, node, delta.astype(dtype), names)
         return
     if len(node.inputs) > bias_index and node.inputs[bias_index] is not None:
         bias = node.inputs[bias_index]
@@ -134,15 +136,15 @@ def _add_bias(graph: ir.Graph, node: ir.Node, delta: np.ndarray, cuts: dict[tupl
         return
     if node.op_type == "Gemm":
         node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
-    value = _initializer(graph, f"{node.name}_folded_bias", delta.astype(dtype))
+    value = _initializer(graph, names.fresh(f"{node.name}_folded_bias"), delta.astype(dtype))
     node.resize_inputs(3)
     node.replace_input_with(2, value)
 
 
-def _append_add(graph: ir.Graph, node: ir.Node, delta: np.ndarray) -> None:
+def _append_add(graph: ir.Graph, node: ir.Node, delta: np.ndarray, names: OnnxNames) -> None:
     out = node.outputs[0]
-    bias = _initializer(graph, f"{node.name}_folded_bias", delta)
-    add = ir.Node("", "Add", [out, bias], name=f"{node.name}_folded_add")
+    bias = _initializer(graph, names.fresh(f"{node.name}_folded_bias"), delta)
+    add = ir.Node("", "Add", [out, bias], name=names.fresh(f"{node.name}_folded_add"))
     graph.insert_after(node, add)
     for use in list(out.uses()):
         if use.node is not add:
@@ -150,11 +152,11 @@ def _append_add(graph: ir.Graph, node: ir.Node, delta: np.ndarray) -> None:
     if out.is_graph_output():  # the graph output keeps its name and now includes the bias
         index = list(graph.outputs).index(out)
         name = out.name
-        out.name, add.outputs[0].name = f"{name}_unfolded", name
+        out.name, add.outputs[0].name = names.fresh(f"{name}_unfolded"), name
         add.outputs[0].type, add.outputs[0].shape = out.type, out.shape
         graph.outputs[index] = add.outputs[0]
     else:
-        add.outputs[0].name = f"{out.name}_folded"
+        add.outputs[0].name = names.fresh(f"{out.name}_folded")
 
 
 def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:

@@ -13,6 +13,8 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+from onnxprune.names import OnnxNames
+
 log = logging.getLogger(__name__)
 
 
@@ -26,6 +28,7 @@ class RemoveBranchesPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         nodes = {node.name: node for node in graph}
+        fresh = OnnxNames.of_ir(graph).fresh  # every new tensor or node name comes from here
         # input positions first: dropping one branch renames the values the next one reads
         where = {}
         for branch_id in (*self.dropped, *self.constant):
@@ -40,16 +43,16 @@ class RemoveBranchesPass(ir.passes.InPlacePass):
             for use in list(out.uses()):
                 use.node.replace_input_with(use.idx, skip)
             if out.is_graph_output():  # keep the output's name: the Add becomes an Identity
-                name = out.name
-                out.name = f"{name}_dropped"
-                identity = ir.Node("", "Identity", [skip], name=add.name, outputs=[ir.Value(name=name)])
+                name, node_name = out.name, add.name
+                out.name, add.name = fresh(f"{name}_dropped"), fresh(f"{add.name}_dropped")
+                identity = ir.Node("", "Identity", [skip], name=node_name, outputs=[ir.Value(name=name)])
                 graph.insert_after(add, identity)
                 identity.outputs[0].type, identity.outputs[0].shape = out.type, out.shape
                 graph.outputs[list(graph.outputs).index(out)] = identity.outputs[0]
         for branch_id, value in self.constant.items():
             branch = self.analysis.branch(branch_id)
             add, _, index = where[branch_id]
-            name = f"{branch.branch_output}_constant"
+            name = fresh(f"{branch.branch_output}_constant")
             const = ir.Value(name=name, const_value=ir.Tensor(value, name=name), shape=ir.Shape(value.shape),
                              type=ir.TensorType(ir.DataType.from_numpy(value.dtype)))
             graph.register_initializer(const)
