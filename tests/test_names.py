@@ -175,6 +175,23 @@ def test_import_maps_every_onnx_name_and_writes_back_bit_identically() -> None:
         [i.SerializeToString() for i in normalized.graph.initializer]
 
 
+def test_inputs_outputs_and_nodes_named_like_python_and_fx_internals_import() -> None:
+    """forward() arguments named ``lambda``/``self``/``getattr``, nodes named ``graph``/``code``
+    (GraphModule attributes) or holding quotes and backslashes, an initializer named ``torch``."""
+    inputs = ["lambda", "self", "getattr"]
+    nodes = [h.make_node("Add", ["lambda", "torch"], ["graph"], name="graph"),
+             h.make_node("Mul", ["graph", "self"], ["code"], name="code"),
+             h.make_node("Sub", ["code", "getattr"], ["out"], name='a"b\\c\'')]
+    graph = h.make_graph(nodes, "py", [h.make_tensor_value_info(n, T.FLOAT, [2, 4]) for n in inputs],
+                         [h.make_tensor_value_info("out", T.FLOAT, [2, 4])],
+                         [nh.from_array(np.arange(4, dtype=np.float32), "torch")])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+    imported = import_model(model)
+    assert imported.input_names == tuple(inputs) and set(imported.params) == {"torch"}
+    assert all(imported.names.input(n) not in argument_reserved() for n in inputs)
+    write_back(imported)
+
+
 def test_unnamed_nodes_get_unique_names_and_branch_ids_differ_from_group_ids() -> None:
     analysis = analyze(normalize(hostile_model()), {INPUT: SHAPE})
     group_ids = {g.id for g in analysis.groups}
