@@ -156,7 +156,7 @@ def test_import_maps_every_onnx_name_and_writes_back_bit_identically() -> None:
     normalized = imported.onnx_model
     floats = {i.name for i in normalized.graph.initializer if i.data_type == T.FLOAT}
     assert set(imported.params) == floats  # keyed by ONNX names, every float initializer mapped
-    assert {"half", "type.ᚠ weight", "forward", "initializers", "ﬁ", "fi", LONG} <= set(imported.params) | {"forward"}
+    assert {"half", "type.ᚠ weight", "initializers", "parametrizations", "ﬁ", "fi", LONG} <= set(imported.params)
     names = imported.names
     for onnx_name in names.tensors:
         assert names.tensors.onnx_name(names.tensors.torch_name(onnx_name)) == onnx_name
@@ -303,11 +303,20 @@ METHODS = {
 }
 
 
+def _collapse_gate_off() -> list[str]:
+    """One epoch on a random teacher may 'collapse' the tiny model; the default collapse gate
+    (where the CLI has it) judges fidelity, which is not what these tests are about."""
+    from onnxprune.commands.prune_cmd import command
+
+    opts = {opt for param in command.params for opt in getattr(param, "opts", ())}
+    return [arg for flag in ("--collapse-agreement", "--collapse-error") if flag in opts for arg in (flag, "0")]
+
+
 @pytest.mark.parametrize("method", list(METHODS))
 def test_prune_every_method_then_apply_inspect_and_bench(method, hostile_path, calib, tmp_path, capsys) -> None:
     out, report = tmp_path / "out.onnx", tmp_path / "run.json"
     code = main([str(hostile_path), "--method", method, *METHODS[method], "--calib", str(calib),
-                 "--out", str(out), "--report", str(report), *FAST])
+                 "--out", str(out), "--report", str(report), *FAST, *_collapse_gate_off()])
     assert code == 0, capsys.readouterr().err  # includes the torch vs onnxruntime verification
     pruned = onnx.load(str(out))
     onnx.checker.check_model(pruned, full_check=True)
