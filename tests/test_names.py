@@ -220,7 +220,40 @@ def test_random_plans_apply_exactly_twice_in_a_row() -> None:
             assert [v.name for v in pruned.graph.input] == [INPUT] and [v.name for v in pruned.graph.output] == [OUTPUT]
             expected = run(masked_reference(current, plan, analysis), _feeds())[0]
             np.testing.assert_allclose(run(pruned, _feeds())[0], expected, atol=1e-5, rtol=1e-4)
+            inits = {i.name for i in pruned.graph.initializer}
+            # the Reshape target's edit: 'reshape_1_pruned' is the user's, then ours from round 1
+            assert {"reshape_1_pruned", f"reshape_1_pruned_{round_ + 1}"} <= inits
             current = pruned
+
+
+def _renamed(model: onnx.ModelProto, old: str, new: str) -> onnx.ModelProto:
+    for node in model.graph.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
+    for value in (*model.graph.output, *model.graph.value_info):
+        value.name = new if value.name == old else value.name
+    return model
+
+
+def test_removed_branches_get_fresh_constant_and_output_names() -> None:
+    from test_pass_remove_branches import chain
+
+    from onnxprune.passes.testing import check_exact, model_from_text
+
+    # an emptied inner group turns the branch into a constant named after its output 'tb1'
+    model = _renamed(model_from_text(chain(2)), "r", "tb1_constant")
+    analysis = analyze(model)
+    checked = check_exact(model, PruningPlan(kept={"wa1": (), "w0": (0, 3, 4, 7)}), analysis=analysis)
+    _assert_unique_names(checked.pruned)
+    assert _dims(checked.pruned, "tb1_constant_1") == (1, 4, 1, 1)
+    # a dropped branch whose Add is the graph output: the output keeps its name, the Add's goes
+    model = _renamed(model_from_text(chain(1, output_is_add=True)), "ra1", "a1_dropped")
+    model.graph.node[0].name = "Add_6_dropped"  # what the unnamed Add ('Add_6') would be renamed to
+    analysis = analyze(model)
+    checked = check_exact(model, PruningPlan(dropped_branches=(analysis.residual_branches[0].id,)), analysis=analysis)
+    _assert_unique_names(checked.pruned)
+    assert [o.name for o in checked.pruned.graph.output] == ["a1"]
+    assert [(n.op_type, n.name) for n in checked.pruned.graph.node] == [("Conv", "Add_6_dropped"), ("Identity", "Add_6")]
 
 
 def _fold_model() -> onnx.ModelProto:
@@ -256,11 +289,15 @@ def _kill_channel(model: onnx.ModelProto, channel: int, shift: float) -> onnx.Mo
     return out
 
 
+def _dims(model: onnx.ModelProto, name: str) -> tuple[int, ...]:
+    return next(tuple(i.dims) for i in model.graph.initializer if i.name == name)
+
+
 def test_folded_biases_and_adds_get_fresh_names_in_every_run() -> None:
     model = _fold_model()
     feeds = {"x": np.random.default_rng(1).standard_normal((1, 3, 4, 4)).astype(np.float32)}
     first = eliminate_dead_structure(model)
-    assert len(first.graph.initializer[0].dims) and tuple(first.graph.initializer[0].dims)[0] == 3  # removed
+    assert _dims(first, "w1") == (3, 3, 3, 3)  # the dead filter is gone
     _assert_unique_names(first)
     for a, b in zip(run(model, feeds), run(first, feeds)):
         np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-4)
@@ -270,7 +307,7 @@ def test_folded_biases_and_adds_get_fresh_names_in_every_run() -> None:
     # a second run on its own output: the names the first run created are taken too
     again = _kill_channel(first, 0, 0.5)
     second = eliminate_dead_structure(again)
-    assert tuple(second.graph.initializer[0].dims)[0] == 2
+    assert _dims(second, "w1") == (2, 3, 3, 3)
     _assert_unique_names(second)
     assert graph_names(second.graph) - graph_names(again.graph)  # new names, none reused
     for a, b in zip(run(again, feeds), run(second, feeds)):
