@@ -50,8 +50,8 @@ def to_sparse_storage(model: onnx.ModelProto, min_elements: int = _MIN_ELEMENTS)
         indices = np.flatnonzero(flat).astype(np.int64)
         values = numpy_helper.from_array(flat[indices], init.name)
         sparse = onnx.helper.make_sparse_tensor(values, numpy_helper.from_array(indices, ""), list(array.shape))
-        constants.append(onnx.helper.make_node("Constant", [], [init.name], name=names.fresh(f"sparse_storage/{init.name}"),
-                                               sparse_value=sparse))
+        node_name = names.fresh(f"sparse_storage/{init.name}")
+        constants.append(onnx.helper.make_node("Constant", [], [init.name], name=node_name, sparse_value=sparse))
     del graph.initializer[:]
     graph.initializer.extend(keep)
     nodes = constants + list(graph.node)
