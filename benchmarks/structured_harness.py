@@ -17,12 +17,13 @@ import numpy as np
 import onnx
 import torch
 
+from onnxprune.batching import fixed_batch, pad_to_multiple, run_in_slices, torch_batch_check, torch_in_slices
 from onnxprune.calibration import TaskLoss, fidelity, load_calibration, output_kinds, split_holdout, teacher_outputs
 from onnxprune.importer import import_model
 from onnxprune.macs import count_macs
 from onnxprune.passes import apply_plan
 from onnxprune.passes.groups import analyze
-from onnxprune.verify import assert_close, run_onnxruntime
+from onnxprune.verify import assert_close
 from onnxprune.training import TrainConfig, TrainData, prunable_weights, train
 from onnxprune.writeback import write_back
 
@@ -45,8 +46,8 @@ def prepare(model: str | Path | onnx.ModelProto, calib: str, shapes: dict[str, t
     """Calibration (and a separate test set when given) with the original model's outputs."""
     original = onnx.load(str(model)) if not isinstance(model, onnx.ModelProto) else model
     data = load_calibration(calib, original, shapes, seed=seed)
-    if test is None:
-        train_set, test_set = split_holdout(data, holdout, seed)
+    if test is None:  # a fixed-batch model's holdout is whole batches
+        train_set, test_set = split_holdout(data, holdout, seed, multiple=fixed_batch(original) or 1)
     else:
         train_set, test_set = data, load_calibration(test, original, shapes, seed=seed)
     t_train, t_test = teacher_outputs(original, train_set), teacher_outputs(original, test_set)
@@ -63,9 +64,15 @@ def prune(setup: Setup, method, config: TrainConfig, verify_result: bool = True)
     to_t = lambda arrays: [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]  # noqa: E731
     data = TrainData(to_t(setup.train_set.inputs.values()), to_t(setup.teacher_train),
                      None if labels is None else torch.from_numpy(labels))
+    batch, torch_batch = fixed_batch(setup.original), None  # as the pipeline: see onnxprune.batching
+    if batch is not None and not torch_batch_check(imported, batch)[0]:
+        torch_batch = batch  # a constant bakes the batch in: train and evaluate at it
+        *columns, label_column = pad_to_multiple([*data.inputs, *data.targets, data.labels], batch)
+        data = TrainData(columns[:len(data.inputs)], columns[len(data.inputs):], label_column)
+        config = dataclasses.replace(config, batch_size=batch)
 
     def evaluate() -> dict[str, float]:
-        student = torch_outputs(imported.module, setup.test_set.inputs)
+        student = torch_outputs(imported.module, setup.test_set.inputs, torch_batch)
         return fidelity(student, setup.teacher_test, setup.kinds, setup.test_set.labels)
 
     ctx = train(method, imported.module, prunable_weights(imported), data, loss_fn, config,
@@ -73,10 +80,10 @@ def prune(setup: Setup, method, config: TrainConfig, verify_result: bool = True)
     plan = method.finalize(ctx)
     imported.module.eval()
     pruned = apply_plan(write_back(imported), plan, setup.shapes)
-    ort_out = run_onnxruntime(pruned, setup.test_set.inputs)
+    ort_out = run_in_slices(pruned, setup.test_set.inputs)  # calls of the fixed batch, if any
     if verify_result:  # the checker, and onnxruntime on the pruned graph = the trained torch model
         onnx.checker.check_model(pruned, full_check=True)
-        assert_close(torch_outputs(imported.module, setup.test_set.inputs), ort_out)
+        assert_close(torch_outputs(imported.module, setup.test_set.inputs, torch_batch), ort_out)
     scores = fidelity(ort_out, setup.teacher_test, setup.kinds, setup.test_set.labels)
     before, after = count_macs(setup.original, setup.shapes), count_macs(pruned, setup.shapes)
     return {"method": method, "ctx": ctx, "plan": plan, "pruned": pruned, "imported": imported,
@@ -84,13 +91,12 @@ def prune(setup: Setup, method, config: TrainConfig, verify_result: bool = True)
             "rel_error": scores.get("rel_error"),
             "macs": after.total_macs, "macs_frac": after.total_macs / before.total_macs,
             "params": after.total_params, "params_frac": after.total_params / before.total_params,
-            "seconds": time.perf_counter() - started}
+            "torch_batch": torch_batch, "seconds": time.perf_counter() - started}
 
 
-def torch_outputs(module: torch.nn.Module, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    with torch.no_grad():
-        out = module(*[torch.from_numpy(np.ascontiguousarray(x)) for x in inputs.values()])
-    return [o.numpy() for o in (out if isinstance(out, (tuple, list)) else (out,))]
+def torch_outputs(module: torch.nn.Module, inputs: dict[str, np.ndarray], fixed: int | None = None) -> list[np.ndarray]:
+    """All samples in one call, or calls of exactly ``fixed`` samples."""
+    return torch_in_slices(module, list(inputs.values()), torch.device("cpu"), batch=1 << 30, fixed=fixed)
 
 
 def threads(n: int = 1) -> None:

@@ -9,7 +9,11 @@ verifies); latency is onnxruntime CPU, 1 thread, batch 1 and batch 8 (``--latenc
 interleaved (p50). The check printed per row: speedup >= 0.8 x the MAC reduction
 (MACs_original / MACs_pruned).
 
-    python benchmarks/structured_sweep.py [--models resnet18,mobilenet_v2] [--size 64] [--target 0.5]
+``NAME@B`` exports NAME with a fixed batch B instead (plain ``torch.onnx.export`` without
+dynamic_axes, as a new user would; ``docs/fixed-batch.md``): onnxruntime runs it B samples per
+call, the pruned model keeps [B, ...], and latency is timed at batch B only.
+
+    python benchmarks/structured_sweep.py [--models resnet18,mobilenet_v2,resnet18@1,mobilenet_v2@4] [--size 64]
 """
 
 from __future__ import annotations
@@ -36,21 +40,24 @@ from onnxprune.methods.bernoulli import Bernoulli  # noqa: E402
 from onnxprune.methods.lagrangian import Lagrangian  # noqa: E402
 
 
-def export(name: str, size: int, folder: Path) -> Path:
+def export(name: str, size: int, folder: Path, batch: int | None = None) -> Path:
+    """Dynamic batch N, or (``batch``) a fixed batch: no dynamic_axes."""
     # BatchNorm statistics measured on random images: with torchvision's fresh statistics
     # mobilenet_v2's logits are ~1e-10 for every input, so distillation carries no signal and the
     # gates have nothing to choose by (every allocation "matches" a constant teacher)
     model = realistic_random_model(name, size)
-    path = folder / f"{name}.onnx"
-    x = torch.randn(1, 3, size, size)
+    path = folder / (f"{name}.onnx" if batch is None else f"{name}_b{batch}.onnx")
+    x = torch.randn(batch or 1, 3, size, size)
+    dynamic = None if batch is not None else {"input": {0: "N"}, "logits": {0: "N"}}
     torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"], opset_version=17,
-                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, dynamo=False)
+                      dynamic_axes=dynamic, dynamo=False)
     return path
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="resnet18,mobilenet_v2")
+    parser.add_argument("--models", default="resnet18,mobilenet_v2,resnet18@1,mobilenet_v2@4",
+                        help="comma list; NAME@B: exported with a fixed batch B")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--target", default="0.5")
     parser.add_argument("--samples", type=int, default=256)
@@ -67,20 +74,23 @@ def main() -> None:
         rng = np.random.default_rng(0)
         images = rng.normal(size=(args.samples, 3, args.size, args.size)).astype(np.float32)
         np.savez(tmp / "calib.npz", input=images)
-        for name in args.models.split(","):
-            path = export(name, args.size, tmp)
-            shapes = {"input": (1, 3, args.size, args.size)}
+        for spec in args.models.split(","):
+            name, _, fixed = spec.partition("@")
+            fixed = int(fixed) if fixed else None
+            path = export(name, args.size, tmp, fixed)
+            shapes = {"input": (fixed or 1, 3, args.size, args.size)}
+            batches = (1, args.latency_batch) if fixed is None else (fixed,)  # a fixed batch runs only at B
             setup = prepare(path, str(tmp / "calib.npz"), shapes, holdout=0.125)
             for cls in (Lagrangian, Bernoulli):
                 method = cls(target_macs=args.target)
                 config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, quiet=True)
                 result = prune(setup, method, config)
                 reduction = 1 / result["macs_frac"]
-                row = {"model": name, "method": cls.name, "macs_frac": result["macs_frac"],
+                row = {"model": spec, "method": cls.name, "batches": batches, "macs_frac": result["macs_frac"],
                        "params_frac": result["params_frac"], "agreement": result["agreement"],
                        "mac_reduction": reduction, "dropped_branches": len(result["plan"].dropped_branches),
                        "seconds": result["seconds"]}
-                for batch in (1, args.latency_batch):
+                for batch in batches:
                     stats = measure_latency([setup.original, result["pruned"]], {"input": images[:1]}, threads=1,
                                             seconds=args.latency_seconds, batch=batch)
                     speedup = stats[0].p50_ms / stats[1].p50_ms
@@ -95,7 +105,7 @@ def main() -> None:
     print("| model | method | MACs frac | params frac | removed blocks | batch | p50 ms (orig -> pruned) | speedup p50 (min) | p50 >= 0.8x MAC reduction |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        for batch in (1, args.latency_batch):
+        for batch in r["batches"]:
             t = r[f"b{batch}"]
             print(f"| {r['model']} | {r['method']} | {r['macs_frac']:.3f} | {r['params_frac']:.3f} | {r['dropped_branches']} "
                   f"| {batch} | {t['p50_ms_original']:.3f} -> {t['p50_ms']:.3f} | {t['speedup']:.2f}x ({t['speedup_min']:.2f}x) | "

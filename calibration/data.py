@@ -198,7 +198,30 @@ def validate(
             raise CalibrationError(f"labels: expected integer class ids of shape [{n}], got "
                                    f"{labels.dtype} {list(labels.shape)}")
         labels = labels.astype(np.int64)
+    out, labels = _fit_fixed_batch(out, labels, specs, origin)
     return CalibrationSet(out, labels)
+
+
+def _fit_fixed_batch(inputs: dict[str, np.ndarray], labels: np.ndarray | None, specs: list[_Spec],
+                     origin: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """For a model with a fixed batch B > 1 (every call takes exactly B samples), a sample count
+    that is not a multiple of B: the last N % B samples are dropped, or, with fewer than B
+    samples, the set is padded to B by repeating samples; either with a warning."""
+    firsts = {s.dims[0] if s.dims and isinstance(s.dims[0], int) else None for s in specs if s.dims}
+    batch = firsts.pop() if len(firsts) == 1 else None
+    n = len(next(iter(inputs.values())))
+    if batch is None or batch <= 1 or n % batch == 0:
+        return inputs, labels
+    if n > batch:
+        keep = n - n % batch
+        log.warning("calibration data %s: %d samples are not a multiple of the model's fixed batch %d; "
+                    "the last %d are dropped", origin, n, batch, n - keep)
+        index = np.arange(keep)
+    else:
+        log.warning("calibration data %s: %d samples, fewer than the model's fixed batch %d; padded to %d "
+                    "by repeating samples", origin, n, batch, batch)
+        index = np.arange(batch) % n
+    return {k: v[index] for k, v in inputs.items()}, None if labels is None else labels[index]
 
 
 def _check_array(array: np.ndarray, spec: _Spec) -> np.ndarray:
@@ -213,7 +236,7 @@ def _check_array(array: np.ndarray, spec: _Spec) -> np.ndarray:
             raise CalibrationError(f"{where} has dtype {array.dtype}, expected {spec.describe()}")
     if array.ndim != len(spec.dims) or any(
         isinstance(want, int) and got != want for want, got in list(zip(spec.dims, array.shape))[1:]
-    ) or (isinstance(spec.dims[0], int) and spec.dims[0] > 1 and array.shape[0] % spec.dims[0]):
+    ):
         raise CalibrationError(f"{where} has shape {list(array.shape)}, expected {spec.describe()}")
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())
@@ -243,15 +266,19 @@ def _synthetic(model: onnx.ModelProto, overrides: dict, specs: list[_Spec], seed
 
 
 def split_holdout(
-    data: CalibrationSet, fraction: float = 0.1, seed: int = 0
+    data: CalibrationSet, fraction: float = 0.1, seed: int = 0, multiple: int = 1
 ) -> tuple[CalibrationSet, CalibrationSet | None]:
-    """Seeded random split into (train, holdout); training never sees the holdout."""
+    """Seeded random split into (train, holdout); training never sees the holdout.
+
+    ``multiple``: the model's fixed batch; the holdout's size is rounded to a multiple of it (at
+    least one batch), so both parts stay whole batches when the data is."""
     if not 0.0 <= fraction < 1.0:
         raise CalibrationError(f"--holdout {fraction}: expected a fraction in [0, 1)")
     n = len(data)
-    n_hold = int(round(fraction * n))
+    multiple = max(int(multiple), 1)
+    n_hold = int(round(fraction * n / multiple)) * multiple
     if fraction > 0 and n_hold == 0:
-        n_hold = 1  # a requested holdout is never silently empty
+        n_hold = multiple  # a requested holdout is never silently empty
     if n - n_hold < 1:
         raise CalibrationError(f"calibration data has {n} samples; too few to hold out {fraction:.0%}")
     if n_hold == 0:

@@ -42,16 +42,10 @@ def teacher_outputs(
     batch_size: int = 256,
     providers: list | None = None,
 ) -> list[np.ndarray]:
-    """The model's outputs for every sample, in graph-output order, each [N, ...]."""
-    session = _session(model, providers)
-    first = session.get_inputs()[0].shape[0]
-    if isinstance(first, int) and first > 0:  # a static batch dimension dictates the chunk size
-        batch_size = first
-    n = len(data)
-    chunks: list[list[np.ndarray]] = []
-    for start in range(0, n, batch_size):
-        feeds = {name: array[start:start + batch_size] for name, array in data.inputs.items()}
-        chunks.append(session.run(None, feeds))
-    outputs = [np.concatenate([chunk[i] for chunk in chunks]) for i in range(len(chunks[0]))]
-    log.info("teacher targets: %d samples, outputs %s", n, [list(o.shape) for o in outputs])
+    """The model's outputs for every sample, in graph-output order, each [N, ...]; calls of
+    ``batch_size`` samples, or of the model's fixed batch (``onnxprune.batching``)."""
+    from onnxprune.batching import run_in_slices
+
+    outputs = run_in_slices(_session(model, providers), data.inputs, chunk=batch_size)
+    log.info("teacher targets: %d samples, outputs %s", len(data), [list(o.shape) for o in outputs])
     return outputs

@@ -91,7 +91,7 @@ def run(config, ci: CiOptions) -> tuple[Any, list[GateResult]]:
     check_paths(config.model, config.out, config.report)
     _check_latency_target(config, ci)
     ci = _check_provider(config, ci)
-    _check_batch(config, ci)
+    ci = _check_batch(config, ci)
     inner = dataclasses.replace(config, out=None, report=None)
     if ci.target_latency_ms is None:
         result = pipeline.run(inner)
@@ -165,13 +165,16 @@ def _check_latency_target(config, ci: CiOptions) -> None:
                              "the models differently)")
 
 
-def _check_batch(config, ci: CiOptions) -> None:
-    """Before any work: --latency-batch N needs every graph input's first dimension dynamic or N."""
-    if ci.batch == 1:
-        return
+def _check_batch(config, ci: CiOptions) -> CiOptions:
+    """Before any work: --latency-batch N needs every graph input's first dimension dynamic or N.
+    At the default (1) a model with a fixed batch B is timed at B (one call = B samples)."""
+    from onnxprune.batching import fixed_batch
     from onnxprune.modelio import load_model
 
     model = load_model(config.model)
+    fixed = fixed_batch(model)
+    if ci.batch == 1:
+        return ci if fixed is None else dataclasses.replace(ci, batch=fixed)
     initializers = {init.name for init in model.graph.initializer}
     for value in model.graph.input:
         dims = value.type.tensor_type.shape.dim
@@ -181,6 +184,7 @@ def _check_batch(config, ci: CiOptions) -> None:
             raise OnnxPruneError(f"--latency-batch {ci.batch}: input {value.name!r} of {config.model} has a fixed "
                                  f"batch dimension {dims[0].dim_value}; use --latency-batch {dims[0].dim_value} "
                                  f"or a model with a dynamic batch")
+    return ci
 
 
 def _check_provider(config, ci: CiOptions) -> CiOptions:

@@ -14,6 +14,10 @@ Each call is timed alone with ``time.perf_counter_ns``; over the n timed calls t
     mean = sum(t) / n,  std = the sample standard deviation (spread)
     throughput = batch / mean   (samples per second for one synchronous caller)
 
+A model with a fixed batch B (inputs declared [B, ...], see ``onnxprune.batching``) is timed at
+batch B: ``batch=None`` means the models' fixed batch (1 for dynamic ones), and another batch is
+an error (:func:`resolve_batch`), since onnxruntime runs such a model only at B.
+
 Peak memory is measured before the timing, one model at a time:
 
 - CPU: the growth of the process's peak resident set (Linux ``VmHWM``, reset through
@@ -158,6 +162,30 @@ def resolve_threads(threads: int | None) -> int:
     return os.cpu_count() or 1
 
 
+def resolve_batch(models: Sequence[onnx.ModelProto], batch: int | None = None, option: str = "--batch",
+                  names: Sequence[str] | None = None) -> int:
+    """The batch to time ``models`` at: ``batch`` when every model takes it, the fixed batch the
+    fixed-batch models share when ``batch`` is None (1 when all are dynamic); otherwise one
+    OnnxPruneError line that says why."""
+    from onnxprune.batching import fixed_batch, fixed_batch_note
+
+    names = list(names) if names is not None else [_default_name(m, i) for i, m in enumerate(models)]
+    fixed = [(name, model, fixed_batch(model)) for name, model in zip(names, models)]
+    fixed = [(name, model, b) for name, model, b in fixed if b is not None]
+    if batch is None:
+        if len({b for _, _, b in fixed}) > 1:
+            raise OnnxPruneError(f"the models have different fixed batches ({', '.join(f'{n}: {b}' for n, _, b in fixed)}); "
+                                 "onnxruntime runs each only at its own, so they cannot be timed side by side")
+        return fixed[0][2] if fixed else 1
+    for name, model, b in fixed:
+        if b != batch:
+            raise OnnxPruneError(
+                f"{option} {batch}: {fixed_batch_note(model, name)}, a fixed batch of {b}: onnxruntime runs it "
+                f"only with {b} sample(s) per call, so it is measured at batch {b} (give {option} {b} or leave "
+                f"it out, or export the model with a dynamic batch axis)")
+    return batch
+
+
 def batch_feeds(feeds: Mapping[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
     """Feeds with ``batch`` rows along axis 0, repeating the given rows cyclically if too few."""
     out = {}
@@ -286,6 +314,12 @@ def _model_bytes(model: onnx.ModelProto | str | os.PathLike) -> bytes:
     return load_model(model).SerializeToString()
 
 
+def _load_proto(path: str | os.PathLike) -> onnx.ModelProto:
+    from onnxprune.modelio import load_model  # external data is inlined by the loader
+
+    return load_model(path)
+
+
 def _default_name(model: onnx.ModelProto | str | os.PathLike, index: int) -> str:
     if isinstance(model, onnx.ModelProto):
         return model.graph.name or f"model{index}"
@@ -297,7 +331,7 @@ def measure_latency(
     feeds: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]],
     provider: str = "cpu",
     threads: int | None = None,
-    batch: int = 1,
+    batch: int | None = None,
     seconds: float = 2.0,
     min_runs: int = 20,
     warmup: int = 5,
@@ -308,23 +342,26 @@ def measure_latency(
     """Times ``models`` interleaved on ``provider``; one :class:`LatencyStats` per model, in order.
 
     ``feeds`` is one input dict shared by all models or one per model; each is cut or repeated
-    along axis 0 to ``batch`` rows. ``threads`` fixes onnxruntime's intra-op threads (default:
+    along axis 0 to ``batch`` rows (None: the models' fixed batch, or 1; a batch a fixed-batch
+    model cannot take is an error, :func:`resolve_batch`). ``threads`` fixes onnxruntime's intra-op threads (default:
     all CPUs of this process). After ``warmup`` untimed calls per model, rounds of about
     ``block_seconds`` per model run until ``seconds`` have passed and every model has
     ``min_runs`` timed calls.
     """
     if not models:
         raise OnnxPruneError("no models to measure")
-    if batch < 1:
+    if batch is not None and batch < 1:
         raise OnnxPruneError(f"batch must be >= 1, got {batch}")
+    protos = [m if isinstance(m, onnx.ModelProto) else _load_proto(m) for m in models]
+    names = list(names) if names is not None else [_default_name(m, i) for i, m in enumerate(models)]
+    batch = resolve_batch(protos, batch, "batch", names)
     per_model = [feeds] * len(models) if isinstance(feeds, Mapping) else list(feeds)
     if len(per_model) != len(models):
         raise OnnxPruneError(f"{len(per_model)} feed dicts for {len(models)} models")
-    names = list(names) if names is not None else [_default_name(m, i) for i, m in enumerate(models)]
     n_threads = resolve_threads(threads)
 
     runners, memory = [], []
-    for model, model_feeds in zip(models, per_model):
+    for model, model_feeds in zip(protos, per_model):
         data, batched = _model_bytes(model), batch_feeds(model_feeds, batch)
         runner, peak, kind = _create_measured(data, batched, provider, n_threads, memory_runs)
         runners.append(runner)

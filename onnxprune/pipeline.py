@@ -25,6 +25,8 @@ import onnx
 import torch
 
 from onnxprune import __version__
+from onnxprune.batching import (fixed_batch, free_batch_constants, pad_to_multiple, restore_batch_constants,
+                                run_in_slices, torch_batch_check, torch_in_slices)
 from onnxprune.calibration import (CalibrationSet, TaskLoss, fidelity, load_calibration, output_kinds,
                                    split_holdout, teacher_outputs)
 from onnxprune.errors import OnnxPruneError, VerificationError
@@ -36,7 +38,7 @@ from onnxprune.passes import apply_plan
 from onnxprune.report import add_layers, build_report, nonzero_weights, write_report
 from onnxprune.shapes import parse_input_shapes, resolve_input_shapes
 from onnxprune.training import Replica, TrainConfig, TrainData, distributed, prunable_weights, train
-from onnxprune.verify import assert_close, run_onnxruntime
+from onnxprune.verify import assert_close
 from onnxprune.writeback import write_back
 
 log = logging.getLogger(__name__)
@@ -110,28 +112,36 @@ def _run(config: PruneConfig, replica: Replica) -> RunResult:
     if config.calib is None:  # refuse before any work
         load_calibration(None, original)
     imported = import_model(original, shapes)  # model errors (unsupported ops) before data errors
-    calib = _calibrate(config, original, overrides, replica)
+    batch, torch_batch, imported, freed = _fixed_batches(original, imported, shapes)
+    calib = _calibrate(config, original, overrides, replica, batch or 1)
     weights = prunable_weights(imported)
     if not weights:
         raise OnnxPruneError(f"{config.model}: no prunable weights (Conv/ConvTranspose/Gemm/MatMul initializers)")
 
     def evaluate() -> dict[str, float]:
-        student = torch_outputs(imported.module, calib.eval.inputs.values(), replica.device)
+        student = torch_outputs(imported.module, calib.eval.inputs.values(), replica.device, fixed=torch_batch)
         return fidelity(student, calib.eval_targets, calib.kinds, calib.eval.labels)
 
     tensors = lambda arrays: [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]  # noqa: E731
     labels = calib.train.labels
     data = TrainData(tensors(calib.train.inputs.values()), tensors(calib.train_targets),
                      None if labels is None else torch.from_numpy(labels))
-    ctx = train(method, imported.module, weights, data, calib.loss, config.train, replica, imported=imported,
+    train_config = config.train
+    if torch_batch is not None:  # the torch copy runs only at the fixed batch: whole batches of it
+        *columns, label_column = pad_to_multiple([*data.inputs, *data.targets, data.labels], torch_batch * replica.world)
+        data = TrainData(columns[:len(data.inputs)], columns[len(data.inputs):], label_column)
+        train_config = dataclasses.replace(config.train, batch_size=torch_batch)
+    ctx = train(method, imported.module, weights, data, calib.loss, train_config, replica, imported=imported,
                 analysis=_analysis(method, imported.onnx_model, shapes), evaluate=evaluate)
     plan = method.finalize(ctx)
     imported.module.eval().cpu()  # verified on the CPU: CUDA's TF32 convolutions miss atol 1e-5
     pruned = apply_plan(write_back(imported), plan, shapes)
+    if freed:  # the Reshape targets trained as "copy the batch" read the fixed batch again
+        pruned = restore_batch_constants(pruned, freed, batch)
     result = RunResult(pruned, imported, plan, {}, None, replica)
     if not replica.is_main:
         return result
-    verify(pruned, imported.module, calib.eval)
+    verify(pruned, imported.module, calib.eval, fixed=torch_batch)
     before, after = count_macs(original, shapes), count_macs(pruned, shapes)
     result.report = build_report(
         config=config, method=method, plan=plan, before=before, after=after,
@@ -140,7 +150,8 @@ def _run(config: PruneConfig, replica: Replica) -> RunResult:
         baseline=fidelity(calib.eval_targets, calib.eval_targets, calib.kinds, calib.eval.labels),
         history=ctx.history, seconds=time.perf_counter() - started,
         samples={"train": len(calib.train), "holdout": calib.held_out, "has_labels": labels is not None,
-                 "synthetic": calib.train.synthetic, "loss": calib.loss.mode},
+                 "synthetic": calib.train.synthetic, "loss": calib.loss.mode,
+                 "fixed_batch": batch, "torch_batch": torch_batch, "batch_free_reshapes": freed},
         device=str(replica.device), world_size=replica.world,
     )
     add_layers(result.report, pruned, before, after)
@@ -152,11 +163,12 @@ def _run(config: PruneConfig, replica: Replica) -> RunResult:
     return result
 
 
-def _calibrate(config: PruneConfig, original: onnx.ModelProto, overrides, replica: Replica) -> _Calibration:
+def _calibrate(config: PruneConfig, original: onnx.ModelProto, overrides, replica: Replica,
+               batch: int = 1) -> _Calibration:
     """Load and validate the data, split the holdout, compute the teacher's targets once."""
     data = load_calibration(config.calib, original, overrides, config.labels, seed=config.train.seed,
                             image_options=config.image_options)
-    train_set, holdout = split_holdout(data, config.holdout, config.train.seed)
+    train_set, holdout = split_holdout(data, config.holdout, config.train.seed, multiple=batch)
     providers = None
     if replica.device.type == "cuda":  # each process's teacher on its own GPU
         providers = [("CUDAExecutionProvider", {"device_id": replica.device.index or 0}), "CPUExecutionProvider"]
@@ -180,32 +192,58 @@ def _check_out(config: PruneConfig) -> None:
             raise OnnxPruneError(f"{out}: directory {Path(out).parent} does not exist")
 
 
-def torch_outputs(module: torch.nn.Module, inputs, device: torch.device, batch: int = 512) -> list[np.ndarray]:
-    """The module's outputs as numpy, in graph-output order, evaluated in chunks."""
-    inputs = list(inputs)
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, len(inputs[0]), batch):
-            out = module(*[torch.from_numpy(np.ascontiguousarray(x[start:start + batch])).to(device)
-                           for x in inputs])
-            chunks.append([o.detach().cpu().numpy() for o in (out if isinstance(out, (tuple, list)) else (out,))])
-    return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+def _fixed_batches(original: onnx.ModelProto, imported, shapes):
+    """(the model's fixed batch or None, the batch the torch copy must train at or None, the
+    import to train, the Reshape targets rewritten for training); see docs/fixed-batch.md.
+
+    A fixed batch B means B samples per onnxruntime call. The torch copy trains on mini-batches
+    of --batch-size when it runs 2B samples at once as onnxruntime runs them B at a time. When a
+    Reshape target bakes B in, the import is redone with those targets reading 0 ("copy the
+    batch") and checked again; when that does not pass either (an Expand to B, say), it trains
+    and evaluates at B."""
+    batch = fixed_batch(original)
+    if batch is None:
+        return None, None, imported, []
+    ok, why = torch_batch_check(imported, batch)
+    if ok:
+        log.info("fixed batch %d: %s, so it trains on mini-batches", batch, why)
+        return batch, None, imported, []
+    freed_model, freed = free_batch_constants(imported.onnx_model, batch, imported.input_shapes)
+    if freed:
+        try:
+            candidate = import_model(freed_model, shapes)
+            ok, why_freed = torch_batch_check(candidate, batch)
+        except OnnxPruneError as exc:
+            ok, why_freed = False, str(exc)
+        if ok:
+            log.info("fixed batch %d: Reshape targets %s bake it in; trained with them reading 0 (copy the batch): "
+                     "%s", batch, freed, why_freed)
+            return batch, None, candidate, freed
+        why = f"{why}; with Reshape targets {freed} batch-free: {why_freed}"
+    log.warning("fixed batch %d: %s; it trains at batch %d (--batch-size is not used)", batch, why, batch)
+    return batch, batch, imported, []
+
+
+def torch_outputs(module: torch.nn.Module, inputs, device: torch.device, batch: int = 512,
+                  fixed: int | None = None) -> list[np.ndarray]:
+    """The module's outputs as numpy, in graph-output order, evaluated in chunks (of exactly
+    ``fixed`` samples for a module that runs only at its fixed batch)."""
+    return torch_in_slices(module, list(inputs), device, batch, fixed)
 
 
 def run_batched(model: onnx.ModelProto, inputs: dict[str, np.ndarray], batch: int = 512) -> list[np.ndarray]:
-    n = len(next(iter(inputs.values())))
-    chunks = [run_onnxruntime(model, {k: v[s:s + batch] for k, v in inputs.items()}) for s in range(0, n, batch)]
-    return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+    """onnxruntime over every sample, in chunks of ``batch`` or of the model's fixed batch."""
+    return run_in_slices(model, inputs, chunk=batch)
 
 
-def verify(model: onnx.ModelProto, module: torch.nn.Module, data: CalibrationSet) -> None:
+def verify(model: onnx.ModelProto, module: torch.nn.Module, data: CalibrationSet, fixed: int | None = None) -> None:
     """Checker (full) and onnxruntime vs the trained torch model, atol 1e-5 / rtol 1e-4."""
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise VerificationError(f"the pruned model fails the ONNX checker: {str(exc).splitlines()[0]}") from None
     sample = {k: v[:_VERIFY_SAMPLES] for k, v in data.inputs.items()}
-    expected = torch_outputs(module, sample.values(), torch.device("cpu"))
+    expected = torch_outputs(module, sample.values(), torch.device("cpu"), fixed=fixed)
     actual = run_batched(model, sample)
     what = "pruned model (onnxruntime) vs trained torch model"
     try:
@@ -214,19 +252,19 @@ def verify(model: onnx.ModelProto, module: torch.nn.Module, data: CalibrationSet
         # Training can scale outputs up (logits of 100+), where two correct float32 programs
         # differ by more than atol 1e-5. Accept only differences within 4x the torch model's
         # own float32 rounding (|float32 - float64|), the rule the import check uses too.
-        noise = _float32_noise(module, sample, expected)
+        noise = _float32_noise(module, sample, expected, fixed)
         if noise is None or any(np.abs(e - a).max() > 4 * n for e, a, n in zip(expected, actual, noise)):
             raise
         log.warning("pruned model matches within 4x float32 noise (%s), not atol 1e-5", noise)
 
 
 def _float32_noise(module: torch.nn.Module, sample: dict[str, np.ndarray],
-                   float32: list[np.ndarray]) -> list[float] | None:
+                   float32: list[np.ndarray], fixed: int | None = None) -> list[float] | None:
     """Per output, max |module(x) in float32 - the same module in float64|; None if it cannot run."""
     wide = copy.deepcopy(module).double()
     try:
         float64 = torch_outputs(wide, [v.astype(np.float64) if v.dtype == np.float32 else v
-                                       for v in sample.values()], torch.device("cpu"))
+                                       for v in sample.values()], torch.device("cpu"), fixed=fixed)
     except Exception:  # noqa: BLE001 -- no estimate: the strict rule stands
         return None
     return [float(np.abs(a.astype(np.float64) - b).max()) for a, b in zip(float32, float64)]

@@ -5,6 +5,8 @@ For every (provider, batch) pair the models are timed interleaved by
 ``speedup = p50(first) / p50(model)``. MACs and params are counted per sample on the graph by
 :func:`onnxprune.macs.count_macs` at the resolved input shapes (batch 1). Inputs are random
 (standard normal) unless ``--calib`` gives an .npz keyed by input name or a folder of images.
+A model with a fixed batch B (inputs declared [B, ...]) is measured at batch B, which is then the
+default of ``--batch``; another ``--batch`` is one error line (``docs/fixed-batch.md``).
 A GPU provider that cannot run here is named in one warning line on stderr and dropped; when no
 requested provider runs, the CPU is measured instead.
 """
@@ -21,6 +23,7 @@ import numpy as np
 import onnx
 
 from onnxprune import latency
+from onnxprune.batching import fixed_batch
 from onnxprune.calibration.images import image_options, load_image_folder
 from onnxprune.config import config_option, effective_config
 from onnxprune.errors import CalibrationError, OnnxPruneError, ShapeError
@@ -70,6 +73,8 @@ def _load(paths: tuple[str, ...], overrides: dict[str, tuple[int, ...]]) -> list
         names = {value.name for value in graph_inputs(model)}
         shapes = resolve_input_shapes(model, {k: v for k, v in overrides.items() if k in names})
         macs, params = _cost(model, shapes, label)
+        if macs is not None and fixed_batch(model):  # counted for one call of B samples
+            macs //= fixed_batch(model)
         entries.append(_Entry(label, str(path), model, shapes, macs, params, model_size_bytes(path)))
     unused = set(overrides) - {v.name for entry in entries for v in graph_inputs(entry.model)}
     if unused:
@@ -102,7 +107,7 @@ def _batched_shapes(entry: _Entry, batch: int) -> dict[str, tuple[int, ...]]:
         dynamic = len(dims) > 0 and not (dims[0].HasField("dim_value") and dims[0].dim_value > 0)
         out[value.name] = (batch, *shape[1:]) if dynamic else shape
         batchable |= dynamic
-    if not batchable and batch != 1:
+    if not batchable and batch != 1 and fixed_batch(entry.model) is None:
         raise ShapeError(f"{entry.label}: no input has a dynamic batch axis; --batch {batch} is not possible")
     return out
 
@@ -184,6 +189,11 @@ def command(ctx: click.Context, models, providers, batches, threads, seconds, mi
     if min_runs < 1 or seconds < 0 or warmup < 0:
         raise OnnxPruneError("--min-runs must be >= 1, --seconds and --warmup >= 0")
     entries = _load(models, parse_input_shapes(list(input_shape)))
+    protos, labels = [entry.model for entry in entries], [entry.label for entry in entries]
+    if ctx.get_parameter_source("batches") == click.core.ParameterSource.DEFAULT:
+        batches = [latency.resolve_batch(protos, None, "--batch", labels)]  # a fixed batch, or 1
+    for batch in batches:
+        latency.resolve_batch(protos, batch, "--batch", labels)  # one line on a batch a model cannot take
     providers = _usable_providers(_split_list(providers, "--providers", str.lower), threads)
     image_args = dict(mean=0.0 if mean is None else mean, std=1.0 if std is None else std,
                       channel_order=channel_order, layout=layout)
