@@ -235,7 +235,8 @@ def free_batch_constants(model: onnx.ModelProto, batch: int,
     instead ("copy the input's first dimension", which equals ``batch`` in the original). The
     exporters write ``x.view(x.size(0), -1)`` at a fixed batch as Reshape(x, [B, -1]).
 
-    Returns (copy, names of the rewritten initializers). Expand targets are left alone: an Expand
+    Returns (copy, the outputs of the Reshapes whose targets were rewritten: value names, which
+    the passes keep while they may rename an edited target). Expand targets are left alone: an Expand
     to [B, ...] of a [1, ...] tensor has no batch-free spelling. :func:`torch_batch_check` on the
     copy's import decides whether the rewrite is enough; :func:`restore_batch_constants` puts B
     back into the pruned graph.
@@ -263,28 +264,32 @@ def free_batch_constants(model: onnx.ModelProto, batch: int,
         data = shapes.get(node.input[0])
         return target.ndim == 1 and target.size > 0 and int(target[0]) == batch and bool(data) and data[0] == batch
 
-    names = sorted({node.input[1] for node in model.graph.node if qualifies(node)
-                    and all(qualifies(user) for user in consumers[node.input[1]])})
-    if not names:
+    reshapes = [node for node in model.graph.node if qualifies(node)
+                and all(qualifies(user) for user in consumers[node.input[1]])]
+    if not reshapes:
         return model, []
+    targets = {node.input[1] for node in reshapes}
     out = onnx.ModelProto()
     out.CopyFrom(model)
     for init in out.graph.initializer:
-        if init.name in names:
+        if init.name in targets:
             value = numpy_helper.to_array(init).copy()
             value[0] = 0
             init.CopyFrom(numpy_helper.from_array(value, init.name))
-    return out, names
+    return out, sorted(node.output[0] for node in reshapes)
 
 
-def restore_batch_constants(model: onnx.ModelProto, names: Sequence[str], batch: int) -> onnx.ModelProto:
-    """Undo :func:`free_batch_constants` in ``model`` (in place, returned): the rewritten Reshape
-    targets that still start with 0 start with ``batch`` again."""
+def restore_batch_constants(model: onnx.ModelProto, outputs: Sequence[str], batch: int) -> onnx.ModelProto:
+    """Undo :func:`free_batch_constants` in ``model`` (in place, returned): the targets of the
+    Reshapes producing ``outputs`` that start with 0 start with ``batch`` again (under whatever
+    name the passes gave an edited target)."""
     from onnx import numpy_helper
 
-    wanted = set(names)
+    wanted = set(outputs)
+    targets = {node.input[1] for node in model.graph.node
+               if node.op_type == "Reshape" and node.output and node.output[0] in wanted and len(node.input) > 1}
     for init in model.graph.initializer:
-        if init.name in wanted:
+        if init.name in targets:
             value = numpy_helper.to_array(init).copy()
             if value.ndim == 1 and value.size and int(value[0]) == 0:
                 value[0] = batch

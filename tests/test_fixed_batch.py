@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import onnx
 import pytest
+from onnx import numpy_helper
 import torch
 from torch import nn
 
@@ -47,8 +48,9 @@ class Net(nn.Module):
     """Conv-BN-ReLU, a residual Conv-BN, MaxPool, then a classifier:
 
     * ``flat``: on ``torch.flatten`` (exported as Flatten: any batch);
-    * ``view``: on ``x.view(x.size(0), -1)`` (the exporter folds it into a Reshape to the
-      constant [B, -1]: the batch is baked in, and the rewrite for training takes it out);
+    * ``view``: on ``x.reshape(x.size(0), 256)`` (the exporter folds it into a Reshape to the
+      constant [B, 256]: the batch is baked in, and the rewrite for training takes it out; the
+      passes edit the 256 when channels go);
     * ``expand``: as flat, with ``extra.expand(x.size(0), 2)`` concatenated to the logits (an
       Expand to the constant [B, 2]: only the fixed batch runs, so it trains at B).
     """
@@ -65,8 +67,8 @@ class Net(nn.Module):
     def forward(self, x):
         x = self.stem(x)
         x = self.pool(torch.relu(x + self.block(x)))
-        if self.mode == "view":
-            return self.fc(x.view(x.size(0), -1))
+        if self.mode == "view":  # an explicit size: the passes edit the target when channels go
+            return self.fc(x.reshape(x.size(0), 16 * 4 * 4))
         logits = self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
         if self.mode == "expand":
             return torch.cat([logits, self.extra.expand(x.size(0), -1)], 1)
@@ -140,12 +142,13 @@ def test_the_torch_copy_trains_on_mini_batches_unless_a_constant_bakes_the_batch
             np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
             freed, names = free_batch_constants(baked.onnx_model, batch, baked.input_shapes)
             assert bool(names) == (mode == "view")  # only a Reshape target is rewritten
-            if names:  # the Reshape [B, -1] reads [0, -1]: the copy takes any batch
+            if names:  # the Reshape [B, 256] reads [0, 256]: the copy takes any batch
                 ok, why = torch_batch_check(import_model(freed), batch)
                 assert ok, why
                 restored = restore_batch_constants(freed, names, batch)
-                assert [i for i in restored.graph.initializer if i.name == names[0]][0] == \
-                    [i for i in baked.onnx_model.graph.initializer if i.name == names[0]][0]
+                (reshape,) = [n for n in restored.graph.node if n.output[0] == names[0]]
+                target = {i.name: numpy_helper.to_array(i) for i in restored.graph.initializer}[reshape.input[1]]
+                assert target.tolist() == [batch, 256]
 
 
 def test_calibration_counts_are_fitted_to_the_fixed_batch(models, caplog):
@@ -190,7 +193,11 @@ def _prune(models, tmp_path, batch, mode, method, calib=None, *extra):
     code = main([str(models[batch, mode]), "--method", method, *METHODS[method], "--calib",
                  calib or str(models["calib"]), "--out", str(out), "--report", str(report), *FAST, *extra])
     assert code == 0
-    _check_written(out, batch, OUTPUTS[mode])
+    written = _check_written(out, batch, OUTPUTS[mode])
+    targets = {i.name: numpy_helper.to_array(i) for i in written.graph.initializer}
+    for node in written.graph.node:  # the Reshape trained batch-free reads the fixed batch again
+        if node.op_type == "Reshape":
+            assert int(targets[node.input[1]][0]) == batch
     data = json.loads(report.read_text())
     samples = data["calibration"]
     assert samples["fixed_batch"] == batch and samples["holdout"] % batch == 0
