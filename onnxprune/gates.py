@@ -7,6 +7,13 @@
     --min-speedup S         p50(original) / p50(pruned), same provider,
                             measured interleaved                              >= S
 
+One gate is on by default, the collapse check (``--collapse-agreement``, ``--collapse-error``):
+a model whose holdout top-1 agreement with the original is below 0.5 (models with a class-logits
+output), or whose relative output error ||y - y0|| / ||y0|| is above 0.5 (models without one),
+has collapsed, not degraded: a pruned ImageNet MobileNetV2 that gave one class for every input
+(8% agreement) used to be reported as success. 0 switches either check off. Relative error is
+not used on logits: training rescales them (digits samples: 99% agreement at rel. error 0.46).
+
 Fractions are fractions (``--min-fidelity 0.98``, ``--max-accuracy-drop 0.01`` = one point).
 Figures come from the run report: ``report["pruned"]["top1_agreement"]``,
 ``report["accuracy_drop"]`` and ``report["latency"]`` (written by :func:`measure_before_after`).
@@ -35,6 +42,8 @@ from onnxprune.errors import GateFailedError, OnnxPruneError
 log = logging.getLogger(__name__)
 
 LATENCY_BATCH = 1  # rows per timed call unless --latency-batch says otherwise
+COLLAPSE_AGREEMENT = 0.5  # default collapse check (module docstring); 0 = off
+COLLAPSE_ERROR = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,9 +54,11 @@ class Gates:
     max_accuracy_drop: float | None = None
     max_latency_ms: float | None = None
     min_speedup: float | None = None
+    collapse_agreement: float | None = COLLAPSE_AGREEMENT
+    collapse_error: float | None = COLLAPSE_ERROR
 
     def __post_init__(self) -> None:
-        for name in ("min_fidelity", "max_accuracy_drop"):
+        for name in ("min_fidelity", "max_accuracy_drop", "collapse_agreement", "collapse_error"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise OnnxPruneError(f"--{name.replace('_', '-')} {value}: expected a fraction in [0, 1]")
@@ -108,7 +119,7 @@ def evaluate_gates(gates: Gates, report: Mapping[str, Any]) -> list[GateResult]:
         ("--max-latency-ms", gates.max_latency_ms, after.get("p50_ms"), "ms", "latency was not measured"),
         ("--min-speedup", gates.min_speedup, latency.get("speedup"), "x", "latency was not measured"),
     ]
-    results = []
+    results = _collapse_checks(gates, pruned)
     for name, threshold, measured, unit, why in checks:
         if threshold is None:
             continue
@@ -121,6 +132,21 @@ def evaluate_gates(gates: Gates, report: Mapping[str, Any]) -> list[GateResult]:
     return results
 
 
+def _collapse_checks(gates: Gates, pruned: Mapping[str, Any]) -> list[GateResult]:
+    """The default collapse check: top-1 agreement where there are class logits, else the
+    relative output error; nothing when the figure is absent or the check is off."""
+    agreement, error = pruned.get("top1_agreement"), pruned.get("rel_error")
+    if agreement is not None:
+        if not gates.collapse_agreement:
+            return []
+        return [GateResult("--collapse-agreement", gates.collapse_agreement, float(agreement),
+                           float(agreement) >= gates.collapse_agreement, "", "collapse")]
+    if error is not None and gates.collapse_error:
+        return [GateResult("--collapse-error", gates.collapse_error, float(error),
+                           float(error) <= gates.collapse_error, "", "collapse")]
+    return []
+
+
 def record_gates(report: dict[str, Any], results: Sequence[GateResult]) -> None:
     """Adds ``gates`` (one dict per gate) and ``status`` ("accepted" / "rejected") to the report."""
     report["gates"] = [r.to_dict() for r in results]
@@ -130,6 +156,11 @@ def record_gates(report: dict[str, Any], results: Sequence[GateResult]) -> None:
 def enforce(results: Sequence[GateResult]) -> None:
     """Raises GateFailedError (exit code 3) naming every missed gate and its figures."""
     missed = [r for r in results if not r.passed]
+    collapsed = [r for r in missed if r.note == "collapse"]
+    if collapsed:
+        raise GateFailedError(f"the pruned model has collapsed ({collapsed[0].describe(verdict=False)}); "
+                              f"it was not written as the output. Try more epochs, more calibration data, a "
+                              f"milder target or a lower --lr; {collapsed[0].name} 0 switches this check off")
     if missed:
         raise GateFailedError(f"{len(missed)} of {len(results)} gates missed: "
                               + "; ".join(r.describe(verdict=False) for r in missed))

@@ -60,8 +60,10 @@ def test_passing_gates_write_the_model(run, tmp_path):
     report, written, results = _conclude(run, tmp_path, Gates(min_fidelity=fidelity, max_latency_ms=1e3))
     assert written == tmp_path / "small.onnx" and written.exists()
     assert not rejected_path(written).exists()
-    assert [(r.name, r.passed) for r in results] == [("--min-fidelity", True), ("--max-latency-ms", True)]
-    assert results[0].measured == fidelity and results[1].measured == report["latency"]["after"]["p50_ms"]
+    # the default collapse check comes first
+    assert [(r.name, r.passed) for r in results] == [("--collapse-agreement", True), ("--min-fidelity", True),
+                                                     ("--max-latency-ms", True)]
+    assert results[1].measured == fidelity and results[2].measured == report["latency"]["after"]["p50_ms"]
     enforce(results)  # nothing missed: no exception
     stored = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert stored["status"] == "accepted" and stored["output"] == str(written)
@@ -77,7 +79,7 @@ def test_a_missed_gate_rejects_the_model_and_exits_3(run, tmp_path):
     assert not (tmp_path / "small.onnx").exists()  # --out is not written
     assert written == tmp_path / "small.rejected.onnx"
     assert onnx.load(str(written)).SerializeToString() == result.model.SerializeToString()
-    assert [r.passed for r in results] == [fidelity >= above, True, False]
+    assert [r.passed for r in results] == [True, fidelity >= above, True, False]  # collapse check first
     stored = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert stored["status"] == "rejected" and stored["output"] is None
     assert stored["rejected_output"] == str(written)
@@ -99,8 +101,8 @@ def test_an_unmeasurable_gate_is_missed(tmp_path, sample_models_dir):
     np.savez(tmp_path / "unlabelled.npz", image=digits["image"][:256])
     config = _config(sample_models_dir, tmp_path / "small.onnx", tmp_path / "run.json", tmp_path / "unlabelled.npz")
     result, results = ci.run(config, ci.CiOptions(gates=Gates(max_accuracy_drop=0.5)))
-    assert [(r.measured, r.passed) for r in results] == [(None, False)]
-    assert "no labels" in results[0].note
+    assert [(r.name, r.passed) for r in results] == [("--collapse-agreement", True), ("--max-accuracy-drop", False)]
+    assert results[1].measured is None and "no labels" in results[1].note
     assert result.written == tmp_path / "small.rejected.onnx" and not (tmp_path / "small.onnx").exists()
     stored = json.loads((tmp_path / "run.json").read_text())  # a .json report stays one file
     assert stored["status"] == "rejected"
@@ -260,7 +262,8 @@ def test_example_workflow_command_runs(tmp_path, sample_models_dir, monkeypatch)
             code = exc.exit_code
     stored = json.loads((tmp_path / "shrink-report" / "report.json").read_text())
     accepted = all(g["passed"] for g in stored["gates"])
-    assert [g["name"] for g in stored["gates"]] == ["--min-fidelity", "--max-accuracy-drop", "--min-speedup"]
+    assert [g["name"] for g in stored["gates"]] == ["--collapse-agreement", "--min-fidelity", "--max-accuracy-drop",
+                                                    "--min-speedup"]
     assert code == (0 if accepted else 3)
     assert (tmp_path / "classifier-small.onnx").exists() == accepted
     assert (tmp_path / "classifier-small.rejected.onnx").exists() == (not accepted)

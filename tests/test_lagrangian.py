@@ -91,7 +91,10 @@ def test_allocation_ignores_the_weights_scale_while_magnitude_does_not():
         magnitude = MagnitudeChannels(target_macs="0.5", channel_multiple=1)
         run("mlp", magnitude, epochs=1, lr=1e-7, original=_rescaled_mlp(a), n_train=64)
         counts[a, "magnitude"] = {g: int(m.sum()) for g, m in magnitude.masks.items()}
-    assert all(abs(counts[1.0][g] - counts[10.0][g]) <= 1 for g in counts[1.0]), counts
+    # invariant in exact arithmetic; float rounding in the gates' Adam steps moves a few channels
+    # (measured 10 of 300 in fc1, 3 of 100 in fc2); magnitude's allocation moves by 144 and 72
+    sizes = {"fc1.weight": 300, "fc2.weight": 100}
+    assert all(abs(counts[1.0][g] - counts[10.0][g]) <= 0.05 * sizes[g] for g in sizes), counts
     assert counts[1.0, "magnitude"] != counts[10.0, "magnitude"], counts
 
 

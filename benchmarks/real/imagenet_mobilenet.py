@@ -1,0 +1,125 @@
+"""Model (c) of the real benchmark: the ImageNet MobileNetV2 itself, label-free, on real photos.
+
+    python benchmarks/real/imagenet_mobilenet.py [--exporter torchscript] [--target 0.5]
+        [--calib 512] [--eval 256] [--epochs 3] [--lr 1e-5] [--methods uniform,magnitude,lagrangian]
+
+Calibration: random-resized 224 px crops of one half of the real photos (Debian opencv-doc and
+python3-skimage, split by a hash of the file name); evaluation: crops of the other half, never
+trained on. Loss: distillation from the original's logits (no labels). Every method gets the same
+data, epochs, batch and learning rate, and the same export (gates folded, channels removed by
+the passes, the result checked and verified against the trained torch model by onnxruntime).
+
+Printed per method: top-1 agreement and top-5 overlap with the original on the evaluation crops,
+the number of distinct top-1 classes (a collapsed model answers one class), MACs and params
+fractions, prune wall time and peak RSS (each method runs in its own process). ``uniform`` and
+``magnitude`` are the channel baselines of :mod:`onnxprune.methods.channel_baselines`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+
+from assets import AssetMissing, cache_dir, photo_crops, photo_paths, split_photos  # noqa: E402
+
+
+def crops(calib: int, evaluate: int) -> tuple[Path, Path]:
+    """The calibration and evaluation crops as .npz files in the cache (built once)."""
+    train_path, eval_path = cache_dir() / f"photos_calib_{calib}.npz", cache_dir() / f"photos_eval_{evaluate}.npz"
+    if not (train_path.exists() and eval_path.exists()):
+        train_photos, eval_photos = split_photos(photo_paths())
+        np.savez(train_path, image=photo_crops(train_photos, calib, seed=0))
+        np.savez(eval_path, image=photo_crops(eval_photos, evaluate, seed=1))
+    return train_path, eval_path
+
+
+def make_method(name: str, target: float):
+    from onnxprune.methods.base import registry
+    from onnxprune.methods.channel_baselines import MagnitudeChannels, UniformChannels
+
+    baselines = {"uniform": UniformChannels, "magnitude": MagnitudeChannels}
+    if name in baselines:
+        return baselines[name](target_macs=str(target))
+    options = {"target_macs": str(target)}
+    if name in ("lc", "ltp"):
+        options["granularity"] = "channel"
+    return registry()[name](**options)
+
+
+def run_one(args) -> dict:
+    import onnx
+    import torch
+
+    from models import imagenet_mobilenet_v2
+    from structured_harness import prepare, prune
+    from onnxprune.batching import run_in_slices
+    from onnxprune.training import TrainConfig
+
+    torch.set_num_threads(args.threads)
+    calib, evaluate = crops(args.calib, args.eval)
+    model = imagenet_mobilenet_v2(args.exporter)
+    started = time.perf_counter()
+    setup = prepare(model, str(calib), {}, test=str(evaluate))
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, quiet=True)
+    result = prune(setup, make_method(args.one, args.target), config)
+    seconds = time.perf_counter() - started
+    out, ref = run_in_slices(result["pruned"], setup.test_set.inputs)[0], setup.teacher_test[0]
+    top5 = lambda x: np.argsort(-x, axis=1)[:, :5]  # noqa: E731
+    overlap = float(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(top5(out), top5(ref))]))
+    onnx.save(result["pruned"], cache_dir() / f"pruned_{args.exporter}_{args.one}_{args.target}.onnx")
+    return {"method": args.one, "agreement": result["agreement"], "top5_overlap": overlap,
+            "classes": int(len(set(out.argmax(1)))), "classes_original": int(len(set(ref.argmax(1)))),
+            "macs_frac": result["macs_frac"], "params_frac": result["params_frac"], "seconds": seconds,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--exporter", default="torchscript", choices=("torchscript", "dynamo"))
+    parser.add_argument("--target", type=float, default=0.5)
+    parser.add_argument("--calib", type=int, default=512)
+    parser.add_argument("--eval", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--methods", default="uniform,magnitude,lagrangian")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one method, print JSON
+    args = parser.parse_args()
+    try:
+        if args.one:
+            print(json.dumps(run_one(args)))
+            return
+        crops(args.calib, args.eval)
+    except AssetMissing as exc:
+        sys.exit(f"skipped: {exc}")
+    print(f"ImageNet MobileNetV2 ({args.exporter}), label-free, {args.calib} calibration crops, {args.eval} "
+          f"evaluation crops of other photos, {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, "
+          f"target {args.target:.0%} MACs")
+    print("| method | top-1 agreement | top-5 overlap | classes | MACs | params | time s | peak RSS MB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name in args.methods.split(","):
+        argv = [sys.executable, __file__, *sys.argv[1:], "--one", name]
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"| {name} | failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else '?'} |")
+            continue
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"| {name} | {r['agreement']:.3f} | {r['top5_overlap']:.3f} | {r['classes']}/{r['classes_original']} "
+              f"| {r['macs_frac']:.3f} | {r['params_frac']:.3f} | {r['seconds']:.0f} | {r['peak_rss_mb']:.0f} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
