@@ -36,6 +36,7 @@ from onnxprune.shapes import graph_inputs
 log = logging.getLogger(__name__)
 
 _PROTO_LIMIT = 2**31 - 2**25  # protobuf cannot serialize 2 GiB; larger models go through a file
+_ALLOWZERO = "onnxprune.allowzero"  # marks a Reshape whose allowzero=1 the batch rewrite set to 0
 
 
 def fixed_batch(model: onnx.ModelProto) -> int | None:
@@ -231,8 +232,9 @@ def torch_batch_check(imported, batch: int, seed: int = 0) -> tuple[bool, str]:
 def free_batch_constants(model: onnx.ModelProto, batch: int,
                          input_shapes: dict[str, tuple[int, ...]]) -> tuple[onnx.ModelProto, list[str]]:
     """A copy of ``model`` for training on any batch: every Reshape whose target is an initializer
-    starting with ``batch``, applied to data whose first dimension is ``batch``, gets 0 there
-    instead ("copy the input's first dimension", which equals ``batch`` in the original). The
+    starting with ``batch`` (and holding no 0), applied to data whose first dimension is
+    ``batch``, gets 0 there instead ("copy the input's first dimension", which equals ``batch`` in
+    the original; an ``allowzero=1``, which the dynamo exporter writes, becomes 0 for it). The
     exporters write ``x.view(x.size(0), -1)`` at a fixed batch as Reshape(x, [B, -1]).
 
     Returns (copy, the outputs of the Reshapes whose targets were rewritten: value names, which
@@ -258,11 +260,11 @@ def free_batch_constants(model: onnx.ModelProto, batch: int,
     def qualifies(node: onnx.NodeProto) -> bool:
         if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in inits:
             return False
-        if any(a.name == "allowzero" and a.i for a in node.attribute):
-            return False
         target = numpy_helper.to_array(inits[node.input[1]])
+        if target.ndim != 1 or target.size == 0 or int(target[0]) != batch or (target == 0).any():
+            return False  # (a 0 elsewhere: with allowzero it is a literal 0, which 0 for the batch cannot join)
         data = shapes.get(node.input[0])
-        return target.ndim == 1 and target.size > 0 and int(target[0]) == batch and bool(data) and data[0] == batch
+        return bool(data) and data[0] == batch
 
     reshapes = [node for node in model.graph.node if qualifies(node)
                 and all(qualifies(user) for user in consumers[node.input[1]])]
@@ -276,7 +278,14 @@ def free_batch_constants(model: onnx.ModelProto, batch: int,
             value = numpy_helper.to_array(init).copy()
             value[0] = 0
             init.CopyFrom(numpy_helper.from_array(value, init.name))
-    return out, sorted(node.output[0] for node in reshapes)
+    outputs = {node.output[0] for node in reshapes}
+    for node in out.graph.node:  # the dynamo exporter writes allowzero=1: 0 must mean "copy"
+        if node.op_type == "Reshape" and node.output[0] in outputs:
+            for attr in node.attribute:
+                if attr.name == "allowzero" and attr.i:
+                    attr.i = 0
+                    node.metadata_props.add(key=_ALLOWZERO, value="1")
+    return out, sorted(outputs)
 
 
 def restore_batch_constants(model: onnx.ModelProto, outputs: Sequence[str], batch: int) -> onnx.ModelProto:
@@ -286,8 +295,18 @@ def restore_batch_constants(model: onnx.ModelProto, outputs: Sequence[str], batc
     from onnx import numpy_helper
 
     wanted = set(outputs)
-    targets = {node.input[1] for node in model.graph.node
-               if node.op_type == "Reshape" and node.output and node.output[0] in wanted and len(node.input) > 1}
+    reshapes = [node for node in model.graph.node
+                if node.op_type == "Reshape" and node.output and node.output[0] in wanted and len(node.input) > 1]
+    targets = {node.input[1] for node in reshapes}
+    for node in reshapes:  # allowzero=1 as the original had it (the target holds no 0 now)
+        marks = [p for p in node.metadata_props if p.key == _ALLOWZERO]
+        if marks:
+            kept = [p for p in node.metadata_props if p.key != _ALLOWZERO]
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+            for attr in node.attribute:
+                if attr.name == "allowzero":
+                    attr.i = 1
     for init in model.graph.initializer:
         if init.name in targets:
             value = numpy_helper.to_array(init).copy()

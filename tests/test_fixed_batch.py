@@ -244,3 +244,34 @@ def test_inspect_apply_and_bench_take_fixed_batch_models(models, tmp_path, capsy
     assert main(["bench", str(original), str(small), "--batch", str(other), *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--batch {other}:" in err and f"a fixed batch of {batch}" in err
+
+
+def test_the_default_exporter_at_batch_1(tmp_path):
+    """torch.onnx.export's default (dynamo) exporter writes flatten as Reshape(x, [1, 16]) with
+    allowzero=1: rewritten to [0, 16] with allowzero=0 for training, written back as it was."""
+    torch.manual_seed(0)
+    path = tmp_path / "dynamo_b1.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(Net("flat").eval(), (torch.randn(1, 3, 8, 8),), dynamo=True, verbose=False)
+    program.save(str(path))
+    model = onnx.load(str(path))
+    (name,) = [value.name for value in model.graph.input]
+    reshapes = [n for n in model.graph.node if n.op_type == "Reshape"]
+    assert fixed_batch(model) == 1 and reshapes and all(a.i == 1 for n in reshapes for a in n.attribute
+                                                          if a.name == "allowzero")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", **{name: rng.standard_normal((16, 3, 8, 8)).astype(np.float32)})
+    out, report = tmp_path / "small.onnx", tmp_path / "run.json"
+    assert main([str(path), "--method", "lagrangian", "--target-macs", "0.6", "--calib", str(tmp_path / "calib.npz"),
+                 "--out", str(out), "--report", str(report), *FAST]) == 0
+    samples = json.loads(report.read_text())["calibration"]
+    assert samples["torch_batch"] is None and samples["batch_free_reshapes"]  # mini-batches after the rewrite
+    written = onnx.load(str(out))
+    onnx.checker.check_model(written, full_check=True)
+    targets = {i.name: numpy_helper.to_array(i) for i in written.graph.initializer}
+    for node in written.graph.node:
+        if node.op_type == "Reshape":
+            assert int(targets[node.input[1]][0]) == 1
+            assert [a.i for a in node.attribute if a.name == "allowzero"] == [1]
+            assert all(p.key != "onnxprune.allowzero" for p in node.metadata_props)
