@@ -17,11 +17,12 @@ import numpy as np
 import onnx
 import torch
 
-from onnxprune.batching import fixed_batch, pad_to_multiple, run_in_slices, torch_batch_check, torch_in_slices
+from onnxprune.batching import fixed_batch, pad_to_multiple, restore_batch_constants, run_in_slices, torch_in_slices
 from onnxprune.calibration import TaskLoss, fidelity, load_calibration, output_kinds, split_holdout, teacher_outputs
 from onnxprune.importer import import_model
 from onnxprune.macs import count_macs
 from onnxprune.passes import apply_plan
+from onnxprune.pipeline import _fixed_batches
 from onnxprune.passes.groups import analyze
 from onnxprune.verify import assert_close
 from onnxprune.training import TrainConfig, TrainData, prunable_weights, train
@@ -58,15 +59,16 @@ def prune(setup: Setup, method, config: TrainConfig, verify_result: bool = True)
     """Train ``method`` (an instance) and apply its plan; returns figures and the objects."""
     started = time.perf_counter()
     imported = import_model(setup.original, setup.shapes)
+    # a fixed batch as the pipeline takes it (docs/fixed-batch.md): mini-batches where the torch
+    # copy allows them (after a batch-free rewrite of Reshape targets), else the fixed batch
+    batch, torch_batch, imported, freed = _fixed_batches(setup.original, imported, setup.shapes)
     analysis = None if set(method.granularities) <= {"weight"} else analyze(imported.onnx_model, setup.shapes)
     labels = setup.train_set.labels
     loss_fn = TaskLoss(setup.kinds, None, labels is not None)
     to_t = lambda arrays: [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]  # noqa: E731
     data = TrainData(to_t(setup.train_set.inputs.values()), to_t(setup.teacher_train),
                      None if labels is None else torch.from_numpy(labels))
-    batch, torch_batch = fixed_batch(setup.original), None  # as the pipeline: see onnxprune.batching
-    if batch is not None and not torch_batch_check(imported, batch)[0]:
-        torch_batch = batch  # a constant bakes the batch in: train and evaluate at it
+    if torch_batch is not None:  # a constant bakes the batch in: train and evaluate at it
         *columns, label_column = pad_to_multiple([*data.inputs, *data.targets, data.labels], batch)
         data = TrainData(columns[:len(data.inputs)], columns[len(data.inputs):], label_column)
         config = dataclasses.replace(config, batch_size=batch)
@@ -80,6 +82,8 @@ def prune(setup: Setup, method, config: TrainConfig, verify_result: bool = True)
     plan = method.finalize(ctx)
     imported.module.eval()
     pruned = apply_plan(write_back(imported), plan, setup.shapes)
+    if freed:
+        pruned = restore_batch_constants(pruned, freed, batch)
     ort_out = run_in_slices(pruned, setup.test_set.inputs)  # calls of the fixed batch, if any
     if verify_result:  # the checker, and onnxruntime on the pruned graph = the trained torch model
         onnx.checker.check_model(pruned, full_check=True)
