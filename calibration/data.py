@@ -91,7 +91,9 @@ def load_calibration(
     file_labels = arrays.pop(LABELS_KEY, None)
     if labels is not None:
         file_labels = _read_array(Path(labels), "--labels")
-    return validate(arrays, file_labels, specs, str(source))
+    data = validate(arrays, file_labels, specs, str(source))
+    check_index_inputs(data, model)
+    return data
 
 
 def _input_specs(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]]) -> list[_Spec]:
@@ -132,6 +134,13 @@ def _read_source(path: Path, specs: list[_Spec]) -> dict[str, np.ndarray]:
         for part, file in zip(parts, files):
             if set(part) != keys:
                 raise CalibrationError(f"--calib {file}: keys {sorted(part)} differ from {sorted(keys)}")
+            for key in part:  # one sample shape and dtype per key across the folder
+                first, this = np.asarray(parts[0][key]), np.asarray(part[key])
+                if this.shape[1:] != first.shape[1:] or this.ndim != first.ndim or this.dtype != first.dtype:
+                    raise CalibrationError(
+                        f"--calib {path}: {file.name} holds {key!r} as {this.dtype} {list(this.shape)}, but "
+                        f"{files[0].name} as {first.dtype} {list(first.shape)}; every file in the folder must "
+                        f"hold samples of one shape and dtype")
         return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
     return _read_file(path, specs)
 
@@ -230,7 +239,12 @@ def _check_array(array: np.ndarray, spec: _Spec) -> np.ndarray:
         raise CalibrationError(f"{where} is empty (shape {list(array.shape)}), expected {spec.describe()}")
     if array.dtype != spec.dtype:
         if array.dtype.kind == "f" and spec.dtype.kind == "f":
-            log.info("casting %s from %s to %s", where, array.dtype, spec.dtype)
+            # float64 (numpy's default) to float32 is routine; any other width (float16 data,
+            # a float16 model) is cast too, with a warning. Values the cast overflows become
+            # inf and are refused below.
+            routine = array.dtype == np.float64 and spec.dtype == np.float32
+            (log.info if routine else log.warning)("casting %s from %s to %s (the model's input type)",
+                                                   where, array.dtype, spec.dtype)
             array = array.astype(spec.dtype)
         else:
             raise CalibrationError(f"{where} has dtype {array.dtype}, expected {spec.describe()}")
@@ -285,3 +299,62 @@ def split_holdout(
         return data, None
     order = np.random.default_rng(seed).permutation(n)
     return data.subset(np.sort(order[n_hold:])), data.subset(np.sort(order[:n_hold]))
+
+
+# ops that pass integer values through unchanged (an index input may reach its Gather through them)
+_PASS_THROUGH = {"Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten"}
+
+
+def check_index_inputs(data: CalibrationSet, model: onnx.ModelProto) -> None:
+    """Integer inputs that index a table (token ids into an embedding: ``Gather(table, ids)``,
+    directly or through Cast/Reshape/...) must lie within it, ``[-rows, rows)`` on the gathered
+    axis, as onnxruntime requires; one CalibrationError line names the input, the largest id and
+    the table."""
+    tables = {init.name: list(init.dims) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            tables[node.output[0]] = list(node.attribute[0].t.dims)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for name, array in data.inputs.items():
+        if array.dtype.kind not in "iu" or array.size == 0:
+            continue
+        low, high = int(array.min()), int(array.max())
+        frontier, seen = [name], set()
+        while frontier:
+            value = frontier.pop()
+            if value in seen:
+                continue
+            seen.add(value)
+            for node in consumers.get(value, []):
+                if node.op_type in _PASS_THROUGH and node.input[0] == value:
+                    frontier.extend(node.output)
+                elif node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == value:
+                    dims = tables.get(node.input[0])
+                    if not dims:
+                        continue
+                    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                    rows = dims[axis % len(dims)]
+                    if low < -rows or high >= rows:
+                        bad = high if high >= rows else low
+                        raise CalibrationError(
+                            f"calibration input {name!r} holds index {bad} (range {low}..{high}), but Gather "
+                            f"{node.name or node.output[0]!r} indexes {node.input[0]!r} with {rows} rows on axis "
+                            f"{axis}: ids must lie in [-{rows}, {rows - 1}]")
+
+
+def check_labels(labels: np.ndarray | None, targets, kinds) -> None:
+    """Labels are class ids: non-negative and below the class count of the first [N, C] logits
+    output (the one cross-entropy and accuracy use); one CalibrationError line otherwise."""
+    if labels is None or len(labels) == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0:
+        raise CalibrationError(f"labels: class ids must be >= 0; found {low} ({int((labels < 0).sum())} negative)")
+    logits = next((t for t, kind in zip(targets, kinds) if kind == "logits"), None)
+    if logits is not None and high >= logits.shape[1]:
+        classes = logits.shape[1]
+        raise CalibrationError(f"labels: class id {high} is out of range for the model's {classes} classes "
+                               f"(ids 0..{classes - 1}); {int((labels >= classes).sum())} labels are too large")

@@ -32,6 +32,7 @@ from onnxprune import latency_target
 from onnxprune.errors import OnnxPruneError
 from onnxprune.gates import GateResult, Gates, evaluate_gates, measure_before_after, record_gates, rejected_path
 from onnxprune.latency import PROVIDERS
+from onnxprune.outputs import RunOutputs, fault_point, report_kind
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +87,22 @@ class CiOptions:
 def run(config, ci: CiOptions) -> tuple[Any, list[GateResult]]:
     """The gated prune run (module docstring); ``config`` is a ``pipeline.PruneConfig``.
     Returns the pipeline's RunResult (``written`` = where the model went) and the gate results."""
+    trail = config.method_options.get("trail")
+    outputs = run_outputs(config.model, config.out, config.report, trail, rejected=ci.gates.active)
+    outputs.check()  # every output path, before any work
+    with outputs:  # the model, the report and the trail: all of them at the end, or nothing
+        return _run(config, ci, outputs)
+
+
+def _run(config, ci: CiOptions, outputs: RunOutputs) -> tuple[Any, list[GateResult]]:
     from onnxprune import pipeline
 
-    check_paths(config.model, config.out, config.report)
     _check_latency_target(config, ci)
     ci = _check_provider(config, ci)
     ci = _check_batch(config, ci)
-    inner = dataclasses.replace(config, out=None, report=None)
+    trail = config.method_options.get("trail")  # the method writes it into a staged folder
+    staging = {**config.staging, "trail": os.fspath(outputs.staged(trail))} if trail else config.staging
+    inner = dataclasses.replace(config, out=None, report=None, staging=staging)
     if ci.target_latency_ms is None:
         result = pipeline.run(inner)
         original = config.model  # read again only if latency is measured
@@ -111,7 +121,7 @@ def run(config, ci: CiOptions) -> tuple[Any, list[GateResult]]:
         result.report, original=original, normalized=result.imported.onnx_model, pruned=result.model,
         feeds=result.imported.sample_inputs(), out=config.out, input_path=config.model,
         report_path=config.report, ci=ci, sparse_storage=config.sparse_storage,
-        time_latency=_is_unstructured(config))
+        time_latency=_is_unstructured(config), outputs=outputs)
     return result, results
 
 
@@ -134,19 +144,25 @@ def _original_and_feeds(config) -> tuple[onnx.ModelProto, dict[str, Any]]:
     return original, random_feeds(original, resolve_input_shapes(original, parse_input_shapes(config.input_shapes)))
 
 
-def check_paths(model: str | os.PathLike, out: str | os.PathLike | None, report: str | os.PathLike | None) -> None:
-    """Refuses, before any work, an output that is the input or lies in a missing directory, and
-    a report folder (no .json suffix) that exists as a file."""
-    for option, path in (("--out", out), ("--report", report)):
-        if path is None:
-            continue
-        path = Path(path)
-        if path.resolve() == Path(model).resolve():
-            raise OnnxPruneError(f"{option} {path} is the input file; choose another path")
-        if not path.resolve().parent.is_dir():
-            raise OnnxPruneError(f"{option} {path}: directory {path.parent} does not exist")
-    if report is not None and Path(report).suffix.lower() != ".json" and Path(report).is_file():
-        raise OnnxPruneError(f"--report {report}: exists and is not a directory (a .json name writes one file)")
+def run_outputs(model: str | os.PathLike, out: str | os.PathLike | None, report: str | os.PathLike | None,
+                trail: str | os.PathLike | None = None, *, rejected: bool = False) -> RunOutputs:
+    """The run's outputs as one transaction (:mod:`onnxprune.outputs`): ``--out`` (and, with
+    gates, ``OUT.rejected.onnx``), ``--report`` (a folder, or one file named .json) and ``--trail``."""
+    outputs = RunOutputs([model])
+    outputs.add("--out", out)
+    if rejected and out is not None:
+        outputs.add("--out (its rejected name)", rejected_path(out))
+    outputs.add("--report", report, report_kind(report))
+    outputs.add("--trail", trail, "dir")
+    return outputs
+
+
+def check_paths(model: str | os.PathLike, out: str | os.PathLike | None, report: str | os.PathLike | None,
+                trail: str | os.PathLike | None = None) -> None:
+    """Refuses, before any work, every bad output path (:meth:`RunOutputs.check`): the input,
+    another output, a missing or unwritable directory, a device node, fifo or socket, a report
+    folder that exists as a file."""
+    run_outputs(model, out, report, trail, rejected=out is not None).check()
 
 
 def _check_latency_target(config, ci: CiOptions) -> None:
@@ -210,10 +226,19 @@ def conclude(report: dict[str, Any], *, original: onnx.ModelProto | str | os.Pat
              pruned: onnx.ModelProto, feeds: Mapping[str, Any], out: str | os.PathLike | None,
              input_path: str | os.PathLike, report_path: str | os.PathLike | None,
              ci: CiOptions, sparse_storage: bool = False,
-             time_latency: bool = False) -> tuple[Path | None, list[GateResult]]:
+             time_latency: bool = False, outputs: RunOutputs | None = None) -> tuple[Path | None, list[GateResult]]:
     """Figures, gates, the model (to ``out`` or its rejected name) and the report; steps 3-5.
     ``original`` (model or path) is what latency compares against; ``normalized`` is the
-    imported original, whose initializer names the pruned model keeps (for the widths)."""
+    imported original, whose initializer names the pruned model keeps (for the widths).
+    ``outputs``: the run's transaction (committed here); without it one is made for ``out``
+    and ``report_path``."""
+    if outputs is None:
+        outputs = run_outputs(input_path, out, report_path, rejected=True)
+        outputs.check()
+        with outputs:
+            return conclude(report, original=original, normalized=normalized, pruned=pruned, feeds=feeds, out=out,
+                            input_path=input_path, report_path=report_path, ci=ci, sparse_storage=sparse_storage,
+                            time_latency=time_latency, outputs=outputs)
     from onnxprune.modelio import save_model_atomic
     from onnxprune.report_dir import add_model_figures, read_trail, write_report
 
@@ -222,7 +247,7 @@ def conclude(report: dict[str, Any], *, original: onnx.ModelProto | str | os.Pat
     add_model_figures(report, normalized, pruned)
     trail = (report.get("method_options") or {}).get("trail")
     if trail:
-        report["trail"] = read_trail(trail)
+        report["trail"] = read_trail(outputs.staged_if_declared(trail))
     folder = report_path is not None and Path(report_path).suffix.lower() != ".json"
     if ci.gates.needs_latency or ((folder or time_latency) and ci.seconds > 0):
         started = time.perf_counter()
@@ -231,20 +256,27 @@ def conclude(report: dict[str, Any], *, original: onnx.ModelProto | str | os.Pat
         report["latency"] = measure_before_after(original, pruned, feeds, ci.provider, ci.threads, max(seconds, 0.5),
                                                  batch=ci.batch)
         phases["latency"] = time.perf_counter() - started
+    fault_point("after-latency")
     results = evaluate_gates(ci.gates, report)
     record_gates(report, results)
     accepted = report["status"] == "accepted"
     written = None
     if out is not None:  # the CLI always has --out; a Python caller may only want the report
         stored = _sparse(pruned, feeds) if sparse_storage else pruned
-        written = save_model_atomic(stored, out if accepted else rejected_path(out), input_path=input_path)
-        report["size_bytes"]["written"] = Path(written).stat().st_size
+        written = Path(out if accepted else rejected_path(out))
+        if outputs.target(written) is None:  # not declared up front: checked now, still before writing
+            outputs.add("--out", written)
+            outputs.check()
+        staged = save_model_atomic(stored, outputs.staged(written))
+        report["size_bytes"]["written"] = staged.stat().st_size
     report["output"] = os.fspath(out) if accepted and out is not None else None
     if not accepted and written is not None:
         report["rejected_output"] = os.fspath(written)
         log.info("gate missed: the model is at %s; %s is not written", written, out)
     if report_path is not None:
-        write_report(report, report_path)
+        write_report(report, outputs.staged(report_path))
+    fault_point("before-commit")
+    outputs.commit()
     return written, results
 
 

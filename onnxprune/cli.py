@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 import sys
 
 import click
 
 from onnxprune import __version__
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import Interrupted, OnnxPruneError
 
 # name -> module defining a click command called `command`; imported only when used, so
 # `onnxprune --help` stays fast and one broken command cannot take down the others.
@@ -26,6 +27,7 @@ _COMMANDS = {
     "bench": "onnxprune.commands.bench_cmd",
 }
 _DEFAULT_COMMAND = "prune"
+_GROUP_FLAG = re.compile(r"-v+|--verbose")  # the group's options that may precede the implicit `prune`
 
 
 class _Cli(click.Group):
@@ -48,10 +50,21 @@ class _Cli(click.Group):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         # `onnxprune model.onnx --method x` (or `onnxprune --config prune.toml`): route to
-        # `prune` before click reads the options as the group's own.
-        if args and args[0] not in _COMMANDS and (not args[0].startswith("-") or args[0].startswith("--config")):
-            args = [_DEFAULT_COMMAND, *args]
+        # `prune` before click reads the options as the group's own. The group's own options
+        # (-v, -vv, --verbose) may come first: `onnxprune -v model.onnx ...`.
+        first = 0
+        while first < len(args) and _GROUP_FLAG.fullmatch(args[first]):
+            first += 1
+        rest = args[first:]
+        if rest and rest[0] not in _COMMANDS and (not rest[0].startswith("-") or rest[0].startswith("--config")):
+            args = [*args[:first], _DEFAULT_COMMAND, *rest]
         return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # before click turns it into Abort (and prints a blank line)
+            raise Interrupted("interrupted (Ctrl-C); nothing of this run was written") from None
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -75,17 +88,41 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="onnxprune", standalone_mode=False)
     except OnnxPruneError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {_one_line(str(exc))}", err=True)
         return exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("error: aborted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("error: interrupted (Ctrl-C); nothing of this run was written", err=True)
         return 130
+    except click.exceptions.NoArgsIsHelpError as exc:  # `onnxprune` alone: the help
+        click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+        return exc.exit_code
+    except click.UsageError as exc:  # one line and a hint, not click's usage block
+        where = exc.ctx.command_path if exc.ctx is not None else "onnxprune"
+        click.echo(f"error: {_one_line(exc.format_message()).rstrip('.')} (see '{where} --help')", err=True)
+        return exc.exit_code
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"error: {_one_line(exc.format_message())}", err=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
     return 0
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).strip().splitlines() if part.strip()) or "failed"
+
+
+def reject_non_finite(ctx: click.Context) -> None:
+    """A usage error for any float option given as nan or inf (click's FloatRange lets nan
+    through: every comparison with it is false)."""
+    import math
+
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise click.BadParameter(f"{item} is not a finite number", ctx=ctx, param=param)
 
 
 def run() -> None:

@@ -46,3 +46,9 @@ class GateFailedError(OnnxPruneError):
     """A CI gate (--min-fidelity, --max-latency-ms, ...) was missed."""
 
     exit_code = 3
+
+
+class Interrupted(OnnxPruneError):
+    """Ctrl-C (SIGINT): the run stops and leaves none of its outputs."""
+
+    exit_code = 130

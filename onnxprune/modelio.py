@@ -32,13 +32,16 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProt
     if path.stat().st_size == 0:
         raise ModelLoadError(f"{path}: file is empty")
     try:
-        model = onnx.load(str(path), load_external_data=True)
-    except (DecodeError, RuntimeError, ValueError) as exc:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, onnx.checker.ValidationError) as exc:
         raise ModelLoadError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None
-    except FileNotFoundError as exc:
-        raise ModelLoadError(f"{path}: external data file missing ({exc.filename})") from None
     except OSError as exc:
         raise ModelLoadError(f"{path}: cannot read ({_first_line(exc)})") from None
+    _check_external_data(model, path)  # before reading any of it
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except (OSError, ValueError, RuntimeError, onnx.checker.ValidationError) as exc:
+        raise ModelLoadError(f"{path}: cannot read its external data ({_first_line(exc)})") from None
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise ModelLoadError(f"{path}: not a valid ONNX model (no graph nodes)")
     if check:
@@ -50,6 +53,35 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProt
         except (onnx.checker.ValidationError, ValueError) as exc:
             raise ModelLoadError(f"{path}: fails the ONNX checker ({_first_line(exc)})") from None
     return model
+
+
+def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Every tensor stored outside the .onnx file names a regular file inside the model's folder
+    (no absolute path, no ``..`` out of it, no symlink leading out), present and long enough for
+    the tensor's offset and length; one ModelLoadError line otherwise."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    base = path.resolve().parent
+    for tensor in _get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        info = ExternalDataInfo(tensor)
+        where = f"{path}: tensor {tensor.name!r} stores its data in {info.location!r}"
+        if not info.location:
+            raise ModelLoadError(f"{where}: no location given")
+        target = (base / info.location).resolve()
+        if os.path.isabs(info.location) or not target.is_relative_to(base):
+            raise ModelLoadError(f"{where}, outside the model's folder {base}; external data must lie in "
+                                 f"that folder or below it (refused: it could name any file)")
+        if not target.exists():
+            raise ModelLoadError(f"{where}: external data file missing ({target.name} beside the model)")
+        if not target.is_file():
+            raise ModelLoadError(f"{where}: not a regular file")
+        offset = int(info.offset or 0)
+        size = target.stat().st_size
+        if offset + int(info.length or 0) > size or offset > size:
+            raise ModelLoadError(f"{where}: the file holds {size} bytes, the tensor needs bytes "
+                                 f"{offset}..{offset + int(info.length or 0)} (truncated?)")
 
 
 def save_model_atomic(

@@ -34,6 +34,9 @@ from onnxprune.importer import import_model
 from onnxprune.macs import count_macs
 from onnxprune.methods.base import PruningMethod, registry
 from onnxprune.modelio import load_model, save_model_atomic
+from onnxprune.outputs import RunOutputs
+from onnxprune.calibration.data import check_labels
+from onnxprune.runtime_checks import check_runtime_opset
 from onnxprune.passes import apply_plan
 from onnxprune.report import add_layers, build_report, nonzero_weights, write_report
 from onnxprune.shapes import parse_input_shapes, resolve_input_shapes
@@ -66,6 +69,10 @@ class PruneConfig:
     # the run can be repeated with --config
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     option_sources: dict[str, str] = dataclasses.field(default_factory=dict)
+    # where the method writes what it writes during training (``{"trail": staged folder}``): the
+    # run's outputs are staged and renamed into place at the end (onnxprune.outputs); the
+    # report and the metadata keep the paths of ``method_options``
+    staging: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -105,8 +112,9 @@ class _Calibration:
 def _run(config: PruneConfig, replica: Replica) -> RunResult:
     started = time.perf_counter()
     _check_out(config)  # refuse a bad --out before any work, not after training
-    method = make_method(config.method, config.method_options)
+    method = make_method(config.method, {**config.method_options, **config.staging})
     original = load_model(config.model)
+    check_runtime_opset(original, config.model)  # the teacher and the checks run on onnxruntime
     overrides = parse_input_shapes(config.input_shapes)
     shapes = resolve_input_shapes(original, overrides)
     if config.calib is None:  # refuse before any work
@@ -155,11 +163,18 @@ def _run(config: PruneConfig, replica: Replica) -> RunResult:
         device=str(replica.device), world_size=replica.world,
     )
     add_layers(result.report, pruned, before, after)
+    # the same seed gives the same bytes at the same torch thread count; another count rounds
+    # float sums in another order (docs/errors.md, "Determinism"), so the count is recorded
+    result.report["training"]["torch_threads"] = torch.get_num_threads()
     _set_metadata(pruned, method, config, before, after)
-    if config.out is not None:
-        result.written = save_model_atomic(pruned, config.out, input_path=config.model)
-    if config.report is not None:
-        write_report(result.report, config.report)
+    if config.out is not None or config.report is not None:
+        with _outputs(config) as outputs:  # one transaction: both or neither
+            if config.out is not None:
+                save_model_atomic(pruned, outputs.staged(config.out))
+            if config.report is not None:
+                write_report(result.report, outputs.staged(config.report))
+            outputs.commit()
+        result.written = None if config.out is None else Path(config.out)
     return result
 
 
@@ -177,19 +192,22 @@ def _calibrate(config: PruneConfig, original: onnx.ModelProto, overrides, replic
     if holdout is not None:
         eval_set, eval_targets = holdout, teacher_outputs(original, holdout, providers=providers)
     kinds = output_kinds(train_targets)
+    check_labels(data.labels, train_targets, kinds)  # class ids within the logits, before training
     loss = TaskLoss(kinds, config.loss, data.labels is not None, config.temperature)
     return _Calibration(train_set, eval_set, train_targets, eval_targets, kinds, loss,
                         0 if holdout is None else len(holdout))
 
 
+def _outputs(config: PruneConfig) -> RunOutputs:
+    outputs = RunOutputs([config.model])
+    outputs.add("--out", config.out)
+    outputs.add("--report", config.report)  # this module writes the JSON report only
+    return outputs
+
+
 def _check_out(config: PruneConfig) -> None:
-    for option, out in (("--out", config.out), ("--report", config.report)):
-        if out is None:
-            continue
-        if Path(out).resolve() == Path(config.model).resolve():
-            raise OnnxPruneError(f"{option} {out} is the input file; choose another output path")
-        if not Path(out).resolve().parent.is_dir():
-            raise OnnxPruneError(f"{out}: directory {Path(out).parent} does not exist")
+    """Refuse bad --out/--report paths (onnxprune.outputs) before any work."""
+    _outputs(config).check()
 
 
 def _fixed_batches(original: onnx.ModelProto, imported, shapes):
@@ -288,6 +306,7 @@ def _set_metadata(model: onnx.ModelProto, method: PruningMethod, config: PruneCo
         "onnxprune.macs_after": str(after.total_macs),
         "onnxprune.params_before": str(before.total_params),
         "onnxprune.params_after": str(after.total_params),
+        "onnxprune.torch_threads": str(torch.get_num_threads()),
     }
     kept = [p for p in model.metadata_props if p.key not in entries]
     del model.metadata_props[:]

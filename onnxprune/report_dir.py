@@ -32,6 +32,7 @@ import onnx
 from onnxprune import report as run_report
 from onnxprune.errors import OnnxPruneError
 from onnxprune.macs import format_count
+from onnxprune.outputs import fault_point
 from onnxprune.plots import plot_layer_widths, plot_trail
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,7 @@ def write_report(report: dict[str, Any], path: str | os.PathLike) -> list[Path]:
     path.mkdir(parents=True, exist_ok=True)
     plots = _plots(report, path)
     run_report.write_report(report, path / "report.json")
+    fault_point("writing-report")
     (path / "report.md").write_text(render_markdown(report, [p.name for p in plots]))
     return [path / "report.json", path / "report.md", *plots]
 

@@ -63,15 +63,23 @@ def test_resource_at_theta_is_the_expected_cost_of_bernoulli_masks():
     assert got == pytest.approx(expected, rel=1e-6)  # float32 thetas
 
 
-@pytest.mark.parametrize("text,value", [("0.5", 845.0), ("1.2K", 1200.0), ("1e3", 1000.0), (".25", 422.5)])
+@pytest.mark.parametrize("text,value", [("0.5", 845.0), ("1.2K", 1200.0), ("1e-3K", 1.0), (".25", 422.5),
+                                        ("1", 1690.0), ("1.69K", 1690.0)])
 def test_parse_target(text, value):
     assert parse_target(text, 1690) == pytest.approx(value)
 
 
-@pytest.mark.parametrize("text", ["half", "2G", "0", "-0.3"])
+# a bare number is a fraction in (0, 1]: 1.5 and 1e3 are neither read as MAC counts nor clamped
+@pytest.mark.parametrize("text", ["half", "2G", "0", "-0.3", "1.5", "1e3", "1690", "0K"])
 def test_parse_target_rejects(text):
     with pytest.raises(click.BadParameter, match="target-macs|MACs|expected"):
         parse_target(text, 1690)
+
+
+def test_parse_target_refuses_below_the_floor_naming_it():
+    assert parse_target("0.1", 1690, floor=169) == pytest.approx(169)
+    with pytest.raises(click.BadParameter, match=r"below the smallest model this method can reach: 200 MACs"):
+        parse_target("0.1", 1690, floor=200)
 
 
 @pytest.mark.parametrize("target,kept_a,kept_b,cost", [

@@ -12,6 +12,7 @@ import click
 from onnxprune.macs import count_macs, count_params, format_count
 from onnxprune.modelio import load_model, save_model_atomic
 from onnxprune.normalize import normalize
+from onnxprune.outputs import RunOutputs
 from onnxprune.passes import PruningPlan, analyze, apply_plan
 from onnxprune.shapes import parse_input_shapes, resolve_input_shapes
 
@@ -25,6 +26,9 @@ from onnxprune.shapes import parse_input_shapes, resolve_input_shapes
               help="Static shape for an input with dynamic dims (repeatable), e.g. image=1x3x224x224.")
 def command(model_path: str, plan_path: str | None, out_path: str, input_shape: tuple[str, ...]) -> None:
     """Physically remove what a pruning plan names (and all-zero channels) from IN.onnx."""
+    outputs = RunOutputs([model_path])
+    outputs.add("--out", out_path)
+    outputs.check()  # a bad --out before any work
     model = normalize(load_model(model_path))
     shapes = resolve_input_shapes(model, parse_input_shapes(input_shape))
     plan = PruningPlan.load(plan_path) if plan_path else PruningPlan()
@@ -32,7 +36,9 @@ def command(model_path: str, plan_path: str | None, out_path: str, input_shape: 
     analysis.validate(plan)  # refuse a bad plan before any work or any file
     pruned = apply_plan(model, plan, shapes, analysis=analysis)
     before, after = count_macs(model, shapes), count_macs(pruned, shapes)
-    save_model_atomic(pruned, out_path, input_path=model_path)
+    with outputs:
+        save_model_atomic(pruned, outputs.staged(out_path))
+        outputs.commit()
     for label, old, new in (("MACs", before.total_macs, after.total_macs),
                             ("params", count_params(model), count_params(pruned))):
         click.echo(f"{label:<7} {format_count(old):>9} -> {format_count(new):>9}  ({new / max(old, 1):.1%})")

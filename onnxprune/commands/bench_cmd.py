@@ -28,6 +28,7 @@ from onnxprune.calibration.images import image_options, load_image_folder
 from onnxprune.config import config_option, effective_config
 from onnxprune.errors import CalibrationError, OnnxPruneError, ShapeError
 from onnxprune.modelio import load_model, model_size_bytes
+from onnxprune.runtime_checks import check_batch_memory, check_runtime_opset
 from onnxprune.shapes import graph_inputs, parse_input_shapes, random_feeds, resolve_input_shapes
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ def _load(paths: tuple[str, ...], overrides: dict[str, tuple[int, ...]]) -> list
     entries = []
     for path in paths:
         model = load_model(path)
+        check_runtime_opset(model, path)  # one line naming an opset onnxruntime cannot run
         label = Path(path).stem
         names = {value.name for value in graph_inputs(model)}
         shapes = resolve_input_shapes(model, {k: v for k, v in overrides.items() if k in names})
@@ -183,6 +185,9 @@ def _usable_providers(requested: list[str], threads: int | None) -> list[str]:
 def command(ctx: click.Context, models, providers, batches, threads, seconds, min_runs, warmup,
             input_shape, calib, mean, std, channel_order, layout, seed, as_json, config) -> None:
     """Measure ONNX models side by side on onnxruntime; speedups are relative to the first."""
+    from onnxprune.cli import reject_non_finite
+
+    reject_non_finite(ctx)  # nan / inf in any float option
     batches = _split_list(batches, "--batch", int)
     if any(b < 1 for b in batches):
         raise OnnxPruneError(f"--batch: sizes must be >= 1, got {batches}")
@@ -198,6 +203,9 @@ def command(ctx: click.Context, models, providers, batches, threads, seconds, mi
     image_args = dict(mean=0.0 if mean is None else mean, std=1.0 if std is None else std,
                       channel_order=channel_order, layout=layout)
 
+    for batch in batches:  # before timing anything: a batch whose tensors cannot fit is refused
+        for entry in entries:
+            check_batch_memory(entry.model, _batched_shapes(entry, batch), entry.label)
     results = []
     for batch in batches:
         feeds = []

@@ -67,6 +67,9 @@ METHOD_OPTIONS, OPTION_READERS = _method_options()
 @click.option("--weight-decay", type=click.FloatRange(0.0), default=0.0)
 @click.option("--seed", type=int, default=0, help="Seeds the holdout split, shuffling and the method.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: CUDA when available.")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="torch CPU threads for training [default: torch's own, the CPU count]. The same seed gives "
+                   "the same bytes at the same thread count; another count rounds sums differently.")
 @click.option("--quiet", is_flag=True, help="No progress bar (CI logs).")
 @click.option("--sparse-storage", is_flag=True,
               help="Store mostly-zero weights as sparse tensors: the file shrinks with sparsity "
@@ -78,10 +81,19 @@ METHOD_OPTIONS, OPTION_READERS = _method_options()
 @click.pass_context
 def command(ctx: click.Context, model: Path, method: str, out: Path, calib: str | None, labels: str | None,
             input_shape: tuple[str, ...], holdout: float, loss: str | None, temperature: float, epochs: int,
-            batch_size: int, lr: float, optimizer: str, weight_decay: float, seed: int, device: str,
+            batch_size: int, lr: float, optimizer: str, weight_decay: float, seed: int, device: str, threads: int | None,
             quiet: bool, sparse_storage: bool, report: Path | None, config: str | None, mean: list[float] | None,
             std: list[float] | None, channel_order: str, layout: str, **method_values) -> None:
     """Prune IN.onnx with a training-based method and write a smaller OUT.onnx."""
+    from onnxprune.cli import reject_non_finite
+
+    reject_non_finite(ctx)  # nan / inf in any float option
+    if threads is not None:  # before any torch work; recorded in the report and the model's metadata
+        import torch
+
+        previous = torch.get_num_threads()
+        ctx.call_on_close(lambda: torch.set_num_threads(previous))
+        torch.set_num_threads(threads)
     from onnxprune import gates, pipeline
     from onnxprune.report import summary_lines
 

@@ -101,7 +101,10 @@ class Bernoulli(PruningMethod):
         self.strength = float(cfg["strength"] if cfg.get("strength") is not None else 10.0)
         self.unit_w = 2 * (1 - float(cfg.get("layer_vs_unit", 0.5) if cfg.get("layer_vs_unit") is not None else 0.5))
         self.flops_w = float(cfg.get("flops_vs_params") if cfg.get("flops_vs_params") is not None else 0.5)
-        self.target = parse_target(cfg["target_macs"], self.b0) if cfg.get("target_macs") else None
+        from onnxprune.methods.resource import smallest_reachable
+
+        floor = smallest_reachable(s.resource, int(cfg.get("channel_multiple") or 8))  # refused below it
+        self.target = parse_target(cfg["target_macs"], self.b0, floor=floor) if cfg.get("target_macs") else None
         self.multiple = int(cfg.get("channel_multiple") or 8)
         dev = ctx.device
         self.theta = {g: torch.full((n,), self.init, device=dev, requires_grad=True) for g, n in s.groups.items()}

@@ -29,7 +29,9 @@ import click
 import torch
 
 # shared with every method that takes a MAC budget or writes a trail (declared identically)
-TARGET_MACS_OPTION = click.Option(["--target-macs"], type=str, default=None, help="fraction (0.5) or count (1.2G)")
+TARGET_MACS_OPTION = click.Option(["--target-macs"], type=str, default=None, callback=lambda c, p, v: check_target_syntax(c, p, v),
+                                  help="MAC budget: a fraction of the original in (0, 1] (0.5), or a count with a "
+                                       "unit (350M, 1.2G)")
 TRAIL_OPTION = click.Option(["--trail"], type=click.Path(file_okay=False), default=None)
 CHANNEL_MULTIPLE_OPTION = click.Option(
     ["--channel-multiple"], type=click.IntRange(1), default=8, show_default=True,
@@ -134,21 +136,79 @@ class Resource:
             return float(self({k: v.float() for k, v in masks.items()}, keep, weights=weights))
 
 
-def parse_target(text: str | float | None, total: float, default: float | None = None) -> float:
-    """``--target-macs``: a fraction of ``total`` (``0.5``) or an absolute count (``1.2G``, ``3e6``)."""
+_TARGET_SYNTAX = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgGtT]?)\s*")
+TARGET_RULE = ("a bare number is a fraction of the original MACs in (0, 1] (0.5 = half); a count needs a unit: "
+               "K, M, G or T (350M, 1.2G)")
+
+
+def _read_target(text: str | float) -> tuple[float, bool]:
+    """(value, is_fraction) of a ``--target-macs`` text, or BadParameter (the rule: TARGET_RULE)."""
+    match = _TARGET_SYNTAX.fullmatch(str(text))
+    if match is None:
+        raise click.BadParameter(f"{text!r}: expected a fraction like 0.5 or a count with a unit like 1.2G; "
+                                 f"{TARGET_RULE}", param_hint="--target-macs")
+    value = float(match.group(1)) * _SUFFIX[match.group(2).upper()]
+    fraction = not match.group(2)
+    if fraction and not 0 < value <= 1:
+        hint = ""
+        if value > 1:
+            hint = (f"; for a count write it with a unit ({_with_unit(value)})" if value >= 1e3 else
+                    f"; for a count write it with a unit ({match.group(1)}K, {match.group(1)}M, ...)")
+        raise click.BadParameter(f"{text!r}: a bare number is a fraction of the original MACs and must lie in "
+                                 f"(0, 1]{hint}", param_hint="--target-macs")
+    if not value > 0:
+        raise click.BadParameter(f"{text!r}: expected a positive count of MACs", param_hint="--target-macs")
+    return value, fraction
+
+
+def _with_unit(value: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.4g}{unit}"
+    return f"{value:.4g}"
+
+
+def check_target_syntax(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> str | None:
+    """Click callback of ``--target-macs``: the rule is checked as the command line is read."""
+    if value is not None:
+        _read_target(value)
+    return value
+
+
+def parse_target(text: str | float | None, total: float, default: float | None = None,
+                 floor: float | None = None) -> float:
+    """``--target-macs`` as a MAC count: a bare number is a fraction of ``total`` in (0, 1]
+    (``0.5``); a count needs a unit (``1.2G``, ``350M``, ``50K``). This is the one parser of the
+    option (docs/errors.md, "Budgets"). ``floor``: the smallest MAC count the method can reach
+    (:func:`smallest_reachable`); a target below it is refused, naming it."""
     if text is None:
         if default is None:
             raise click.BadParameter("a MAC target is required", param_hint="--target-macs")
         text = default
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgGtT]?)\s*", str(text))
-    if match is None:
-        raise click.BadParameter(f"{text!r}: expected a fraction like 0.5 or a count like 1.2G", param_hint="--target-macs")
-    value = float(match.group(1)) * _SUFFIX[match.group(2).upper()]
-    if value < 1.0 and not match.group(2):
-        value *= total  # a fraction of the original MACs
-    if not 0 < value < total:
-        raise click.BadParameter(f"{text!r} is {value:.4g} MACs; the model has {total:.4g}", param_hint="--target-macs")
-    return value
+    value, fraction = _read_target(text)
+    macs = value * total if fraction else value
+    if macs > total * (1 + 1e-9):
+        raise click.BadParameter(f"{text!r} is {_with_unit(macs)} MACs, more than the model's {_with_unit(total)}",
+                                 param_hint="--target-macs")
+    if floor is not None and macs < floor * (1 - 1e-9):
+        raise click.BadParameter(
+            f"{text!r} is {_with_unit(macs)} MACs ({macs / total:.3g} of {_with_unit(total)}), below the smallest "
+            f"model this method can reach: {_with_unit(floor)} MACs (a fraction of {math.ceil(floor / total * 1e4) / 1e4:.4f}, "
+            f"one kept channel block per layer)", param_hint="--target-macs")
+    return min(macs, total)
+
+
+def smallest_reachable(resource: Resource, multiple: int = 1) -> float:
+    """The MACs of the smallest selection a structured method can make: every gated group keeps
+    one channel (``multiple`` channels when it has more than that, as :func:`round_counts`
+    rounds), every gated residual branch removed."""
+    masks = {}
+    for gid in resource.group_ids:
+        size = resource.sizes[gid]
+        mask = torch.zeros(size, dtype=torch.bool)
+        mask[:1 if multiple <= 1 or size <= multiple else multiple] = True
+        masks[gid] = mask
+    return resource.hard(masks, resource.branch_ids)
 
 
 def round_counts(scores: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], multiple: int,
