@@ -11,7 +11,9 @@ activations:
     Einsum          MACs = product of the sizes of all distinct indices
 
 Normalization, activation, pooling and elementwise ops are not counted (they are memory-bound
-and the convention leaves them out). Params are the elements of floating-point initializers.
+and the convention leaves them out). Params are the elements of floating-point initializers and
+of floating-point ``Constant`` nodes (Paddle and TF converters keep weights there; normalization
+turns them into initializers, so a model counts the same before and after).
 """
 
 from __future__ import annotations
@@ -53,10 +55,27 @@ class ModelCost:
 
 
 def count_params(model: onnx.ModelProto) -> int:
-    """Elements of all floating-point initializers (shape constants and indices excluded)."""
+    """Elements of all floating-point initializers and Constant nodes (shape constants and
+    indices excluded)."""
     return sum(
-        math.prod(init.dims) for init in model.graph.initializer if init.data_type in _FLOAT_TYPES
+        math.prod(tensor.dims) for tensor in _weights(model).values() if tensor.data_type in _FLOAT_TYPES
     )
+
+
+def _weights(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Initializers and the tensors of main-graph Constant nodes (``value`` or ``value_float(s)``), by name."""
+    tensors = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attribute) != 1:
+            continue
+        attr = node.attribute[0]
+        if attr.name == "value":
+            tensors.setdefault(node.output[0], attr.t)
+        elif attr.name in ("value_float", "value_floats"):
+            count = 1 if attr.name == "value_float" else len(attr.floats)
+            tensors.setdefault(node.output[0], onnx.TensorProto(
+                data_type=onnx.TensorProto.FLOAT, dims=[] if attr.name == "value_float" else [count]))
+    return tensors
 
 
 def count_macs(
@@ -66,7 +85,7 @@ def count_macs(
     input_shapes = input_shapes or resolve_input_shapes(model)
     shaped = infer_static_shapes(model, input_shapes)
     shapes = static_shape_map(shaped)
-    initializers = {init.name: init for init in model.graph.initializer}
+    initializers = _weights(model)
     layers = []
     for index, node in enumerate(model.graph.node):
         counter = _COUNTERS.get(node.op_type)

@@ -9,6 +9,10 @@ Exporters hide weights in three ways that break training and write-back by name:
    the Identity node is dropped.
 3. One float initializer read by several ops: each further op gets its own copy, so that every
    op's weight can be trained and pruned independently (``W`` feeds op 1, ``W__1`` feeds op 2).
+4. Layout ops on a float weight (Paddle adds a conv bias as ``Add(conv, Reshape(b, [1,C,1,1]))``
+   or ``Unsqueeze(b)``): Reshape, Unsqueeze, Squeeze, Flatten, Transpose or Cast whose inputs are
+   all initializers become an initializer named after their output, holding the same values in
+   the new layout, so the bias is a per-channel constant of the Add like any other.
 
 Values are copied, never changed, so the normalized graph computes exactly what the input graph
 computes. Node names, graph inputs/outputs (names, dtypes, dynamic axes), opsets, and metadata
@@ -43,6 +47,9 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     kept_outputs = {value.name for value in graph.output}
     _constants_to_initializers(graph, kept_outputs)
     _fold_identities_of_initializers(graph, kept_outputs)
+    opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None:
+        _fold_layout_ops_of_weights(graph, kept_outputs, opset)
     _split_shared_float_initializers(graph)
     return _infer_shapes(out)
 
@@ -106,6 +113,52 @@ def _fold_identities_of_initializers(graph: onnx.GraphProto, kept_outputs: set[s
             del graph.node[:]
             graph.node.extend(keep)
     if removed:
+        _drop_unused_initializers(graph)
+
+
+_LAYOUT_OPS = {"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose", "Cast"}
+
+
+def _fold_layout_ops_of_weights(graph: onnx.GraphProto, kept_outputs: set[str], opset: int) -> None:
+    """Replace ``Reshape(W, shape) -> y`` (and the other layout ops) of a float initializer ``W``
+    by an initializer ``y``: the same values, laid out as the op lays them out."""
+    from onnx.reference import ReferenceEvaluator
+
+    inputs_declared = {value.name for value in graph.input}  # an initializer a feed may override
+    initializers = {init.name: init for init in graph.initializer if init.name not in inputs_declared}
+    keep, folded = [], 0
+    for node in graph.node:
+        inputs = [name for name in node.input if name]
+        if (
+            node.op_type in _LAYOUT_OPS
+            and node.domain in ("", "ai.onnx")
+            and len(node.output) == 1
+            and inputs
+            and all(name in initializers for name in inputs)
+            and initializers[node.input[0]].data_type in _FLOAT_TYPES
+            and node.output[0] not in kept_outputs
+            and node.output[0] not in initializers
+        ):
+            try:
+                single = helper.make_model(
+                    helper.make_graph([node], "fold", [], [helper.make_empty_tensor_value_info(node.output[0])],
+                                      [initializers[name] for name in dict.fromkeys(inputs)]),
+                    opset_imports=[helper.make_opsetid("", opset)])
+                (array,) = ReferenceEvaluator(single).run(None, {})
+            except Exception as exc:  # noqa: BLE001 -- leave the node as it is
+                _LOG.debug("normalize: %s %r not folded (%s)", node.op_type, node.name, exc)
+                keep.append(node)
+                continue
+            tensor = numpy_helper.from_array(np.asarray(array), node.output[0])
+            graph.initializer.append(tensor)
+            initializers[tensor.name] = graph.initializer[-1]
+            folded += 1
+            continue
+        keep.append(node)
+    if folded:
+        _LOG.debug("normalize: %d layout ops of weights became initializers", folded)
+        del graph.node[:]
+        graph.node.extend(keep)
         _drop_unused_initializers(graph)
 
 

@@ -21,8 +21,13 @@ REPORT_VERSION = 1
 
 
 def prunable_initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Weights of Conv/ConvTranspose/Gemm/MatMul nodes that are initializers, by name."""
+    """Weights of Conv/ConvTranspose/Gemm/MatMul nodes that are initializers or Constant nodes
+    (Paddle, TF converters), by name."""
     inits = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and \
+                [a.name for a in node.attribute] == ["value"]:
+            inits.setdefault(node.output[0], node.attribute[0].t)
     out = {}
     for node in model.graph.node:
         if node.op_type in PRUNABLE_OPS:

@@ -3,7 +3,9 @@
 Every command that needs shapes (MAC counting, group analysis, synthetic calibration, latency)
 resolves them the same way: a fixed dimension is used as is, a dynamic first (batch) dimension
 becomes 1, and any other dynamic dimension must come from ``--input-shape`` or the command
-names the input and axis that needs it.
+names the input and axis that needs it. A dimension is dynamic when it is a symbolic name, unset,
+or stored as a number below 1 (Paddle and some TF converters write -1 or 0); ``--input-shape``
+sets every dynamic dimension and must repeat the fixed ones.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from onnx import helper, shape_inference
 
 from onnxprune.errors import ShapeError
 
-_SHAPE_RE = re.compile(r"^(?P<name>[^=]+)=(?P<dims>\d+(?:[x,]\d+)*)$")
+_SHAPE_RE = re.compile(r"^(?P<name>[^=]+)=(?P<dims>-?\d+(?:[x,]-?\d+)*)$")
 
 
 def parse_input_shapes(specs: list[str] | tuple[str, ...] | None) -> dict[str, tuple[int, ...]]:
@@ -28,7 +30,8 @@ def parse_input_shapes(specs: list[str] | tuple[str, ...] | None) -> dict[str, t
             raise ShapeError(f"--input-shape {spec!r}: expected NAME=DxDxD, e.g. image=1x3x224x224")
         dims = tuple(int(d) for d in re.split(r"[x,]", match["dims"]))
         if any(d <= 0 for d in dims):
-            raise ShapeError(f"--input-shape {spec!r}: dimensions must be positive")
+            raise ShapeError(f"--input-shape {spec!r}: dimensions must be positive (give a dynamic "
+                             f"dimension, -1 or a name in the model, the size to use, e.g. 1)")
         shapes[match["name"]] = dims
     return shapes
 
@@ -37,6 +40,11 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """The real inputs: graph inputs that are not initializers (old exporters list both)."""
     initializers = {init.name for init in model.graph.initializer}
     return [value for value in model.graph.input if value.name not in initializers]
+
+
+def is_fixed(dim: onnx.TensorShapeProto.Dimension) -> bool:
+    """A dimension stored as a number >= 1; a name, nothing, -1 or 0 is dynamic."""
+    return dim.HasField("dim_value") and dim.dim_value > 0
 
 
 def resolve_input_shapes(
@@ -60,7 +68,7 @@ def resolve_input_shapes(
                     f"{len(declared)}"
                 )
             for axis, (dim, given) in enumerate(zip(declared, shape)):
-                if dim.HasField("dim_value") and dim.dim_value != given:
+                if is_fixed(dim) and dim.dim_value != given:
                     raise ShapeError(
                         f"--input-shape {value.name}: axis {axis} is fixed at {dim.dim_value} "
                         f"in the model, got {given}"
@@ -69,7 +77,7 @@ def resolve_input_shapes(
             continue
         shape = []
         for axis, dim in enumerate(declared):
-            if dim.HasField("dim_value") and dim.dim_value > 0:
+            if is_fixed(dim):
                 shape.append(dim.dim_value)
             elif axis == 0:
                 shape.append(1)  # a dynamic batch dimension is measured at batch 1
@@ -204,5 +212,6 @@ __all__ = [
     "infer_static_shapes",
     "static_shape_map",
     "graph_inputs",
+    "is_fixed",
     "with_static_inputs",
 ]

@@ -47,7 +47,9 @@ def command(model_path: str, input_shape: tuple[str, ...], plan_path: str | None
 
 def build_report(model, input_shapes, *, plan_path=None, import_check=True) -> dict:
     """Everything `inspect` shows, as plain data (the JSON output)."""
-    analysis_model = model
+    from onnxprune.normalize import normalize
+
+    analysis_model = normalize(model)  # groups are named and found as in prune/apply (Constant weights)
     check = None
     if import_check:
         from onnxprune.importer import import_model
