@@ -62,6 +62,7 @@ class _Space:
 class _Builder(RuleContext):
     def __init__(self, graph: ir.Graph, shapes: dict[str, tuple[int, ...]], opset: int) -> None:
         self.graph, self.shapes, self.opset = graph, shapes, opset
+        self.cuts = channel_cuts(graph)  # producer output -> offsets where a Split/Slice cuts it
         self.layouts: dict[str, Layout] = {}
         self.parent: list[int] = []
         self.spaces: list[_Space] = []
@@ -126,6 +127,9 @@ class _Builder(RuleContext):
             self.freeze(f"{value.name!r} is a graph output", layout)
 
     def produce(self, value, axis, weight, bias):
+        cuts = sorted(c for c in self.cuts.get(value.name, ()) if 0 < c < weight.channels)
+        if cuts and weight.block == 1 and (bias is None or bias.block == 1):
+            return self._produce_chunks(value, axis, weight, bias, cuts)
         sid = len(self.spaces)
         self.parent.append(sid)
         space = _Space(sid, weight.channels, weight.name)
@@ -139,6 +143,33 @@ class _Builder(RuleContext):
         rank = len(self.shape(value) or ()) or axis + 1
         layout = Layout(axis, rank, 1, (Segment(sid, weight.channels, State.ZERO, gates),))
         self.mac_out[self.node.name] = (Piece(str(sid), 0, weight.channels),)
+        self.set_layout(value, layout)
+        return layout
+
+    def _produce_chunks(self, value, axis, weight, bias, cuts):
+        """A producer whose channels a Split or Slice cuts (C2f, CSP): one space per chunk, each
+        a group of its own, named ``W[start:stop]``."""
+        bounds = [0, *cuts, weight.channels]
+        segments, pieces = [], []
+        for start, stop in zip(bounds, bounds[1:]):
+            sid = len(self.spaces)
+            self.parent.append(sid)
+            part = dataclasses.replace(weight, start=weight.start + start, stop=weight.start + stop)
+            space = _Space(sid, stop - start, f"{weight.name}[{start}:{stop}]")
+            self.spaces.append(space)
+            space.slices.append(part)
+            space.dead_tests.append(part)
+            space.nodes.append(self.node.name)
+            tensors = (part,)
+            if bias is not None:
+                bias_part = dataclasses.replace(bias, start=bias.start + start, stop=bias.start + stop)
+                space.slices.append(bias_part)
+                tensors = (part, bias_part)
+            segments.append(Segment(sid, stop - start, State.ZERO, Gates(tensors)))
+            pieces.append(Piece(str(sid), 0, stop - start))
+        rank = len(self.shape(value) or ()) or axis + 1
+        layout = Layout(axis, rank, 1, tuple(segments))
+        self.mac_out[self.node.name] = tuple(pieces)
         self.set_layout(value, layout)
         return layout
 
@@ -242,6 +273,85 @@ class _Builder(RuleContext):
 
     def _opset_of(self, node: ir.Node) -> int:
         return self.graph.opset_imports.get(node.domain or "", self.opset)
+
+
+# ops a producer's channels pass through unchanged on their way to a Split (C2f: Conv -> BN -> SiLU)
+_PER_CHANNEL = {
+    "BatchNormalization", "InstanceNormalization", "Relu", "LeakyRelu", "PRelu", "Tanh", "Erf", "Gelu",
+    "HardSwish", "Elu", "Selu", "Softsign", "Neg", "Abs", "Identity", "Dropout", "Celu", "Mish", "Clip",
+    "Sigmoid", "HardSigmoid", "Exp", "Softplus",
+}
+
+
+def _conv_output(value: ir.Value | None, depth: int = 0) -> ir.Value | None:
+    """The output of a plain (group 1) Conv that ``value`` carries channel for channel, or None."""
+    node = value.producer() if value is not None else None
+    if node is None or depth > 16:
+        return None
+    if node.op_type == "Conv" and node.domain in ("", "ai.onnx"):
+        group = node.attributes.get("group")
+        return value if group is None or group.value == 1 else None
+    if node.op_type in _PER_CHANNEL and node.domain in ("", "ai.onnx"):
+        return _conv_output(node.inputs[0], depth + 1)
+    if node.op_type in ("Mul", "Add", "Sub", "Div") and len(node.inputs) == 2:
+        a, b = node.inputs
+        if b is not None and b.const_value is not None:
+            return _conv_output(a, depth + 1)
+        if a is not None and a.const_value is not None and node.op_type != "Div":
+            return _conv_output(b, depth + 1)
+        found = _conv_output(a, depth + 1)
+        return found if found is not None and found is _conv_output(b, depth + 1) else None  # SiLU
+    return None
+
+
+def channel_cuts(graph: ir.Graph) -> dict[str, set[int]]:
+    """Producer outputs whose channels a Split (constant sizes) or Slice cuts on axis 1, with the
+    channel offsets of the cuts: each chunk becomes a group of its own (see ``_produce_chunks``)."""
+    cuts: dict[str, set[int]] = {}
+    for node in graph:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in ("Split", "Slice") or not node.inputs:
+            continue
+        source = _conv_output(node.inputs[0])
+        if source is None or source.producer().inputs[1].const_value is None:
+            continue
+        total = source.producer().inputs[1].const_value.shape[0]
+        rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else 4
+        points = _split_points(node, total, rank) if node.op_type == "Split" else _slice_points(node, total, rank)
+        if points:
+            cuts.setdefault(source.name, set()).update(p for p in points if 0 < p < total)
+    return cuts
+
+
+def _split_points(node: ir.Node, total: int, rank: int) -> list[int]:
+    axis = node.attributes.get("axis")
+    axis = 0 if axis is None else axis.value
+    if axis + (rank if axis < 0 else 0) != 1 or len(node.inputs) < 2 or node.inputs[1] is None:
+        return []  # sizes from num_outputs cannot be rewritten to uneven chunks: the rule freezes it
+    if node.inputs[1].const_value is None:
+        return []
+    sizes = [int(v) for v in node.inputs[1].const_value.numpy().reshape(-1)]
+    if sum(sizes) != total:
+        return []
+    offsets, at = [], 0
+    for size in sizes[:-1]:
+        at += size
+        offsets.append(at)
+    return offsets
+
+
+def _slice_points(node: ir.Node, total: int, rank: int) -> list[int]:
+    values = [v.const_value.numpy().reshape(-1) if v is not None and v.const_value is not None else None
+              for v in list(node.inputs[1:5]) + [None] * (5 - len(node.inputs))]
+    starts, ends, axes, steps = values[0], values[1], values[2], values[3]
+    if starts is None or ends is None or (len(node.inputs) > 3 and node.inputs[3] is not None and axes is None):
+        return []
+    axes = list(range(len(starts))) if axes is None else [int(a) + (rank if a < 0 else 0) for a in axes]
+    if 1 not in axes:
+        return []
+    i = axes.index(1)
+    if steps is not None and int(steps[i]) != 1 or int(starts[i]) < 0 or int(ends[i]) < 0:
+        return []
+    return [int(starts[i]), min(int(ends[i]), total)]
 
 
 def analyze(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> GroupAnalysis:

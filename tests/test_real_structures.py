@@ -180,3 +180,86 @@ def test_inspect_apply_bench_and_prune_take_the_dynamic_model(paddle_path, paddl
     onnx.checker.check_model(onnx.load(str(pruned)), full_check=True)
     summary = " ".join(captured.out.split())
     assert f"params {format_count(params)} ->" in summary and "nonzero 0 ->" not in summary, summary
+
+
+# --- 3. C2f (YOLOv8): one conv's channels split into chunks, concatenated back ----------------
+
+def _silu(name: str, conv: str) -> str:
+    return f"{name}_s = Sigmoid ({conv})\n  {name} = Mul ({conv}, {name}_s)"
+
+
+def _conv(name: str, x: str, w: str, k: str, pads: bool = False) -> str:
+    attrs = " <pads=[1,1,1,1]>" if pads else ""
+    return f"{name}_c = Conv{attrs} ({x}, {w}, {k})\n  {_silu(name, name + '_c')}"
+
+
+C2F = f"""<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,3,8,8] x) => (float[1,4,8,8] y)
+<float[8,3,3,3] w0, float[8] k0, float[8,8,1,1] wc1, float[8] kc1, float[4,4,3,3] wm0a, float[4] km0a,
+ float[4,4,3,3] wm0b, float[4] km0b, float[4,4,3,3] wm1a, float[4] km1a, float[4,4,3,3] wm1b, float[4] km1b,
+ float[8,16,1,1] wc2, float[8] kc2, float[6,8,1,1] wd1, float[6] kd1, float[2,2,3,3] wn, float[2] kn,
+ float[8,8,1,1] wd2, float[8] kd2, float[4,8,1,1] wy, float[4] ky, int64[2] sp = {{4,4}}, int64[3] sp3 = {{2,2,2}}>
+{{
+  {_conv("s0", "x", "w0", "k0", pads=True)}
+  {_conv("a", "s0", "wc1", "kc1")}
+  a0, a1 = Split <axis=1> (a, sp)
+  {_conv("m0a", "a1", "wm0a", "km0a", pads=True)}
+  {_conv("m0b", "m0a", "wm0b", "km0b", pads=True)}
+  b0 = Add (a1, m0b)
+  {_conv("m1a", "b0", "wm1a", "km1a", pads=True)}
+  {_conv("m1b", "m1a", "wm1b", "km1b", pads=True)}
+  b1 = Add (b0, m1b)
+  cat = Concat <axis=1> (a0, a1, b0, b1)
+  {_conv("e", "cat", "wc2", "kc2")}
+  {_conv("d", "e", "wd1", "kd1")}
+  d0, d1, d2 = Split <axis=-3> (d, sp3)
+  {_conv("n", "d2", "wn", "kn", pads=True)}
+  cat2 = Concat <axis=1> (d0, d1, d2, n)
+  {_conv("f", "cat2", "wd2", "kd2")}
+  y = Conv (f, wy, ky)
+}}"""
+
+
+def test_c2f_chunks_are_groups_of_their_own() -> None:
+    model = model_from_text(C2F)
+    analysis = analyze(model)
+    groups = {g.id: g for g in analysis.groups}
+    # the first C2f: chunk 0 goes straight to the Concat, chunk 1 is tied to both bottlenecks' outputs
+    assert groups["wc1[0:4]"].prunable and groups["wc1[4:8]"].prunable
+    assert {p.name for p in groups["wc1[4:8]"].producers} >= {"wc1", "kc1", "wm0b", "km0b", "wm1b", "km1b"}
+    assert [(c.start, c.stop) for c in groups["wc1[4:8]"].consumers if c.name == "wc2"] == [(4, 8), (8, 12), (12, 16)]
+    assert [(c.start, c.stop) for c in groups["wc1[0:4]"].consumers] == [(0, 4)]
+    assert groups["wm0a"].prunable and groups["wm1a"].prunable
+    # the second (no shortcut, three chunks): every chunk and the bottleneck conv prunable
+    for gid in ("wd1[0:2]", "wd1[2:4]", "wd1[4:6]", "wn", "wc2", "wd2", "w0"):
+        assert groups[gid].prunable, (gid, groups[gid].reason)
+    assert not groups["wy"].prunable  # the graph output
+    assert {b.add_node for b in analysis.residual_branches} == {"Add_13", "Add_20"}  # the bottlenecks
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_c2f_random_plans_are_exact(seed) -> None:
+    model = model_from_text(C2F, seed=seed)
+    analysis = analyze(model)
+    plan = random_plan(analysis, seed=seed, fraction=0.5)
+    checked = check_exact(model, plan, analysis=analysis)
+    dropped = PruningPlan(kept=plan.kept, dropped_branches=("Add_20",) if seed else ("Add_13", "Add_20"))
+    assert check_exact(model, dropped, analysis=analysis).macs < checked.macs
+    shapes = initializer_shapes(checked.pruned)
+    assert shapes["wc1"] == (4, 8 // 2, 1, 1) and shapes["kc1"] == (4,)  # two chunks of 4 -> 2 + 2
+    assert shapes["wc2"] == (4, 2 + 2 * 3, 1, 1)  # chunk 0, then chunk 1 read three times
+    assert shapes["wd1"] == (3, 4, 1, 1) and shapes["wd2"] == (4, 3 + 1, 1, 1)
+    split_sizes = sorted(tuple(int(v) for v in onnx.numpy_helper.to_array(i).reshape(-1))
+                         for i in checked.pruned.graph.initializer if i.data_type == onnx.TensorProto.INT64)
+    assert (1, 1, 1) in split_sizes and (2, 2) in split_sizes
+    assert checked.macs == checked.predicted_macs
+
+
+def test_c2f_one_chunk_pruned_alone_and_a_chunk_emptied_is_refused() -> None:
+    model = model_from_text(C2F)
+    analysis = analyze(model)
+    checked = check_exact(model, PruningPlan(kept={"wc1[0:4]": (1, 3)}), analysis=analysis)
+    shapes = initializer_shapes(checked.pruned)
+    assert shapes["wc1"] == (6, 8, 1, 1) and shapes["wc2"] == (8, 14, 1, 1) and shapes["wm0a"] == (4, 4, 3, 3)
+    with pytest.raises(Exception, match="wc1\\[0:4\\]"):
+        analysis.validate(PruningPlan(kept={"wc1[0:4]": ()}))
