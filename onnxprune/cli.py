@@ -8,10 +8,13 @@ command lives in its own module under ``onnxprune.commands``. User errors
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import re
+import signal
 import sys
+import threading
 
 import click
 
@@ -64,7 +67,39 @@ class _Cli(click.Group):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:  # before click turns it into Abort (and prints a blank line)
-            raise Interrupted("interrupted (Ctrl-C); nothing of this run was written") from None
+            raise _interrupted() from None
+
+
+# SIGTERM (a CI job cancelled, `kill`) is handled as Ctrl-C is: the run's outputs are removed,
+# one line, exit 143 (128 + 15) instead of 130
+_TERMINATED: list[int] = []
+
+
+def _on_sigterm(signum, frame) -> None:
+    _TERMINATED.append(signum)
+    raise KeyboardInterrupt
+
+
+def _interrupted() -> Interrupted:
+    if _TERMINATED:
+        exc = Interrupted("terminated (SIGTERM); nothing of this run was written")
+        exc.exit_code = 128 + signal.SIGTERM
+        return exc
+    return Interrupted("interrupted (Ctrl-C); nothing of this run was written")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    install = (threading.current_thread() is threading.main_thread()
+               and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+    if install:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    _TERMINATED.clear()
+    try:
+        yield
+    finally:
+        if install:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -86,13 +121,15 @@ def cli(verbose: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors print one line and return their exit code (no traceback)."""
     try:
-        cli.main(args=argv, prog_name="onnxprune", standalone_mode=False)
+        with _sigterm_as_interrupt():
+            cli.main(args=argv, prog_name="onnxprune", standalone_mode=False)
     except OnnxPruneError as exc:
         click.echo(f"error: {_one_line(str(exc))}", err=True)
         return exc.exit_code
     except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("error: interrupted (Ctrl-C); nothing of this run was written", err=True)
-        return 130
+        exc = _interrupted()
+        click.echo(f"error: {exc}", err=True)
+        return exc.exit_code
     except click.exceptions.NoArgsIsHelpError as exc:  # `onnxprune` alone: the help
         click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
         return exc.exit_code

@@ -152,7 +152,7 @@ class RunOutputs:
             except OSError as exc:
                 failure = exc.strerror or type(exc).__name__
         if interrupted:
-            raise KeyboardInterrupt
+            _redeliver(interrupted)
         if failure is not None:
             raise OnnxPruneError(f"{target.option} {target.given}: cannot write in {root} ({failure})")
 
@@ -173,7 +173,7 @@ class RunOutputs:
             with _held_sigint() as interrupted:  # the folder is made and recorded, or neither
                 target.stage = Path(tempfile.mkdtemp(prefix=_PREFIX, dir=self._root(target)))
             if interrupted:
-                raise KeyboardInterrupt
+                _redeliver(interrupted)
         return target.stage / target.path.name
 
     def staged_if_declared(self, path: str | os.PathLike | None) -> str | os.PathLike | None:
@@ -207,7 +207,7 @@ class RunOutputs:
                 self._rollback()
         if interrupted:
             self.abort()
-            raise KeyboardInterrupt
+            _redeliver(interrupted)
         self.committed = True
         self.abort()  # the temporary folders (now holding only backups)
 
@@ -277,20 +277,32 @@ class RunOutputs:
 
 @contextlib.contextmanager
 def _held_sigint() -> Iterator[list[int]]:
-    """Ctrl-C inside the block is recorded (the list becomes non-empty), not raised."""
+    """Ctrl-C (and SIGTERM, which the CLI handles like it) inside the block is recorded (the
+    list gets the signal), not raised. Signals without a Python handler are left alone."""
     caught: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield caught
         return
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is None:  # a handler installed outside Python: leave it alone
-        yield caught
-        return
-    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if callable(handler):
+            previous[signum] = handler
+            signal.signal(signum, lambda number, frame: caught.append(number))
     try:
         yield caught
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _redeliver(caught: list[int]) -> None:
+    """Deliver a signal held by :func:`_held_sigint` to its own handler (which raises
+    KeyboardInterrupt for Ctrl-C, or the CLI's SIGTERM handling); KeyboardInterrupt otherwise."""
+    handler = signal.getsignal(caught[0])
+    if callable(handler):
+        handler(caught[0], None)
+    raise KeyboardInterrupt
 
 
 def _fsync_tree(root: Path) -> None:

@@ -389,7 +389,10 @@ def test_sigint_at_a_named_point_leaves_nothing(point: str, work: Work):
     assert_promise(proc.returncode, stderr, 130, "interrupted", before, snapshot(work.path))
 
 
-def test_sigint_from_outside_during_training_leaves_nothing(work: Work):
+@pytest.mark.parametrize("signum,code,fragment", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+                         ids=["SIGINT", "SIGTERM"])
+def test_a_signal_from_outside_during_training_leaves_nothing(work: Work, signum, code, fragment):
+    """Ctrl-C (or SIGTERM, as a cancelled CI job sends) while the model trains."""
     args = ["-v", *prune(work, "--report", str(work / "rep"), "--target-macs", "0.5", "--batch-size", "8",
                          method=["--method", "lagrangian", "--epochs", "200", "--quiet"])]
     before = snapshot(work.path)
@@ -400,9 +403,9 @@ def test_sigint_from_outside_during_training_leaves_nothing(work: Work):
         lines.append(line)
         if "epoch 1/" in line or time.monotonic() > deadline:
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, rest = proc.communicate(timeout=120)
-    assert_promise(proc.returncode, "".join(lines) + rest, 130, "interrupted", before, snapshot(work.path))
+    assert_promise(proc.returncode, "".join(lines) + rest, code, fragment, before, snapshot(work.path))
 
 
 def test_a_successful_run_commits_model_report_and_trail_together(work: Work, capsys):
