@@ -32,7 +32,7 @@ from onnxprune import latency_target
 from onnxprune.errors import OnnxPruneError
 from onnxprune.gates import GateResult, Gates, evaluate_gates, measure_before_after, record_gates, rejected_path
 from onnxprune.latency import PROVIDERS
-from onnxprune.outputs import RunOutputs, fault_point, report_kind
+from onnxprune.outputs import REPORT_FILES, RunOutputs, fault_point, report_kind
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def run_outputs(model: str | os.PathLike, out: str | os.PathLike | None, report:
     outputs.add("--out", out)
     if rejected and out is not None:
         outputs.add("--out (its rejected name)", rejected_path(out))
-    outputs.add("--report", report, report_kind(report))
+    outputs.add("--report", report, report_kind(report), REPORT_FILES)
     outputs.add("--trail", trail, "dir")
     return outputs
 

@@ -37,6 +37,8 @@ from onnxprune.errors import OnnxPruneError
 
 _PREFIX = ".onnxprune-"
 FAULT_ENV = "ONNXPRUNE_FAULT_AT"
+# the files a --report folder gets (onnxprune/report_dir.py), checked when the folder exists
+REPORT_FILES = ("report.json", "report.md", "widths.png", "taper.png", "trail.png", "latency.png")
 
 
 def fault_point(name: str) -> None:
@@ -81,8 +83,9 @@ class RunOutputs:
 
     # --- declaring and checking ------------------------------------------------------------------
 
-    def add(self, option: str, path: str | os.PathLike | None, kind: str = "file") -> None:
-        """Declare an output; ``kind`` is "file" or "dir". ``None`` (option not given) is ignored."""
+    def add(self, option: str, path: str | os.PathLike | None, kind: str = "file", entries: Iterable[str] = ()) -> None:
+        """Declare an output; ``kind`` is "file" or "dir" (``entries``: the files a folder output
+        writes into it, checked like file outputs when the folder exists). ``None`` is ignored."""
         if path is None:
             return
         if kind not in ("file", "dir"):
@@ -93,6 +96,9 @@ class RunOutputs:
         except (OSError, RuntimeError):  # a symlink loop
             raise OnnxPruneError(f"{option} {os.fspath(path)}: cannot resolve the path (a symlink loop?)") from None
         self.targets.append(_Target(option, os.fspath(path), resolved, kind))
+        if kind == "dir" and resolved.is_dir():
+            for name in entries:  # an existing report folder whose report.json is a fifo, ...
+                self.targets.append(_Target(option, os.path.join(os.fspath(path), name), resolved / name, "file"))
 
     def check(self) -> None:
         """Refuse every bad output up front (module docstring); raises OnnxPruneError."""
@@ -238,8 +244,8 @@ class RunOutputs:
         if os.path.lexists(final):
             mode = os.lstat(final).st_mode
             if stat.S_ISDIR(mode) or not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)) or source.is_dir():
-                raise OnnxPruneError(f"{final}: appeared during the run as {kind_of(os.stat(final).st_mode)}; "
-                                     f"nothing was written")
+                raise OnnxPruneError(f"{final}: exists and is {kind_of(os.stat(final).st_mode)}, not a regular file; "
+                                     f"nothing of this run was written")
             backup = Path(tempfile.mktemp(prefix=_PREFIX + "backup-", dir=stage))
             try:
                 os.link(final, backup, follow_symlinks=False)

@@ -260,6 +260,7 @@ CASES = [
     Case("--report DIR is a file", lambda w: prune(w, "--report", w.text("rep", "x")), "not a directory"),
     Case("--report .json is a folder", lambda w: prune(w, "--report", w.folder("r.json")), "not a regular file"),
     Case("--report .json is a fifo", lambda w: prune(w, "--report", w.fifo("r.json")), "a fifo"),
+    Case("--report DIR holds a fifo named report.md", lambda w: prune(w, "--report", _report_with_fifo(w)), "a fifo"),
     Case("--report is the rejected model", lambda w: prune(w, "--min-fidelity", "0.99", "--report",
                                                            str(w / "out.rejected.onnx")), "same path"),
     Case("--trail is --report", lambda w: prune(w, "--trail", str(w / "d"), "--report", str(w / "d"),
@@ -304,6 +305,12 @@ def _folder_of(w: Work, parts: list[tuple[int, int]], second_dtype: str = "float
         array = image[:n, :, :width, :] if width != 8 else image[:n]
         np.save(folder / f"{i}.npy", array.astype(second_dtype) if i else array)
     return str(folder)
+
+
+def _report_with_fifo(w: Work) -> str:
+    folder = w.folder("rep", {"notes.txt": "mine"})
+    w.fifo("rep/report.md")
+    return folder
 
 
 def _read_only(w: Work) -> str:
