@@ -55,7 +55,8 @@ def prepare(model: str | Path | onnx.ModelProto, calib: str, shapes: dict[str, t
     return Setup(original, shapes, train_set, test_set, t_train, t_test, output_kinds(t_train))
 
 
-def prune(setup: Setup, method, config: TrainConfig, verify_result: bool = True) -> dict[str, Any]:
+def prune(setup: Setup, method, config: TrainConfig, verify_result: bool = True, loss: str | None = None,
+          temperature: float = 2.0) -> dict[str, Any]:
     """Train ``method`` (an instance) and apply its plan; returns figures and the objects."""
     started = time.perf_counter()
     imported = import_model(setup.original, setup.shapes)
@@ -64,7 +65,7 @@ def prune(setup: Setup, method, config: TrainConfig, verify_result: bool = True)
     batch, torch_batch, imported, freed = _fixed_batches(setup.original, imported, setup.shapes)
     analysis = None if set(method.granularities) <= {"weight"} else analyze(imported.onnx_model, setup.shapes)
     labels = setup.train_set.labels
-    loss_fn = TaskLoss(setup.kinds, None, labels is not None)
+    loss_fn = TaskLoss(setup.kinds, loss, labels is not None, temperature)
     to_t = lambda arrays: [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]  # noqa: E731
     data = TrainData(to_t(setup.train_set.inputs.values()), to_t(setup.teacher_train),
                      None if labels is None else torch.from_numpy(labels))

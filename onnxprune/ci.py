@@ -30,7 +30,8 @@ import onnx
 
 from onnxprune import latency_target
 from onnxprune.errors import OnnxPruneError
-from onnxprune.gates import GateResult, Gates, evaluate_gates, measure_before_after, record_gates, rejected_path
+from onnxprune.gates import (COLLAPSE_AGREEMENT, COLLAPSE_ERROR, GateResult, Gates, evaluate_gates, measure_before_after,
+                             record_gates, rejected_path)
 from onnxprune.latency import PROVIDERS
 from onnxprune.outputs import REPORT_FILES, RunOutputs, fault_point, report_kind
 
@@ -46,6 +47,13 @@ OPTIONS = [
                       "must be <= MS."),
     click.Option(["--min-speedup"], type=click.FloatRange(0.0, min_open=True), default=None, metavar="S",
                  help="CI gate: p50 latency of the original / of the pruned model must be >= S."),
+    click.Option(["--collapse-agreement"], type=click.FloatRange(0.0, 1.0), default=COLLAPSE_AGREEMENT,
+                 show_default=True, metavar="F",
+                 help="Collapse check, on by default: holdout top-1 agreement below F rejects the model (0 = off)."),
+    click.Option(["--collapse-error"], type=click.FloatRange(0.0), default=COLLAPSE_ERROR, show_default=True,
+                 metavar="E",
+                 help="Collapse check for models without class logits: relative output error above E rejects "
+                      "the model (0 = off)."),
     click.Option(["--providers", "latency_provider"], type=click.Choice(PROVIDERS), default="cpu",
                  help="Execution provider latency is measured on (gates, report, --target-latency-ms)."),
     click.Option(["--latency-threads"], type=click.IntRange(1), default=1,
@@ -79,7 +87,8 @@ class CiOptions:
         """Takes this module's options out of a command's keyword arguments."""
         v = {name: values.pop(name) for name in NAMES if name in values}
         return cls(Gates(v.get("min_fidelity"), v.get("max_accuracy_drop"), v.get("max_latency_ms"),
-                         v.get("min_speedup")),
+                         v.get("min_speedup"), v.get("collapse_agreement", COLLAPSE_AGREEMENT),
+                         v.get("collapse_error", COLLAPSE_ERROR)),
                    v.get("latency_provider", "cpu"), v.get("latency_threads", 1), v.get("latency_seconds", 2.0),
                    v.get("target_latency_ms"), v.get("latency_rounds", 4), v.get("latency_batch", 1))
 

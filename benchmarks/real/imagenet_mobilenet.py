@@ -71,7 +71,7 @@ def run_one(args) -> dict:
     started = time.perf_counter()
     setup = prepare(model, str(calib), {}, test=str(evaluate))
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, quiet=True)
-    result = prune(setup, make_method(args.one, args.target), config)
+    result = prune(setup, make_method(args.one, args.target), config, loss=args.loss, temperature=args.temperature)
     seconds = time.perf_counter() - started
     out, ref = run_in_slices(result["pruned"], setup.test_set.inputs)[0], setup.teacher_test[0]
     top5 = lambda x: np.argsort(-x, axis=1)[:, :5]  # noqa: E731
@@ -93,6 +93,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--loss", default=None, help="kd (default without labels) or mse (on the logits)")
+    parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", default="uniform,magnitude,lagrangian")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one method, print JSON
@@ -106,6 +108,7 @@ def main() -> None:
         sys.exit(f"skipped: {exc}")
     print(f"ImageNet MobileNetV2 ({args.exporter}), label-free, {args.calib} calibration crops, {args.eval} "
           f"evaluation crops of other photos, {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, "
+          f"loss {args.loss or 'kd'} (T {args.temperature}), "
           f"target {args.target:.0%} MACs")
     print("| method | top-1 agreement | top-5 overlap | classes | MACs | params | time s | peak RSS MB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
