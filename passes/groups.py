@@ -283,43 +283,171 @@ _PER_CHANNEL = {
 }
 
 
-def _conv_output(value: ir.Value | None, depth: int = 0) -> ir.Value | None:
-    """The output of a plain (group 1) Conv that ``value`` carries channel for channel, or None."""
-    node = value.producer() if value is not None else None
-    if node is None or depth > 16:
+Run = tuple[int, ir.Value, int, int]  # (offset in the value, Conv output, first channel there, count)
+
+
+def _conv(node: ir.Node) -> tuple[int, int] | None:
+    """(group, C_out) of a Conv with a constant weight, else None."""
+    if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
         return None
-    if node.op_type == "Conv" and node.domain in ("", "ai.onnx"):
-        group = node.attributes.get("group")
-        return value if group is None or group.value == 1 else None
-    if node.op_type in _PER_CHANNEL and node.domain in ("", "ai.onnx"):
-        return _conv_output(node.inputs[0], depth + 1)
+    weight = node.inputs[1]
+    if weight is None or weight.const_value is None:
+        return None
+    group = node.attributes.get("group")
+    return (1 if group is None else group.value), weight.const_value.shape[0]
+
+
+def _runs(value: ir.Value | None, memo: dict[int, list[Run] | None], depth: int = 0) -> list[Run] | None:
+    """Where ``value``'s channels (axis 1) come from: runs of plain (group 1) Conv outputs, followed
+    through per-channel ops, depthwise Convs and Concats (C2f, CSP, Ghost); None when unknown.
+    ``memo`` keeps the walk linear (SiLU reads its input twice)."""
+    if value is None:
+        return None
+    if id(value) not in memo:
+        memo[id(value)] = None  # a cycle or a walk too deep stays unknown
+        memo[id(value)] = _runs_of(value, memo, depth)
+    return memo[id(value)]
+
+
+def _runs_of(value: ir.Value, memo: dict[int, list[Run] | None], depth: int) -> list[Run] | None:
+    node = value.producer()
+    if node is None or depth > 64 or node.domain not in ("", "ai.onnx"):
+        return None
+    conv = _conv(node)
+    if conv is not None:
+        group, c_out = conv
+        if group == 1:
+            return [(0, value, 0, c_out)]
+        inner = _runs(node.inputs[0], memo, depth + 1)  # depthwise: channel c is input channel c
+        width = sum(run[3] for run in inner) if inner else None
+        return inner if inner and group == c_out == width and node.inputs[1].const_value.shape[1] == 1 else None
+    if node.op_type in _PER_CHANNEL:
+        return _runs(node.inputs[0], memo, depth + 1)
     if node.op_type in ("Mul", "Add", "Sub", "Div") and len(node.inputs) == 2:
         a, b = node.inputs
         if b is not None and b.const_value is not None:
-            return _conv_output(a, depth + 1)
+            return _runs(a, memo, depth + 1)
         if a is not None and a.const_value is not None and node.op_type != "Div":
-            return _conv_output(b, depth + 1)
-        found = _conv_output(a, depth + 1)
-        return found if found is not None and found is _conv_output(b, depth + 1) else None  # SiLU
+            return _runs(b, memo, depth + 1)
+        left, right = _runs(a, memo, depth + 1), _runs(b, memo, depth + 1)
+        return left if left is not None and left == right else None  # SiLU: x * Sigmoid(x)
+    if node.op_type in ("Split", "Slice"):  # a window of the input's runs
+        inner = _runs(node.inputs[0], memo, depth + 1)
+        if not inner:
+            return None
+        total = sum(run[3] for run in inner)
+        rank = len(value.shape) if value.shape is not None else 4
+        if node.op_type == "Slice":
+            points = _slice_points(node, total, rank)
+            if not points and _slice_points_axis(node, rank) != 1:
+                return inner if _slice_points_axis(node, rank) is not None else None
+            if not points:
+                return None
+            window = (points[0], points[1])
+        else:
+            bounds = [0, *_split_points(node, total, rank), total]
+            index = next(i for i, out in enumerate(node.outputs) if out is value)
+            if len(bounds) != len(node.outputs) + 1:
+                return None
+            window = (bounds[index], bounds[index + 1])
+        return _window(inner, *window)
+    if node.op_type == "Concat":
+        axis = node.attributes.get("axis")
+        rank = len(value.shape) if value.shape is not None else 4
+        if axis is None or axis.value + (rank if axis.value < 0 else 0) != 1:
+            return None
+        runs, offset = [], 0
+        for part in node.inputs:
+            inner = _runs(part, memo, depth + 1)
+            if inner is None:
+                return None
+            runs += [(offset + at, source, first, count) for at, source, first, count in inner]
+            offset += sum(run[3] for run in inner)
+        return runs
     return None
 
 
+def _window(runs: list[Run], start: int, stop: int) -> list[Run] | None:
+    """The runs of channels ``start:stop``, re-based at 0."""
+    out = []
+    for at, source, first, count in runs:
+        lo, hi = max(at, start), min(at + count, stop)
+        if lo < hi:
+            out.append((lo - start, source, first + lo - at, hi - lo))
+    return out or None
+
+
+def _slice_points_axis(node: ir.Node, rank: int) -> int | None:
+    """1 when the Slice has constant bounds that touch axis 1, another axis when they do not, or
+    None when they are computed."""
+    values = [v.const_value.numpy().reshape(-1) if v is not None and v.const_value is not None else None
+              for v in list(node.inputs[1:4]) + [None] * (4 - len(node.inputs))]
+    if values[0] is None or values[1] is None or (len(node.inputs) > 3 and node.inputs[3] is not None
+                                                  and values[2] is None):
+        return None
+    axes = list(range(len(values[0]))) if values[2] is None else [int(a) + (rank if a < 0 else 0) for a in values[2]]
+    return 1 if 1 in axes else -1
+
+
 def channel_cuts(graph: ir.Graph) -> dict[str, set[int]]:
-    """Producer outputs whose channels a Split (constant sizes) or Slice cuts on axis 1, with the
-    channel offsets of the cuts: each chunk becomes a group of its own (see ``_produce_chunks``)."""
+    """Conv outputs whose channels a Split (constant sizes) or Slice cuts on axis 1, with the
+    channel offsets of the cuts in the Conv's output: each chunk becomes a group of its own (see
+    ``_produce_chunks``)."""
     cuts: dict[str, set[int]] = {}
+    memo: dict[int, list[Run] | None] = {}
     for node in graph:
         if node.domain not in ("", "ai.onnx") or node.op_type not in ("Split", "Slice") or not node.inputs:
             continue
-        source = _conv_output(node.inputs[0])
-        if source is None or source.producer().inputs[1].const_value is None:
+        runs = _runs(node.inputs[0], memo)
+        if not runs:
             continue
-        total = source.producer().inputs[1].const_value.shape[0]
+        total = sum(run[3] for run in runs)
         rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else 4
         points = _split_points(node, total, rank) if node.op_type == "Split" else _slice_points(node, total, rank)
-        if points:
-            cuts.setdefault(source.name, set()).update(p for p in points if 0 < p < total)
+        _cut(cuts, runs, points)
+    _align_merges(graph, cuts, memo)
     return cuts
+
+
+def _cut(cuts: dict[str, set[int]], runs: list[Run], points: Iterable[int]) -> bool:
+    """Cut the Convs of ``runs`` at the given channel offsets of the value; True if a cut is new."""
+    new = False
+    for point in points:
+        for at, source, first, count in runs:
+            if at < point < at + count:  # inside this run: cut its Conv there
+                known = cuts.setdefault(source.name, set())
+                new |= first + point - at not in known
+                known.add(first + point - at)
+    return new
+
+
+def _boundaries(cuts: dict[str, set[int]], runs: list[Run]) -> set[int]:
+    """Offsets in the value where its chunks (runs, and the cuts inside them) begin or end."""
+    out = set()
+    for at, source, first, count in runs:
+        out |= {at, at + count} | {at + c - first for c in cuts.get(source.name, ()) if first < c < first + count}
+    return out
+
+
+def _align_merges(graph: ir.Graph, cuts: dict[str, set[int]], memo: dict[int, list[Run] | None]) -> None:
+    """Two activations added or multiplied (a Ghost bottleneck's residual Add) tie channel for
+    channel: each side is cut where the other side's chunks end, until nothing changes."""
+    pairs = []
+    for node in graph:
+        if node.op_type in ("Add", "Sub", "Mul") and node.domain in ("", "ai.onnx") and len(node.inputs) == 2:
+            a, b = node.inputs
+            if a is None or b is None or a.const_value is not None or b.const_value is not None:
+                continue
+            left, right = _runs(a, memo), _runs(b, memo)
+            if left and right and left != right and sum(r[3] for r in left) == sum(r[3] for r in right):
+                pairs.append((left, right))
+    for _ in range(16):  # each round only adds cuts; chains settle in a few
+        changed = False
+        for left, right in pairs:
+            changed |= _cut(cuts, right, _boundaries(cuts, left))
+            changed |= _cut(cuts, left, _boundaries(cuts, right))
+        if not changed:
+            return
 
 
 def _split_points(node: ir.Node, total: int, rank: int) -> list[int]:

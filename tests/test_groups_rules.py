@@ -209,7 +209,7 @@ g (float[1,3,8,8] x) => (float[1,4,8,8] y) <float[8,3,3,3] w1, float[4,4,1,1] wa
   yb = Conv (q, wb)
   y = Add (ya, yb)
 }}""", {"w1": (4, 3, 3, 3), "wa": (4, 2, 1, 1), "wb": (4, 2, 1, 1)}, {}),
-    "split_inside_a_concat_input_frozen": (f"""{H17}
+    "split_inside_a_concat_input_chunks": (f"""{H17}
 g (float[1,3,8,8] x) => (float[1,4,8,8] y) <float[8,3,3,3] w1, float[4,3,1,1] w2, float[4,6,1,1] wa, float[4,6,1,1] wb, int64[2] sp = {{6, 6}}>
 {{
   c1 = Conv <pads=[1,1,1,1]> (x, w1)
@@ -219,7 +219,17 @@ g (float[1,3,8,8] x) => (float[1,4,8,8] y) <float[8,3,3,3] w1, float[4,3,1,1] w2
   ya = Conv (p, wa)
   yb = Conv (q, wb)
   y = Add (ya, yb)
-}}""", {"w1": (8, 3, 3, 3)}, {"w1": "cuts inside", "w2": "cuts inside"}),
+}}""", {"w1": (4, 3, 3, 3), "w2": (2, 3, 1, 1), "wa": (4, 3, 1, 1), "wb": (4, 3, 1, 1)}, {}),
+    "split_inside_a_grouped_conv_frozen": (f"""{H17}
+g (float[1,3,8,8] x) => (float[1,4,8,8] y) <float[8,3,1,1] w1, float[8,4,3,3] wg, float[4,2,1,1] wa, float[4,6,1,1] wb, int64[2] sp = {{2, 6}}>
+{{
+  c1 = Conv (x, w1)
+  g = Conv <group=2, pads=[1,1,1,1]> (c1, wg)
+  p, q = Split <axis=1> (g, sp)
+  ya = Conv (p, wa)
+  yb = Conv (q, wb)
+  y = Add (ya, yb)
+}}""", {"wg": (8, 4, 3, 3)}, {"wg": "cuts inside", "w1": "grouped Conv"}),
     "slice_channel_offsets": (f"""{H17}
 g (float[1,3,8,8] x) => (float[1,4,8,8] y) <float[8,3,3,3] w1, float[6,3,1,1] w2, float[4,6,1,1] wb, int64[1] st = {{8}}, int64[1] en = {{14}}, int64[1] ax = {{1}}>
 {{

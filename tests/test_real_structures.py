@@ -263,3 +263,63 @@ def test_c2f_one_chunk_pruned_alone_and_a_chunk_emptied_is_refused() -> None:
     assert shapes["wc1"] == (6, 8, 1, 1) and shapes["wc2"] == (8, 14, 1, 1) and shapes["wm0a"] == (4, 4, 3, 3)
     with pytest.raises(Exception, match="wc1\\[0:4\\]"):
         analysis.validate(PruningPlan(kept={"wc1[0:4]": ()}))
+
+
+# --- Ghost module (GhostNet): Concat(primary, cheap depthwise)[:, :oup] -------------------------
+
+GHOST = f"""<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,3,8,8] x) => (float[1,4,8,8] y)
+<float[8,3,3,3] w0, float[8] k0, float[3,8,1,1] wp1, {", ".join(f"float[3] {p}1" for p in ("s", "b", "m", "var"))},
+ float[3,1,3,3] wq1, {", ".join(f"float[3] {p}2" for p in ("s", "b", "m", "var"))},
+ float[4,5,1,1] wp2, {", ".join(f"float[4] {p}3" for p in ("s", "b", "m", "var"))},
+ float[4,1,3,3] wq2, {", ".join(f"float[4] {p}4" for p in ("s", "b", "m", "var"))},
+ float[4,8,1,1] wy, float[4] ky, int64[1] zero = {{0}}, int64[1] five = {{5}}, int64[1] eight = {{8}}, int64[1] one = {{1}}>
+{{
+  c0 = Conv <pads=[1,1,1,1]> (x, w0, k0)
+  s0 = Relu (c0)
+  p1c = Conv (s0, wp1)
+  p1b = BatchNormalization (p1c, s1, b1, m1, var1)
+  p1 = Relu (p1b)
+  q1c = Conv <group=3, pads=[1,1,1,1]> (p1, wq1)
+  q1b = BatchNormalization (q1c, s2, b2, m2, var2)
+  q1 = Relu (q1b)
+  g1 = Concat <axis=1> (p1, q1)
+  o1 = Slice (g1, zero, five, one)
+  p2c = Conv (o1, wp2)
+  p2 = BatchNormalization (p2c, s3, b3, m3, var3)
+  q2c = Conv <group=4, pads=[1,1,1,1]> (p2, wq2)
+  q2 = BatchNormalization (q2c, s4, b4, m4, var4)
+  g2 = Concat <axis=1> (p2, q2)
+  o2 = Slice (g2, zero, eight, one)
+  r = Add (s0, o2)
+  y = Conv (r, wy, ky)
+}}"""
+
+
+def test_ghost_bottleneck_slice_inside_the_cheap_half_and_its_residual_are_prunable() -> None:
+    model = model_from_text(GHOST)
+    analysis = analyze(model)
+    groups = {g.id: g for g in analysis.groups}
+    assert set(groups) == {"w0[0:4]", "wp1[0:2]", "wp1[2:3]", "wy"}
+    for gid in ("w0[0:4]", "wp1[0:2]", "wp1[2:3]"):
+        assert groups[gid].prunable, (gid, groups[gid].reason)
+    # the first ghost module (5 of 6 channels kept): its primary conv is cut where the Slice cuts the
+    # cheap half; the first two primary channels are read twice (as themselves, through the cheap conv)
+    assert [(c.start, c.stop) for c in groups["wp1[0:2]"].consumers] == [(0, 2), (3, 5)]
+    assert [(c.start, c.stop) for c in groups["wp1[2:3]"].consumers] == [(2, 3)]
+    # the residual Add ties stem channel c and c + 4 to the second module's primary channel c and
+    # its cheap copy: one group of 4 with both halves of w0
+    stem = {(p.name, p.start, p.stop) for p in groups["w0[0:4]"].producers}
+    assert {("w0", 0, 4), ("w0", 4, 8), ("wp2", 0, 4), ("wq2", 0, 4)} <= stem
+    assert [b.id for b in analysis.residual_branches] == ["Add_16"]
+    for seed in (0, 1):
+        plan = PruningPlan(kept={"wp1[0:2]": (seed,), "w0[0:4]": (0, 3)})
+        checked = check_exact(model, plan, analysis=analysis)
+        shapes = initializer_shapes(checked.pruned)
+        assert shapes["w0"] == (4, 3, 3, 3) and shapes["wp1"] == (2, 4, 1, 1) and shapes["wq1"] == (2, 1, 3, 3)
+        assert shapes["wp2"] == (2, 3, 1, 1) and shapes["wq2"] == (2, 1, 3, 3) and shapes["wy"] == (4, 4, 1, 1)
+        assert checked.macs == checked.predicted_macs
+    for seed in (4, 5):
+        plan = random_plan(analysis, seed=seed, branch_fraction=0.5)
+        checked = check_exact(model, plan, analysis=analysis)
+        assert checked.macs == checked.predicted_macs
