@@ -6,3 +6,4 @@ registering a key twice raises there. One module per op family.
 """
 
 from onnxprune.converters import gelu, group_norm, pad, pooling, reduce, reshape, resize, same_semantics, split  # noqa: F401
+from onnxprune.converters import recurrent  # noqa: F401
