@@ -7,7 +7,10 @@
    ``digits_train.npz`` (``--holdout 0``, as the LC reference trains on the whole training set)
    and, for comparison, with the default 10% holdout withheld from training.
 2. LTP on the MLP: per-layer thresholds, the trail (density never rises), sparsity vs L0 weight.
-3. LTP on the BatchNorm ResNet: weight decay alone (no pruning) vs LTP at a requested sparsity.
+3. BatchNorm ResNet: explicit L1 / L2 penalties vs LTP's L0 at a fixed λ (no target), sparsity as
+   the fraction of conv weights below 1% / 10% of their layer's rms, on the validation split
+   (``benchmarks/lc_ltp_switches.py``, section C; issue 18: the old check compared weight decay's
+   exact zeros, always 0%, with a bisection-forced target).
 4. Channel granularity (LC, LTP) on the VGG: physically smaller model, onnxruntime CPU latency
    vs the original and vs the weight-granularity model, and accuracy at (about) equal MACs.
 
@@ -113,26 +116,26 @@ def check_ltp(args) -> None:
     for lam in (0.01, 0.1, 1.0, 10.0):
         run = prune("mlp", "ltp", {"l0_weight": lam, "ltp_finetune": 0.0}, max(5, args.epochs // 3), args.lr)
         print(f"  L0 weight {lam:>5}: sparsity {100 * run.plan.meta['sparsity']:.1f}%, test accuracy {100 * test_accuracy(run.model):.1f}%")
-    print("  simplified vs exact mask gradient:")
+    print("  simplified vs exact mask gradient (L0 weight gradient at its default; both switches:"
+          " benchmarks/lc_ltp_switches.py, section A):")
     for exact in (False, True):
-        free = prune("mlp", "ltp", {"l0_weight": 1.0, "ltp_finetune": 0.0, "ltp_exact_gradient": exact},
+        free = prune("mlp", "ltp", {"l0_weight": 1.0, "ltp_finetune": 0.0, "ltp_exact_mask_gradient": exact},
                      max(5, args.epochs // 3), args.lr)
-        target = prune("mlp", "ltp", {"sparsity": 0.95, "ltp_exact_gradient": exact}, args.epochs, args.lr)
+        target = prune("mlp", "ltp", {"sparsity": 0.95, "ltp_exact_mask_gradient": exact}, args.epochs, args.lr)
         print(f"    {'exact' if exact else 'simplified':>10}: L0 weight 1 reaches {100 * free.plan.meta['sparsity']:.1f}% "
               f"(test {100 * test_accuracy(free.model):.1f}%); target 95%: test {100 * test_accuracy(target.model):.1f}%")
 
 
 def check_bn(args) -> None:
-    print("\n## 3. BatchNorm ResNet: weight decay alone vs LTP")
-    for wd in (1e-2, 1e-1):
-        run = prune("resnet", "magnitude", {"sparsity": 0.0}, args.epochs // 2, args.lr, weight_decay=wd)
-        names = set(pipeline_weights(run))
-        arrays = [numpy_helper.to_array(t) for t in run.model.graph.initializer if t.name in names]
-        flat = np.concatenate([a.reshape(-1) for a in arrays])
-        print(f"weight decay {wd} (adam, no pruning): exact zeros {100 * np.mean(flat == 0):.2f}%, "
-              f"|w| < 1e-3 {100 * np.mean(np.abs(flat) < 1e-3):.2f}%, test accuracy {100 * test_accuracy(run.model):.1f}%")
-    run = prune("resnet", "ltp", {"sparsity": 0.8}, args.epochs // 2, args.lr)
-    print(f"LTP target 80%: reached {100 * run.plan.meta['sparsity']:.2f}%, test accuracy {100 * test_accuracy(run.model):.1f}%")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import lc_ltp_switches as switches
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ns = argparse.Namespace(split=switches.make_split(Path(tmp)), seeds=1, lr=args.lr,
+                                epochs_cnn=max(1, (2 * args.epochs) // 3))
+        switches.check_bn(ns)
 
 
 def pipeline_weights(run) -> list[str]:

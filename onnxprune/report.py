@@ -143,8 +143,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     else:
         lines.append(f"fidelity    rel. output error {pruned['rel_error']:.3g}, max abs {pruned['max_abs_error']:.3g}")
     if "accuracy" in pruned:
-        lines.append(f"accuracy    {orig['accuracy']:.2%} -> {pruned['accuracy']:.2%} "
-                     f"(holdout, {report['calibration']['holdout']} samples)")
+        calib = report["calibration"]
+        # with --holdout 0 the figures come from the training data, not from a holdout
+        where = (f"holdout, {calib['holdout']} samples" if calib.get("holdout") else
+                 f"training data, {calib.get('train')} samples, no holdout")
+        lines.append(f"accuracy    {orig['accuracy']:.2%} -> {pruned['accuracy']:.2%} ({where})")
     lines.append(f"time        {report['seconds']:.1f} s on {report['device']}"
                  + (f" x{report['world_size']}" if report['world_size'] > 1 else ""))
     return lines

@@ -59,17 +59,69 @@ def test_temperature_rule_and_threshold_group():
     assert not any(id(t) in in_model for t in groups[0]["params"])
 
 
-def test_ltp_reaches_target_with_per_layer_thresholds_and_monotone_sparsity():
+def test_ltp_lambda_control_reaches_the_target_and_learns_per_layer_factors():
+    """The final bisection forces the target density, so the density itself proves nothing;
+    what the method must do is bring the hard-masked sparsity to the target by its λ control,
+    and learn different thresholds per layer in units of each layer's own scale (τ compared
+    across layers mixes in each layer's weight scale)."""
     model = trained_mlp()
     base = accuracy(model)
     ctx, plan = fit(LTP(sparsity=0.9), model, epochs=20)
-    assert density(model) == pytest.approx(0.10, abs=0.002)
-    assert accuracy(model) > base - 0.03  # benchmark: 97.8% vs 98.1% at 90% sparsity
-    thresholds = list(plan.meta["thresholds"].values())
-    assert max(thresholds) > 1.5 * min(thresholds), thresholds
+    meta = plan.meta
+    # λ control alone (before the common rescaling of the thresholds): measured 90.7%
+    assert abs(meta["sparsity_before_calibration"] - 0.9) < 0.03, meta["sparsity_before_calibration"]
+    assert accuracy(model) > base - 0.03  # measured 98.1% vs 98.1% at 90% sparsity
+    # t_l = τ_l / mean(w_l² at the start): measured 5.70 / 6.56 / 4.08 (Adam moving every t at one
+    # pace would make them equal)
+    factors = list(meta["threshold_factors"].values())
+    assert max(factors) > 1.3 * min(factors) > 0, factors
     sparsity = [h["sparsity"] for h in ctx.history if "step" in h]
     assert len(sparsity) > 20
     assert all(b >= a - 0.005 for a, b in itertools.pairwise(sparsity)), sparsity  # density never rises
+
+
+def _one_layer_ltp(**options):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    weights = {"0.weight": model[0].weight}
+    from onnxprune.methods.base import TrainContext
+
+    ctx = TrainContext(model=model, imported=None, weights=weights, analysis=None,
+                       device=torch.device("cpu"), epochs=1, steps_per_epoch=10, lr=0.1)
+    method = LTP(l0_weight=2.0, **options)
+    method.setup(ctx)
+    with torch.no_grad():
+        method.layers[0].t.fill_(0.8)  # weights on both sides of the threshold
+    return method, ctx, weights["0.weight"]  # the raw parameter (model[0].weight is now masked)
+
+
+@pytest.mark.parametrize("exact_mask", [False, True])
+@pytest.mark.parametrize("l0_grad", [False, True])
+def test_l0_weight_gradient_and_mask_gradient_are_separate_switches(exact_mask, l0_grad):
+    """The L0 term's gradient with respect to w is (λ/N)·(2w/T)·σ' when on and 0 when off,
+    whichever mask gradient is chosen; the mask gradient follows its own switch."""
+    method, ctx, w = _one_layer_ltp(ltp_exact_mask_gradient=exact_mask, ltp_l0_weight_gradient=l0_grad)
+    layer = method.layers[0]
+    w.grad = None
+    method.penalty(ctx).backward()
+    raw = w.detach()
+    tau, temp = float(layer.tau().detach()), float(layer.temperature(method.t0))
+    m = torch.sigmoid((raw ** 2 - tau) / temp)
+    expected = 2.0 / raw.numel() * 2 * raw * m * (1 - m) / temp
+    if l0_grad:
+        torch.testing.assert_close(w.grad, expected)
+        assert float(w.grad.abs().max()) > 0
+    else:
+        assert w.grad is None or float(w.grad.abs().max()) == 0.0
+    # the masked weight's gradient: m, or m + 2w²σ'/T with the exact mask gradient
+    w.grad = None
+    x = torch.randn(5, 8)
+    g = torch.randn(5, 4)
+    (ctx.model(x) * g).sum().backward()
+    upstream = g.t() @ x
+    full = m + (2 * raw ** 2 * m * (1 - m) / temp if exact_mask else 0)
+    torch.testing.assert_close(w.grad, upstream * full)
+    assert method.layers and (method.simplified is not exact_mask) and method.l0_weight_gradient is l0_grad
 
 
 def test_sparsity_rises_with_l0_weight():

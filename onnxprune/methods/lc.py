@@ -16,10 +16,20 @@ The loop's steps are shared out evenly: the first (1 − ``--lc-finetune``) of t
 global top-κ across all pruned tensors, so the per-layer densities are learned.
 
 ``--granularity channel`` [design]: the variables are the channel groups' gate tensors (BN
-gamma+beta or the producing rows + bias) and Π keeps the κ channels of largest ℓ2 norm relative
-to their layer's mean channel norm at the start (BN-gated and row-gated layers have unrelated
-scales; raw norms let one layer lose all but one channel), at least one per group; the plan keeps
-those channels, whose removal by the passes is then exact.
+gamma+beta or the producing rows + bias); the compression set is "at most κ channels nonzero, at
+least one per group", and each C step is the exact projection for the penalty it is paired with:
+
+- ``--lc-channel-norm plain`` (default): the unweighted μ/2‖w − θ − λ/μ‖²; Π keeps each group's
+  largest channel and then the channels of largest plain ℓ2 norm up to κ.
+- ``--lc-channel-norm relative``: the penalty weighted per channel by c_g = 1 / (mean squared
+  channel norm of its group at the start, normalised to mean 1), μ/2 Σ c_g‖w_g − θ_g − λ_g/μ‖²;
+  Π then ranks channels by c_g‖w_g‖² (norm relative to the layer), its exact projection.
+
+(Until issue 18 the C step ranked by relative norm while the penalty was unweighted, so it was
+not the projection for the penalty being minimised; docs/methods-lc-ltp.md has the comparison.)
+Rounding each group's kept count to ``--channel-multiple`` is applied once, in the last C step
+(the output θ), so the LC iterations use the exact projection; the plan keeps those channels,
+whose removal by the passes is then exact.
 """
 
 from __future__ import annotations
@@ -64,6 +74,10 @@ class LC(PruningMethod):
         click.Option(["--lc-alpha"], type=float, default=1e-6, help="LC: penalty weight α (penalty forms)."),
         click.Option(["--lc-radius"], type=float, default=0.2,
                      help="LC: ℓ1-ball radius as a fraction of the original weights' ℓ1 norm (l1-constraint)."),
+        click.Option(["--lc-channel-norm"], type=click.Choice(("plain", "relative")), default="plain",
+                     help="LC, --granularity channel: plain ℓ2 norms with the unweighted penalty, or norms "
+                          "relative to the layer's mean with the penalty weighted the same way (each C step "
+                          "is the exact projection for its penalty)."),
         click.Option(["--lc-finetune"], type=float, default=0.3,
                      help="LC: fraction of steps fine-tuned with θ's mask fixed after the last C step."),
     ]
@@ -80,10 +94,13 @@ class LC(PruningMethod):
             raise OnnxPruneError(f"--granularity channel supports --lc-form l0-constraint only, not {self.form}")
         if self.channel:
             self.groups, self.vars = self._channel_variables(ctx)
-            self.channel_weight = self._layer_normalization()
+            self.relative = cfg.get("lc_channel_norm", "plain") == "relative"
+            self.channel_weight = self._layer_normalization() if self.relative else None
+            self.penalty_weight = self._penalty_weights() if self.relative else None
             count = len(self.groups)
         else:
             self.groups, self.vars = None, dict(ctx.weights)
+            self.penalty_weight = None
             count = sum(w.numel() for w in self.vars.values())
         self.kappa = round((1.0 - (cfg["sparsity"] or 0.0)) * count)
         self.radius = cfg["lc_radius"] * float(sum(w.detach().abs().sum() for w in self.vars.values()))
@@ -123,11 +140,22 @@ class LC(PruningMethod):
         for (gid, _), value in zip(self.group_ids, sq.tolist()):
             sums.setdefault(gid, []).append(value)
         mean = {gid: max(sum(v) / len(v), 1e-30) for gid, v in sums.items()}
-        return torch.tensor([1.0 / mean[gid] for gid, _ in self.group_ids], dtype=torch.float64)
+        weight = torch.tensor([1.0 / mean[gid] for gid, _ in self.group_ids], dtype=torch.float64)
+        # one common scale leaves the ranking unchanged; mean 1 keeps μ's schedule comparable
+        return weight / weight.mean()
 
-    def _project(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _penalty_weights(self) -> dict[str, torch.Tensor]:
+        """Per element of each variable, its channel's weight c_g (0 where no prunable channel
+        covers the element: it is unconstrained, θ = w there after every C step)."""
+        weights = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in self.vars.items()}
+        for members, c in zip(self.groups, self.channel_weight.tolist()):
+            for name, axis, index in members:
+                weights[name].select(axis, index).fill_(c)
+        return weights
+
+    def _project(self, values: dict[str, torch.Tensor], align: bool = False) -> dict[str, torch.Tensor]:
         if self.channel:
-            self.keep = self._keep_channels(values)
+            self.keep = self._keep_channels(values, align)
             return projections.zero_groups(values, self.groups, self.keep)
         if self.form == "l0-constraint":
             return projections.l0_constraint(values, self.kappa)
@@ -137,9 +165,12 @@ class LC(PruningMethod):
             return projections.l0_penalty(values, self.cfg["lc_alpha"], self.mu)
         return projections.l1_penalty(values, self.cfg["lc_alpha"], self.mu)
 
-    def _keep_channels(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Top-κ channels by layer-relative norm, each group's largest kept so no group vanishes."""
-        sq = projections.group_sq_norms(values, self.groups) * self.channel_weight
+    def _keep_channels(self, values: dict[str, torch.Tensor], align: bool = False) -> torch.Tensor:
+        """The exact projection's channels: each group's largest, then the top ones up to κ, by
+        c_g·‖w_g‖² (c_g = 1 with plain norms); ``align`` then rounds each group's count."""
+        sq = projections.group_sq_norms(values, self.groups)
+        if self.channel_weight is not None:
+            sq = sq * self.channel_weight
         keep = torch.zeros(len(self.groups), dtype=torch.bool)
         best: dict[str, int] = {}
         for i, (gid, _) in enumerate(self.group_ids):
@@ -150,6 +181,8 @@ class LC(PruningMethod):
         rest[keep] = -1.0
         extra = max(0, self.kappa - int(keep.sum()))
         keep[torch.sort(rest, descending=True, stable=True).indices[:extra]] = True
+        if not align:
+            return keep
         for gid, index in self.group_index.items():  # runtime-friendly channel counts
             keep[index] = masking.align_kept(keep[index], sq[index], self.cfg["channel_multiple"])
         return keep
@@ -159,7 +192,8 @@ class LC(PruningMethod):
             return None
         total = 0.0
         for n, w in self.vars.items():
-            total = total + (w - self.theta[n] - self.lam[n] / self.mu).pow(2).sum()
+            sq = (w - self.theta[n] - self.lam[n] / self.mu).pow(2)
+            total = total + (sq if self.penalty_weight is None else sq * self.penalty_weight[n]).sum()
         return 0.5 * self.mu * total
 
     def after_backward(self, ctx: TrainContext) -> None:
@@ -178,7 +212,8 @@ class LC(PruningMethod):
             return
         with torch.no_grad():
             shifted = {n: w.detach() - self.lam[n] / self.mu for n, w in self.vars.items()}
-            self.theta = self._project(shifted)  # C step
+            # C step; the last one (the output θ) also rounds the kept channel counts
+            self.theta = self._project(shifted, align=self.j + 1 == self.lc_steps)
             for n, w in self.vars.items():
                 self.lam[n] -= self.mu * (w.detach() - self.theta[n])  # multiplier update
         self.j += 1
@@ -219,11 +254,16 @@ class LC(PruningMethod):
 
     def finalize(self, ctx: TrainContext):
         if self.mask is None:  # the loop ended before the last C step (e.g. ctx.stop)
+            if self.channel:
+                with torch.no_grad():
+                    self.theta = self._project({n: w.detach() - self.lam[n] / self.mu
+                                                for n, w in self.vars.items()}, align=True)
             self._output_theta()
         with torch.no_grad():
             for n, w in self.vars.items():
                 w.mul_(self.mask[n])
         meta = {"method": "lc", "form": self.form, "granularity": "channel" if self.channel else "weight",
+                **({"channel_norm": "relative" if self.relative else "plain"} if self.channel else {}),
                 "lc_steps": self.j, "layer_density": self.layer_density(),
                 "gaps": self.gaps}
         keep = self._channel_keep() if self.channel else {}
