@@ -149,7 +149,8 @@ def check_lc_channel(args) -> None:
             gaps = r.plan.meta["gaps"]
             print(f"| {model} | {label} | {100 * macs / macs0:.1f}% | {dens} | {gaps[0]:.3g} → {gaps[-1]:.3g} "
                   f"| {val:.1f} | {test:.1f} |", flush=True)
-            log.warning("  %s %s (%.0f s)", model, label, r.seconds)
+            log.warning("  %s %s: val per seed %s (%.0f s)", model, label,
+                        " ".join(f"{100 * x.val:.1f}" for x in runs), r.seconds)
 
 
 # --------------------------------------------------------------------------- C. BN: L1/L2 vs L0
