@@ -205,7 +205,7 @@ def _check_batch(config, ci: CiOptions) -> CiOptions:
         dims = value.type.tensor_type.shape.dim
         if value.name in initializers or not dims:
             continue
-        if dims[0].HasField("dim_value") and dims[0].dim_value != ci.batch:
+        if dims[0].HasField("dim_value") and dims[0].dim_value > 0 and dims[0].dim_value != ci.batch:  # -1/0: dynamic
             raise OnnxPruneError(f"--latency-batch {ci.batch}: input {value.name!r} of {config.model} has a fixed "
                                  f"batch dimension {dims[0].dim_value}; use --latency-batch {dims[0].dim_value} "
                                  f"or a model with a dynamic batch")

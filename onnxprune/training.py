@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
 PRUNABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_STATISTICS_SAMPLES = 256  # inputs a method may use for activation statistics (ctx.calibration)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +150,7 @@ def train(
     ctx = TrainContext(
         model=model, imported=imported, weights=weights, analysis=analysis, device=replica.device,
         epochs=config.epochs, steps_per_epoch=math.ceil(per_rank / config.batch_size), lr=config.lr,
-        is_main_process=replica.is_main,
+        is_main_process=replica.is_main, calibration=[x[:_STATISTICS_SAMPLES] for x in data.inputs],
     )
     ctx.evaluate = evaluate and _in_eval_mode(lambda: ctx.model, evaluate)
     method.setup(ctx)

@@ -121,7 +121,7 @@ def test_report_folder_from_a_real_run(real_run, tmp_path):
     assert (f"| MACs per sample | {format_count(macs['before'])} | {format_count(macs['after'])} | "
             f"{macs['after'] / macs['before']:.1%} |") in md
     assert f"| fidelity (top-1 agreement with the original) | 100.00% | {stored['pruned']['top1_agreement']:.2%} |" in md
-    assert "**Status: accepted** (all 2 gates met)." in md
+    assert "**Status: accepted** (all 3 gates met)." in md  # the collapse check and the two set
     for image in ("widths.png", "taper.png", "trail.png"):
         assert f"]({image})" in md
     assert md.count("| `macs_0") == len(stored["trail"])

@@ -68,6 +68,7 @@ class TrainContext:
     evaluate: Any = None  # callable() -> dict(fidelity=..., accuracy=...) on the holdout
     is_main_process: bool = True
     state_map: dict = dataclasses.field(default_factory=dict)  # set with a replaced model, see above
+    calibration: Any = None  # a few hundred training inputs (CPU tensors, graph-input order), for statistics
 
 
 # Options several methods read: declaring them by these objects makes the prune command's merge

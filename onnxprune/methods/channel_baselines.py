@@ -52,6 +52,7 @@ class FixedChannels(Lagrangian):
         self.masks = self.choose(scores)
         self.selection = {gid: m.float().to(ctx.device) for gid, m in self.masks.items()}
         self.taper_epochs = 0
+        self.recalibrate(ctx)
 
     def end_epoch(self, ctx: TrainContext) -> None:
         ctx.metrics["macs_frac"] = self.structure.resource.hard(self.masks) / self.b0

@@ -24,6 +24,7 @@ The plan lists the kept channels; the passes remove the others physically.
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import click
@@ -105,6 +106,9 @@ class Lagrangian(PruningMethod):
                      help="lagrangian: epochs after the taper with the budget held while the gates settle to 0/1 "
                           "[default: half of the epochs after the taper]."),
         GATE_LR_OPTION,
+        click.Option(["--recalibrate/--no-recalibrate"], default=True, show_default=True,
+                     help="lagrangian: after the hard selection, map every kept conv channel onto the original's "
+                          "activation mean and spread (BN re-estimation that works with BN folded into the convs)."),
         click.Option(["--dual-lr"], type=click.FloatRange(0, min_open=True), default=2.0, show_default=True,
                      help="lagrangian: dual ascent rate of the multiplier (per step, h in units of B0)."),
         click.Option(["--damping"], type=click.FloatRange(0), default=5000.0, show_default=True,
@@ -147,6 +151,7 @@ class Lagrangian(PruningMethod):
                        for gid, size in self.structure.groups.items()}
         self.selection: dict[str, torch.Tensor] | None = None  # fixed gates after the taper
         self.bank = GateBank()
+        self.teacher = copy.deepcopy(ctx.model) if self.config.get("recalibrate", True) else None
         self.structure.install(ctx.model, self.bank)
         for gid in self.scores:
             self.bank.set(gid, lambda gid=gid: self._gate(gid))
@@ -251,9 +256,23 @@ class Lagrangian(PruningMethod):
             masks = select_to_budget(scores, self.structure.resource, self.target, multiple=self.multiple)
             self.selection = {gid: gates[gid] * masks[gid].to(gates[gid].device) for gid in gates}
         self.masks = masks
+        self.recalibrate(ctx)
         macs = self.structure.resource.hard(masks)
         ctx.metrics["macs_frac"] = macs / self.b0
         log.info("lagrangian: selection fixed at %.4g MACs (%.2f%% of %.4g)", macs, 100 * macs / self.b0, self.b0)
+
+    def recalibrate(self, ctx: TrainContext) -> None:
+        """Activation statistics of the kept channels back to the original's (:mod:`recalibrate`)."""
+        if self.teacher is None or not ctx.calibration:
+            return
+        from onnxprune.methods.recalibrate import recalibrate
+
+        inputs = [x.to(ctx.device) for x in ctx.calibration]
+        try:
+            recalibrate(ctx.model, self.teacher.to(ctx.device), inputs)
+        except RuntimeError as exc:  # e.g. a graph that only runs at its fixed batch
+            log.warning("recalibration skipped: %s", str(exc).splitlines()[0])
+        self.teacher = None  # done once; free the copy
 
     def finalize(self, ctx: TrainContext):
         if self.selection is None:

@@ -1,6 +1,10 @@
-"""Model (c) of the real benchmark: the ImageNet MobileNetV2 itself, label-free, on real photos.
+"""Models (c) and (a) of the real benchmark, every method at equal MACs, data and epochs.
 
-    python benchmarks/real/imagenet_mobilenet.py [--exporter torchscript] [--target 0.5]
+Model (c), the default: the ImageNet MobileNetV2 itself, label-free, on real photos.
+Model (a), ``--model fashion``: the same network fine-tuned on Fashion-MNIST at 64 px
+(:mod:`fashion`), calibrated on training images it was not fine-tuned on, tested on the test split.
+
+    python benchmarks/real/imagenet_mobilenet.py [--model imagenet|fashion] [--labels] [--target 0.5]
         [--calib 512] [--eval 256] [--epochs 3] [--lr 1e-5] [--methods uniform,magnitude,lagrangian]
 
 Calibration: random-resized 224 px crops of one half of the real photos (Debian opencv-doc and
@@ -43,6 +47,19 @@ def crops(calib: int, evaluate: int) -> tuple[Path, Path]:
     return train_path, eval_path
 
 
+def fashion_data(calib: int, test: int, labels: bool) -> tuple[Path, Path]:
+    """Model (a)'s calibration images (after the ones it was fine-tuned on) and test images."""
+    from fashion import split
+
+    suffix = "labelled" if labels else "unlabelled"
+    train_path, test_path = cache_dir() / f"fashion_calib_{calib}_{suffix}.npz", cache_dir() / f"fashion_test_{test}.npz"
+    if not (train_path.exists() and test_path.exists()):
+        _, (xc, yc), (xt, yt) = split(64, 12000, calib, test)
+        np.savez(train_path, image=xc, **({"labels": yc} if labels else {}))
+        np.savez(test_path, image=xt, labels=yt)
+    return train_path, test_path
+
+
 def make_method(name: str, target: float):
     from onnxprune.methods.base import registry
     from onnxprune.methods.channel_baselines import MagnitudeChannels, UniformChannels
@@ -66,8 +83,14 @@ def run_one(args) -> dict:
     from onnxprune.training import TrainConfig
 
     torch.set_num_threads(args.threads)
-    calib, evaluate = crops(args.calib, args.eval)
-    model = imagenet_mobilenet_v2(args.exporter)
+    if args.model == "fashion":
+        from fashion import fashion_mobilenet_v2
+
+        calib, evaluate = fashion_data(args.calib, args.eval, args.labels)
+        model = fashion_mobilenet_v2(exporter=args.exporter)
+    else:
+        calib, evaluate = crops(args.calib, args.eval)
+        model = imagenet_mobilenet_v2(args.exporter)
     started = time.perf_counter()
     setup = prepare(model, str(calib), {}, test=str(evaluate))
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, quiet=True)
@@ -77,7 +100,7 @@ def run_one(args) -> dict:
     top5 = lambda x: np.argsort(-x, axis=1)[:, :5]  # noqa: E731
     overlap = float(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(top5(out), top5(ref))]))
     onnx.save(result["pruned"], cache_dir() / f"pruned_{args.exporter}_{args.one}_{args.target}.onnx")
-    return {"method": args.one, "agreement": result["agreement"], "top5_overlap": overlap,
+    return {"method": args.one, "agreement": result["agreement"], "accuracy": result["accuracy"], "top5_overlap": overlap,
             "classes": int(len(set(out.argmax(1)))), "classes_original": int(len(set(ref.argmax(1)))),
             "macs_frac": result["macs_frac"], "params_frac": result["params_frac"], "seconds": seconds,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -85,6 +108,9 @@ def run_one(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="imagenet", choices=("imagenet", "fashion"),
+                        help="imagenet: model (c), label-free on photos; fashion: model (a), Fashion-MNIST at 64 px")
+    parser.add_argument("--labels", action="store_true", help="fashion: calibrate with labels (kd+ce)")
     parser.add_argument("--exporter", default="torchscript", choices=("torchscript", "dynamo"))
     parser.add_argument("--target", type=float, default=0.5)
     parser.add_argument("--calib", type=int, default=512)
@@ -103,15 +129,19 @@ def main() -> None:
         if args.one:
             print(json.dumps(run_one(args)))
             return
-        crops(args.calib, args.eval)
+        if args.model == "imagenet":
+            crops(args.calib, args.eval)
     except AssetMissing as exc:
         sys.exit(f"skipped: {exc}")
-    print(f"ImageNet MobileNetV2 ({args.exporter}), label-free, {args.calib} calibration crops, {args.eval} "
-          f"evaluation crops of other photos, {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, "
+    what = (f"Fashion-MNIST MobileNetV2 at 64 px ({args.exporter}), {'with' if args.labels else 'without'} labels, "
+            f"{args.calib} calibration images, {args.eval} test images" if args.model == "fashion" else
+            f"ImageNet MobileNetV2 ({args.exporter}), label-free, {args.calib} calibration crops, {args.eval} "
+            f"evaluation crops of other photos")
+    print(f"{what}, {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, "
           f"loss {args.loss or 'kd'} (T {args.temperature}), "
           f"target {args.target:.0%} MACs")
-    print("| method | top-1 agreement | top-5 overlap | classes | MACs | params | time s | peak RSS MB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| method | accuracy | top-1 agreement | top-5 overlap | classes | MACs | params | time s | peak RSS MB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in args.methods.split(","):
         argv = [sys.executable, __file__, *sys.argv[1:], "--one", name]
         done = subprocess.run(argv, capture_output=True, text=True)
@@ -119,7 +149,8 @@ def main() -> None:
             print(f"| {name} | failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else '?'} |")
             continue
         r = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"| {name} | {r['agreement']:.3f} | {r['top5_overlap']:.3f} | {r['classes']}/{r['classes_original']} "
+        accuracy = "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
+        print(f"| {name} | {accuracy} | {r['agreement']:.3f} | {r['top5_overlap']:.3f} | {r['classes']}/{r['classes_original']} "
               f"| {r['macs_frac']:.3f} | {r['params_frac']:.3f} | {r['seconds']:.0f} | {r['peak_rss_mb']:.0f} |",
               flush=True)
 
