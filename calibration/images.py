@@ -94,9 +94,13 @@ def load_image_folder(
     Returns ``(images, labels, skipped)``: images [N, C, H, W] or [N, H, W, C], int64 labels [N]
     for a class-folder layout (else None), and the relative paths of files that failed to decode.
     """
-    import torch
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2 import functional as F
+    try:
+        import torch
+        from torchvision.io import ImageReadMode, decode_image
+        from torchvision.transforms.v2 import functional as F
+    except ImportError as exc:  # a torch-free install (docs/target-install.md)
+        raise CalibrationError(f"--calib {path}: decoding images needs torch and torchvision ({exc}); "
+                               "install them, or give an .npz keyed by input name") from None
 
     root = Path(path)
     if not root.is_dir():

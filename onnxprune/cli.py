@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import logging
 import re
 import signal
@@ -29,6 +30,17 @@ _COMMANDS = {
     "apply": "onnxprune.commands.apply_cmd",
     "bench": "onnxprune.commands.bench_cmd",
 }
+# each command's one-line summary, so that `onnxprune --help` lists the commands without
+# importing them: prune's module imports torch, which a target-device install does not have
+# (docs/target-install.md). tests/test_torch_free.py checks these match the commands' own.
+_SUMMARIES = {
+    "prune": "Prune IN.onnx with a training-based method and write a smaller OUT.onnx.",
+    "inspect": "Per-layer MACs, params and prunability of MODEL.onnx.",
+    "apply": "Physically remove what a pruning plan names (and all-zero channels) from IN.onnx.",
+    "bench": "Measure ONNX models side by side on onnxruntime; speedups are relative to the first.",
+}
+# what a target-device install leaves out; a command that needs one says so in one line
+_OPTIONAL_ON_TARGET = ("torch", "torchvision", "onnx2torch", "matplotlib", "onnx_ir")
 _DEFAULT_COMMAND = "prune"
 _GROUP_FLAG = re.compile(r"-v+|--verbose")  # the group's options that may precede the implicit `prune`
 
@@ -37,7 +49,17 @@ class _Cli(click.Group):
     """A group whose first argument may be a model path, meaning the default `prune` command."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [name for name in _COMMANDS if self.get_command(ctx, name) is not None]
+        # found, not imported (a command not written yet is left out)
+        return [name for name in _COMMANDS if importlib.util.find_spec(_COMMANDS[name]) is not None]
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = [(name, click.utils.make_default_short_help(_SUMMARIES.get(name, ""), limit)) for name in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         module_name = _COMMANDS.get(name)
@@ -48,6 +70,11 @@ class _Cli(click.Group):
         except ModuleNotFoundError as exc:
             if exc.name == module_name:  # command not written yet
                 return None
+            missing = (exc.name or "").split(".")[0]
+            if missing and not missing.startswith("onnxprune"):  # a torch-free install, say
+                raise OnnxPruneError(
+                    f"'{name}' needs {missing}, which is not installed here; this install runs only the "
+                    f"commands whose dependencies it has (docs/target-install.md)") from None
             raise
         return module.command
 
@@ -142,6 +169,13 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except ModuleNotFoundError as exc:  # a torch-free install running more than bench
+        missing = (exc.name or "").split(".")[0]
+        if missing not in _OPTIONAL_ON_TARGET:
+            raise
+        click.echo(f"error: this needs {missing}, which is not installed here; a target-device install "
+                   "runs bench only (docs/target-install.md)", err=True)
+        return OnnxPruneError.exit_code
     return 0
 
 
