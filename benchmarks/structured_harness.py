@@ -24,7 +24,6 @@ from onnxprune.macs import count_macs
 from onnxprune.passes import apply_plan
 from onnxprune.pipeline import _fixed_batches
 from onnxprune.passes.groups import analyze
-from onnxprune.verify import assert_close
 from onnxprune.training import TrainConfig, TrainData, prunable_weights, train
 from onnxprune.writeback import write_back
 
@@ -86,9 +85,10 @@ def prune(setup: Setup, method, config: TrainConfig, verify_result: bool = True,
     if freed:
         pruned = restore_batch_constants(pruned, freed, batch)
     ort_out = run_in_slices(pruned, setup.test_set.inputs)  # calls of the fixed batch, if any
-    if verify_result:  # the checker, and onnxruntime on the pruned graph = the trained torch model
-        onnx.checker.check_model(pruned, full_check=True)
-        assert_close(torch_outputs(imported.module, setup.test_set.inputs, torch_batch), ort_out)
+    if verify_result:  # the pipeline's own check: the checker, onnxruntime = the trained torch model
+        from onnxprune.pipeline import verify
+
+        verify(pruned, imported.module, setup.test_set, fixed=torch_batch)
     scores = fidelity(ort_out, setup.teacher_test, setup.kinds, setup.test_set.labels)
     before, after = count_macs(setup.original, setup.shapes), count_macs(pruned, setup.shapes)
     return {"method": method, "ctx": ctx, "plan": plan, "pruned": pruned, "imported": imported,

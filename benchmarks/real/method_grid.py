@@ -99,7 +99,7 @@ def run_one(args) -> dict:
     out, ref = run_in_slices(result["pruned"], setup.test_set.inputs)[0], setup.teacher_test[0]
     top5 = lambda x: np.argsort(-x, axis=1)[:, :5]  # noqa: E731
     overlap = float(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(top5(out), top5(ref))]))
-    onnx.save(result["pruned"], cache_dir() / f"pruned_{args.exporter}_{args.one}_{args.target}.onnx")
+    onnx.save(result["pruned"], cache_dir() / f"pruned_{args.model}_{args.exporter}_{args.one}_{args.target}.onnx")
     return {"method": args.one, "agreement": result["agreement"], "accuracy": result["accuracy"], "top5_overlap": overlap,
             "classes": int(len(set(out.argmax(1)))), "classes_original": int(len(set(ref.argmax(1)))),
             "macs_frac": result["macs_frac"], "params_frac": result["params_frac"], "seconds": seconds,
@@ -138,7 +138,7 @@ def main() -> None:
             f"ImageNet MobileNetV2 ({args.exporter}), label-free, {args.calib} calibration crops, {args.eval} "
             f"evaluation crops of other photos")
     print(f"{what}, {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, "
-          f"loss {args.loss or 'kd'} (T {args.temperature}), "
+          f"loss {args.loss or ('kd+ce' if args.labels else 'kd')} (T {args.temperature}), "
           f"target {args.target:.0%} MACs")
     print("| method | accuracy | top-1 agreement | top-5 overlap | classes | MACs | params | time s | peak RSS MB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
