@@ -58,7 +58,7 @@ class Gates:
     collapse_error: float | None = COLLAPSE_ERROR
 
     def __post_init__(self) -> None:
-        for name in ("min_fidelity", "max_accuracy_drop", "collapse_agreement", "collapse_error"):
+        for name in ("min_fidelity", "max_accuracy_drop", "collapse_agreement"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise OnnxPruneError(f"--{name.replace('_', '-')} {value}: expected a fraction in [0, 1]")
