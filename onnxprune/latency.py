@@ -225,14 +225,9 @@ class _Runner:
 
 
 def _rss_peak_bytes() -> int | None:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    from onnxprune.runtime_checks import proc_kib_field
+
+    return proc_kib_field("/proc/self/status", "VmHWM")
 
 
 def _reset_rss_peak() -> bool:

@@ -64,16 +64,21 @@ def check_runtime_opset(model: onnx.ModelProto, label: str | os.PathLike) -> Non
         + "; convert the model to an older opset (onnx.version_converter) or upgrade onnxruntime")
 
 
-def available_memory_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo (Linux); None where unknown."""
+def proc_kib_field(path: str, key: str) -> int | None:
+    """A ``key:  N kB`` line of a Linux /proc file, in bytes; None where unknown."""
     try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
+        with open(path) as lines:
+            for line in lines:
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux); None where unknown."""
+    return proc_kib_field("/proc/meminfo", "MemAvailable")
 
 
 def _bytes(value: onnx.ValueInfoProto) -> int | None:
