@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from onnxprune.cli import main
+from onnxprune.cli.main import main
 
 
 def export(model: torch.nn.Module, size: int, path: Path) -> Path:

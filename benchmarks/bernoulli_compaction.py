@@ -25,7 +25,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-
 from structured_harness import REPO, TrainConfig, prepare, prune, threads  # noqa: E402
 from structured_sweep import export  # noqa: E402
 

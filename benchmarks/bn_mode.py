@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 import torch
 
-from onnxprune import pipeline
-from onnxprune.training import TrainConfig
+from onnxprune.run import pipeline
+from onnxprune.training.loop import TrainConfig
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 

@@ -21,21 +21,24 @@ Set OMP_NUM_THREADS=1 on shared machines; the full sweep at 224 takes tens of mi
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
-import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
 from onnxprune.errors import OnnxPruneError, UnsupportedModelError
-from onnxprune.importer import check_import, float32_noise, import_model, run_torch
-from onnxprune.verify import max_errors, run_onnxruntime
-from onnxprune.writeback import write_back
+from onnxprune.graph.verify import max_errors, run_onnxruntime
+from onnxprune.importing.importer import check_import, float32_noise, import_model, run_torch
+from onnxprune.importing.writeback import write_back
+from tests.support.torch_models import export, realistic_random_model
 
 DEFAULT_MODELS = (
     "resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "vgg11_bn",
@@ -43,16 +46,6 @@ DEFAULT_MODELS = (
     "convnext_tiny", "vit_b_16",
 )
 ATOL, RTOL = 1e-5, 1e-4
-
-
-def export(model: torch.nn.Module, x: torch.Tensor, dynamo: bool, opset: int | None) -> onnx.ModelProto:
-    """Export with torch.onnx.export; ``opset=None`` means the exporter's default."""
-    kwargs = {} if opset is None else {"opset_version": opset}
-    if dynamo:
-        return torch.onnx.export(model, (x,), dynamo=True, verbose=False, **kwargs).model_proto
-    buffer = io.BytesIO()
-    torch.onnx.export(model, (x,), buffer, dynamo=False, **kwargs)
-    return onnx.load_from_string(buffer.getvalue())
 
 
 def sweep_one(name: str, model: torch.nn.Module, x: torch.Tensor, dynamo: bool, opset: int | None) -> dict:
@@ -92,34 +85,6 @@ def sweep_one(name: str, model: torch.nn.Module, x: torch.Tensor, dynamo: bool, 
         import_s=round(time.perf_counter() - start, 1),
     )
     return row
-
-
-def realistic_random_model(name: str, size: int) -> torch.nn.Module:
-    """A seeded random-weight torchvision model whose outputs have a realistic scale.
-
-    With fresh weights and BatchNorm statistics (mean 0, var 1) the activations of deep nets
-    shrink layer by layer (mobilenet_v2's logits are ~1e-15, efficientnet_b0's ~1e-20), which
-    makes any error comparison vacuous. So BatchNorm statistics are measured on 8 random images
-    (as training would), and zero-initialized weights (ViT's head) get N(0, 0.02) values.
-    """
-    torch.manual_seed(0)
-    return give_realistic_scale(torchvision.models.get_model(name, weights=None), size)
-
-
-def give_realistic_scale(model: torch.nn.Module, size: int) -> torch.nn.Module:
-    """See :func:`realistic_random_model`; returns ``model`` in eval mode."""
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() >= 2 and not param.any():
-                param.normal_(0.0, 0.02)
-        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        for norm in norms:
-            norm.reset_running_stats()
-            norm.momentum = None  # cumulative average over the calibration batch
-        if norms:
-            model.train()
-            model(torch.randn(8, 3, size, size))
-    return model.eval()
 
 
 def _fmt(value: float | None) -> str:

@@ -71,14 +71,13 @@ def export_torchvision(name: str, size: int, path: Path, bn_batches: int = 8) ->
 
 
 def feeds_for(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    from onnxprune.shapes import random_feeds
-    from onnxprune.shapes import resolve_input_shapes
+    from onnxprune.graph.shapes import random_feeds, resolve_input_shapes
 
     return random_feeds(model, resolve_input_shapes(model, {}))
 
 
 def time_models(models: list, feeds, batch: int, seconds: float) -> list[float]:
-    from onnxprune.latency import measure_latency
+    from onnxprune.bench.latency import measure_latency
 
     stats = measure_latency(models, feeds, provider="cpu", threads=1, batch=batch, seconds=seconds)
     return [s.p50_ms for s in stats]

@@ -31,10 +31,10 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from onnxprune import pipeline
-from onnxprune.latency import measure_latency
-from onnxprune.macs import count_macs
-from onnxprune.training import TrainConfig
+from onnxprune.bench.latency import measure_latency
+from onnxprune.graph.macs import count_macs
+from onnxprune.run import pipeline
+from onnxprune.training.loop import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1] / "sample_models"
 SHAPES = {"image": (1, 1, 8, 8)}
@@ -139,7 +139,7 @@ def check_bn(args) -> None:
 
 
 def pipeline_weights(run) -> list[str]:
-    from onnxprune.training import prunable_weights
+    from onnxprune.training.loop import prunable_weights
 
     return list(prunable_weights(run.imported))
 

@@ -32,12 +32,12 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from onnxprune import pipeline
-from onnxprune.macs import count_macs
-from onnxprune.methods import masking
+from onnxprune.graph.macs import count_macs
+from onnxprune.methods._support import threshold_masks as masking
 from onnxprune.methods.base import PruningMethod, register, registry
 from onnxprune.methods.lc import LC
-from onnxprune.training import TrainConfig
+from onnxprune.run import pipeline
+from onnxprune.training.loop import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1] / "sample_models"
 SHAPES = {"image": (1, 1, 8, 8)}

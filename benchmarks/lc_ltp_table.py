@@ -19,8 +19,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from onnxprune import pipeline
-from onnxprune.training import TrainConfig
+from onnxprune.run import pipeline
+from onnxprune.training.loop import TrainConfig
 
 log = logging.getLogger("lc_ltp_table")
 ROOT = Path(__file__).resolve().parents[1] / "sample_models"

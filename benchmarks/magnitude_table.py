@@ -22,9 +22,9 @@ import numpy as np
 import onnx
 import torch
 
-from onnxprune import pipeline
-from onnxprune.report import nonzero_weights
-from onnxprune.training import TrainConfig
+from onnxprune.reporting.run_report import nonzero_weights
+from onnxprune.run import pipeline
+from onnxprune.training.loop import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"

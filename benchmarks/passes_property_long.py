@@ -1,4 +1,4 @@
-"""The property tests of tests/test_passes_property.py, run much longer and with fresh randomness.
+"""The property tests of tests/passes/test_passes_property.py, run much longer and with fresh randomness.
 
 Random graphs mixing residuals, concat, depthwise, grouped convs, squeeze-excite and
 flatten->Gemm; random plans (with dropped and emptied branches) and random dead filters.

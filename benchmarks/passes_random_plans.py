@@ -1,10 +1,10 @@
 """Random plans on real models: every rewrite checked against its masked reference.
 
 For each torchvision model (random weights, random BatchNorm statistics; both exporters) and
-each bundled sample model (imported through onnxprune.importer), a plan keeping a random half
+each bundled sample model (imported through onnxprune.importing.importer), a plan keeping a random half
 of every prunable group (and dropping a third of the residual branches, where there are some)
 is applied. Printed per model: groups (prunable/total), branches, MACs before / predicted /
-counted after (onnxprune.macs.count_macs), the largest difference from the masked reference on
+counted after (onnxprune.graph.macs.count_macs), the largest difference from the masked reference on
 onnxruntime, and whether it is within atol 1e-5 / rtol 1e-4. Exit status 1 if any model fails.
 
     python benchmarks/passes_random_plans.py [--size 64] [--models resnet18,mobilenet_v2,...]
@@ -55,8 +55,8 @@ def check(label: str, model: onnx.ModelProto, shapes: dict, seed: int = 0) -> bo
 def main(argv: list[str] | None = None) -> int:
     from test_pass_models import export_torchvision
 
-    from onnxprune.importer import import_model
-    from onnxprune.normalize import normalize
+    from onnxprune.importing.importer import import_model
+    from onnxprune.importing.normalize import normalize
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64)

@@ -1,6 +1,6 @@
 """Shared by the structured benchmarks: one prune run with the method object kept for inspection.
 
-The steps are the pipeline's (``onnxprune.pipeline``): calibration, teacher outputs by
+The steps are the pipeline's (``onnxprune.run.pipeline``): calibration, teacher outputs by
 onnxruntime, import, group analysis, the shared training loop under the method, write-back,
 plan application, then the checker and onnxruntime against the trained torch model.
 """
@@ -16,16 +16,22 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-
-from onnxprune.batching import fixed_batch, pad_to_multiple, restore_batch_constants, run_in_slices, torch_in_slices
 from onnxprune.calibration import TaskLoss, fidelity, load_calibration, output_kinds, split_holdout, teacher_outputs
-from onnxprune.importer import import_model
-from onnxprune.macs import count_macs
 from onnxprune.passes import apply_plan
-from onnxprune.pipeline import _fixed_batches
 from onnxprune.passes.groups import analyze
-from onnxprune.training import TrainConfig, TrainData, prunable_weights, train
-from onnxprune.writeback import write_back
+
+from onnxprune.graph.batching import (
+    fixed_batch,
+    pad_to_multiple,
+    restore_batch_constants,
+    run_in_slices,
+    torch_in_slices,
+)
+from onnxprune.graph.macs import count_macs
+from onnxprune.importing.importer import import_model
+from onnxprune.importing.writeback import write_back
+from onnxprune.run.pipeline import _fixed_batches
+from onnxprune.training.loop import TrainConfig, TrainData, prunable_weights, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,7 +92,7 @@ def prune(setup: Setup, method, config: TrainConfig, verify_result: bool = True,
         pruned = restore_batch_constants(pruned, freed, batch)
     ort_out = run_in_slices(pruned, setup.test_set.inputs)  # calls of the fixed batch, if any
     if verify_result:  # the pipeline's own check: the checker, onnxruntime = the trained torch model
-        from onnxprune.pipeline import verify
+        from onnxprune.run.pipeline import verify
 
         verify(pruned, imported.module, setup.test_set, fixed=torch_batch)
     scores = fidelity(ort_out, setup.teacher_test, setup.kinds, setup.test_set.labels)

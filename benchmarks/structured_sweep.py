@@ -30,12 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import torch  # noqa: E402
-import torchvision  # noqa: E402
-
 from coverage_sweep import realistic_random_model  # noqa: E402
 from structured_harness import TrainConfig, prepare, prune, threads  # noqa: E402
 
-from onnxprune.latency import measure_latency  # noqa: E402
+from onnxprune.bench.latency import measure_latency  # noqa: E402
 from onnxprune.methods.bernoulli import Bernoulli  # noqa: E402
 from onnxprune.methods.lagrangian import Lagrangian  # noqa: E402
 

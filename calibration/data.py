@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import helper
-
 from onnxprune.calibration.images import is_image_folder, load_image_folder
+
 from onnxprune.errors import CalibrationError, ShapeError
-from onnxprune.shapes import graph_inputs, resolve_input_shapes
+from onnxprune.graph.shapes import graph_inputs, resolve_input_shapes
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-
 from onnxprune.calibration.data import CalibrationSet
 
 log = logging.getLogger(__name__)
@@ -43,8 +42,8 @@ def teacher_outputs(
     providers: list | None = None,
 ) -> list[np.ndarray]:
     """The model's outputs for every sample, in graph-output order, each [N, ...]; calls of
-    ``batch_size`` samples, or of the model's fixed batch (``onnxprune.batching``)."""
-    from onnxprune.batching import run_in_slices
+    ``batch_size`` samples, or of the model's fixed batch (``onnxprune.graph.batching``)."""
+    from onnxprune.graph.batching import run_in_slices
 
     outputs = run_in_slices(_session(model, providers), data.inputs, chunk=batch_size)
     log.info("teacher targets: %d samples, outputs %s", len(data), [list(o.shape) for o in outputs])

@@ -12,10 +12,10 @@ import dataclasses
 
 import onnx
 import onnx_ir as ir
-
-from onnxprune.names import OnnxNames
 from onnxprune.passes.plan import PlanError, PruningPlan
 from onnxprune.passes.structures import ChannelGroup, IntEdit, MacTerm, Piece, ResidualBranch
+
+from onnxprune.graph.names import OnnxNames
 
 
 def name_nodes(graph: ir.Graph) -> None:

@@ -23,15 +23,22 @@ from typing import Iterable
 
 import onnx
 import onnx_ir as ir
-
 import onnxprune.passes.rules  # noqa: F401  (registers the op rules)
-from onnxprune.names import OnnxNames
 from onnxprune.passes.analysis import GroupAnalysis, name_nodes
-from onnxprune.passes.rules.core import Gates, Layout, RuleContext, Segment, lookup
 from onnxprune.passes.residual_branches import find_residual_branches
+from onnxprune.passes.rules.core import Gates, Layout, RuleContext, Segment, lookup
 from onnxprune.passes.structures import (
-    ChannelGroup, FoldSite, IntEdit, MacTerm, Piece, ResidualBranch, State, TensorAxis,
+    ChannelGroup,
+    FoldSite,
+    IntEdit,
+    MacTerm,
+    Piece,
+    ResidualBranch,
+    State,
+    TensorAxis,
 )
+
+from onnxprune.graph.names import OnnxNames
 
 log = logging.getLogger(__name__)
 
@@ -484,8 +491,8 @@ def _slice_points(node: ir.Node, total: int, rank: int) -> list[int]:
 
 def analyze(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> GroupAnalysis:
     """Compute channel groups, residual branches and MAC terms of ``model``."""
-    from onnxprune.macs import count_macs
-    from onnxprune.shapes import infer_static_shapes, resolve_input_shapes, static_shape_map
+    from onnxprune.graph.macs import count_macs
+    from onnxprune.graph.shapes import infer_static_shapes, resolve_input_shapes, static_shape_map
 
     input_shapes = resolve_input_shapes(model, input_shapes)
     skeleton, weight_shapes = skeleton_model(model)

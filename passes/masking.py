@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import numpy_helper
-
 from onnxprune.passes.plan import PruningPlan
 from onnxprune.passes.structures import TensorAxis
 

@@ -13,7 +13,7 @@ def probe_values(
     """Values ``names`` of ``model`` on one random input per seed (one dict per seed)."""
     import onnxruntime as ort
 
-    from onnxprune.shapes import graph_inputs
+    from onnxprune.graph.shapes import graph_inputs
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)

@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from onnxprune.names import OnnxNames
+from onnxprune.graph.names import OnnxNames
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ of times in chains of blocks.
 from __future__ import annotations
 
 import onnx_ir as ir
-
 from onnxprune.passes.structures import Piece, ResidualBranch, State
 
 

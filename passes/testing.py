@@ -10,7 +10,6 @@ import dataclasses
 import numpy as np
 import onnx
 from onnx import numpy_helper
-
 from onnxprune.passes.apply import apply_plan
 from onnxprune.passes.groups import GroupAnalysis, analyze
 from onnxprune.passes.masking import masked_reference
@@ -84,7 +83,7 @@ class Checked:
 def check_exact(model: onnx.ModelProto, plan: PruningPlan, input_shapes: dict[str, tuple[int, ...]] | None = None,
                 analysis: GroupAnalysis | None = None, seed: int = 0) -> Checked:
     """Apply ``plan``; assert the checker passes, outputs equal the masked reference, MACs as predicted."""
-    from onnxprune.macs import count_macs
+    from onnxprune.graph.macs import count_macs
 
     onnx.checker.check_model(model, full_check=True)
     analysis = analysis or analyze(model, input_shapes)

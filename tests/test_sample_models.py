@@ -20,7 +20,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import REPO, SAMPLE_MODELS, SAMPLE_NAMES
+
+from tests.support.models import REPO, SAMPLE_MODELS, SAMPLE_NAMES
 
 ATOL, RTOL = 1e-5, 1e-4
 ROUND_TRIP_BATCH = 32
@@ -147,8 +148,8 @@ def test_sample_model_held_out_accuracy(name, test_set):
 @pytest.mark.parametrize("name", SAMPLE_NAMES)
 def test_sample_model_round_trip(name, test_set):
     """ort(original) == torch(import) == ort(write_back(import)) with nothing pruned."""
-    from onnxprune.importer import import_model
-    from onnxprune.writeback import write_back
+    from onnxprune.importing.importer import import_model
+    from onnxprune.importing.writeback import write_back
 
     original = onnx.load(SAMPLE_MODELS / f"{name}.onnx")
     x = test_set["image"][:ROUND_TRIP_BATCH]

@@ -53,12 +53,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
 
-    from onnxprune.batching import run_in_slices
     from onnxprune.calibration.losses import kd_loss
-    from onnxprune.importer import import_model
-    from onnxprune.methods.gates import GateBank, Structure
     from onnxprune.passes.groups import analyze
-    from onnxprune.shapes import resolve_input_shapes
+
+    from onnxprune.graph.batching import run_in_slices
+    from onnxprune.graph.shapes import resolve_input_shapes
+    from onnxprune.importing.importer import import_model
+    from onnxprune.methods._support.channel_gates import GateBank, Structure
 
     original = onnx.load(str(imagenet_mobilenet_v2(args.exporter)))
     shapes = resolve_input_shapes(original, {})

@@ -16,7 +16,7 @@ the passes, the result checked and verified against the trained torch model by o
 Printed per method: top-1 agreement and top-5 overlap with the original on the evaluation crops,
 the number of distinct top-1 classes (a collapsed model answers one class), MACs and params
 fractions, prune wall time and peak RSS (each method runs in its own process). ``uniform`` and
-``magnitude`` are the channel baselines of :mod:`onnxprune.methods.channel_baselines`.
+``magnitude`` are the channel baselines of :mod:`onnxprune.methods._support.channel_baselines`.
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ def fashion_data(calib: int, test: int, labels: bool) -> tuple[Path, Path]:
 
 
 def make_method(name: str, target: float):
+    from onnxprune.methods._support.channel_baselines import MagnitudeChannels, UniformChannels
     from onnxprune.methods.base import registry
-    from onnxprune.methods.channel_baselines import MagnitudeChannels, UniformChannels
 
     baselines = {"uniform": UniformChannels, "magnitude": MagnitudeChannels}
     if name in baselines:
@@ -76,11 +76,11 @@ def make_method(name: str, target: float):
 def run_one(args) -> dict:
     import onnx
     import torch
-
     from models import imagenet_mobilenet_v2
     from structured_harness import prepare, prune
-    from onnxprune.batching import run_in_slices
-    from onnxprune.training import TrainConfig
+
+    from onnxprune.graph.batching import run_in_slices
+    from onnxprune.training.loop import TrainConfig
 
     torch.set_num_threads(args.threads)
     if args.model == "fashion":

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import onnx
 import torch
-
 from assets import cache_dir, mobilenet_v2_weights
 
 EXPORTERS = ("torchscript", "dynamo")

@@ -1,6 +1,6 @@
 """The contract between the shared training loop and a pruning method.
 
-The loop (``onnxprune.training``) owns data, optimizer, loss, device, DDP and the progress bar.
+The loop (``onnxprune.training.loop``) owns data, optimizer, loss, device, DDP and the progress bar.
 A method only reacts to hooks; it never writes its own loop. The hooks, in order:
 
     setup(ctx)                       once, after import; wrap weights, add gates, read groups
@@ -14,7 +14,7 @@ A method only reacts to hooks; it never writes its own loop. The hooks, in order
         end_epoch(ctx)               may set ctx.stop = True, or replace ctx.model (see below)
     finalize(ctx) -> PruningPlan     leaves ctx.model holding the final (masked) weights
 
-What the loop (onnxprune.training) guarantees to a method:
+What the loop (onnxprune.training.loop) guarantees to a method:
 
 - ``setup`` runs after the model is on ``ctx.device`` and before the optimizer and the DDP wrapper
   exist: parameters a method adds to the model there are trained (and averaged across processes).
@@ -53,7 +53,7 @@ class TrainContext:
     ``end_epoch`` replace the model (see the module docstring)."""
 
     model: torch.nn.Module
-    imported: Any  # onnxprune.importer.ImportedModel: name map, normalized ONNX, params
+    imported: Any  # onnxprune.importing.importer.ImportedModel: name map, normalized ONNX, params
     weights: dict[str, torch.nn.Parameter]  # prunable weights by ONNX name (Conv/Gemm/MatMul)
     analysis: Any  # onnxprune.passes.groups.GroupAnalysis or None (channel groups, residuals)
     device: torch.device

@@ -46,17 +46,22 @@ import logging
 import math
 import time
 
-import numpy as np
-
 import click
+import numpy as np
 import torch
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.methods._support.channel_gates import GateBank, Structure
+from onnxprune.methods._support.compaction import Compaction, CompactionError, same_outputs
+from onnxprune.methods._support.resource import (
+    CHANNEL_MULTIPLE_OPTION,
+    GATE_LR_OPTION,
+    TARGET_MACS_OPTION,
+    parse_target,
+    round_counts,
+    select_to_budget,
+)
 from onnxprune.methods.base import PruningMethod, TrainContext, register
-from onnxprune.methods.compaction import Compaction, CompactionError, same_outputs
-from onnxprune.methods.gates import GateBank, Structure
-from onnxprune.methods.resource import (CHANNEL_MULTIPLE_OPTION, GATE_LR_OPTION, TARGET_MACS_OPTION, parse_target, round_counts,
-                                          select_to_budget)
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +106,7 @@ class Bernoulli(PruningMethod):
         self.strength = float(cfg["strength"] if cfg.get("strength") is not None else 10.0)
         self.unit_w = 2 * (1 - float(cfg.get("layer_vs_unit", 0.5) if cfg.get("layer_vs_unit") is not None else 0.5))
         self.flops_w = float(cfg.get("flops_vs_params") if cfg.get("flops_vs_params") is not None else 0.5)
-        from onnxprune.methods.resource import smallest_reachable
+        from onnxprune.methods._support.resource import smallest_reachable
 
         floor = smallest_reachable(s.resource, int(cfg.get("channel_multiple") or 8))  # refused below it
         self.target = parse_target(cfg["target_macs"], self.b0, floor=floor) if cfg.get("target_macs") else None

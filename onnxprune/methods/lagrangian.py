@@ -2,12 +2,12 @@
 
 Every prunable channel group G gets gates ``g = sigmoid(s / beta) / sigmoid(s0 / beta)`` (one per
 channel, so every gate starts at exactly 1 and the network starts as the original), applied
-where the group's outputs are scaled (see :mod:`onnxprune.methods.gates`). The scores ``s`` are
+where the group's outputs are scaled (see :mod:`onnxprune.methods._support.channel_gates`). The scores ``s`` are
 separate from the weights and have their own Adam optimizer, so the pruning speed depends on
 neither the weights' learning rate nor their per-layer scale (Adam's step is invariant to the
 gradient's scale, and a gate's gradient is invariant to rescaling W1 by a and W2 by 1/a).
 
-With ``R(g)`` the differentiable MAC count (:mod:`onnxprune.methods.resource`) and ``B(t)`` the
+With ``R(g)`` the differentiable MAC count (:mod:`onnxprune.methods._support.resource`) and ``B(t)`` the
 budget, the constraint ``h = (R(g) - B(t)) / B0 = 0`` enters the loss as ``lam * h + rho/2 * h^2``;
 the weights descend on the task loss, ``s`` on the Lagrangian, and ``lam <- lam + eta * h``
 (dual ascent: lam rises while the constraint binds). The budget tapers from the current MACs
@@ -30,9 +30,16 @@ import logging
 import click
 import torch
 
+from onnxprune.methods._support.channel_gates import GateBank, Structure
+from onnxprune.methods._support.resource import (
+    CHANNEL_MULTIPLE_OPTION,
+    GATE_LR_OPTION,
+    TARGET_MACS_OPTION,
+    TRAIL_OPTION,
+    parse_target,
+    select_to_budget,
+)
 from onnxprune.methods.base import PruningMethod, TrainContext, register
-from onnxprune.methods.gates import GateBank, Structure
-from onnxprune.methods.resource import CHANNEL_MULTIPLE_OPTION, GATE_LR_OPTION, TARGET_MACS_OPTION, TRAIL_OPTION, parse_target, select_to_budget
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +149,7 @@ class Lagrangian(PruningMethod):
         self.structure = Structure.from_context(ctx)
         res = self.structure.resource
         self.b0 = res.total_macs
-        from onnxprune.methods.resource import smallest_reachable
+        from onnxprune.methods._support.resource import smallest_reachable
 
         floor = smallest_reachable(res, int(self.config.get("channel_multiple") or 8))  # refused below it
         self.target = parse_target(self.config.get("target_macs"), self.b0, default=0.5, floor=floor)
@@ -173,7 +180,7 @@ class Lagrangian(PruningMethod):
         self.trace: list[dict[str, float]] = []
         self.trail = None
         if self.config.get("trail"):
-            from onnxprune.methods.trail import Trail
+            from onnxprune.methods._support.trail import Trail
 
             self.trail = Trail(self.config["trail"], self, ctx, start / self.b0, self.target / self.b0)
         log.info("lagrangian: %d groups, %.4g MACs, target %.4g", len(self.scores), self.b0, self.target)
@@ -265,7 +272,7 @@ class Lagrangian(PruningMethod):
         """Activation statistics of the kept channels back to the original's (:mod:`recalibrate`)."""
         if self.teacher is None or not ctx.calibration:
             return
-        from onnxprune.methods.recalibrate import recalibrate
+        from onnxprune.methods._support.recalibrate import recalibrate
 
         inputs = [x.to(ctx.device) for x in ctx.calibration]
         try:

@@ -42,7 +42,9 @@ import click
 import torch
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.methods import masking, projections
+from onnxprune.methods._support import projections
+from onnxprune.methods._support import threshold_masks as masking
+from onnxprune.methods._support.resource import CHANNEL_MULTIPLE_OPTION
 from onnxprune.methods.base import (
     GRANULARITY_OPTION,
     SPARSITY_OPTION,
@@ -50,7 +52,6 @@ from onnxprune.methods.base import (
     TrainContext,
     register,
 )
-from onnxprune.methods.resource import CHANNEL_MULTIPLE_OPTION
 
 log = logging.getLogger(__name__)
 

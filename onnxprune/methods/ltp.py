@@ -36,7 +36,8 @@ import click
 import torch
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.methods import masking
+from onnxprune.methods._support import threshold_masks as masking
+from onnxprune.methods._support.resource import CHANNEL_MULTIPLE_OPTION, TRAIL_OPTION
 from onnxprune.methods.base import (
     GRANULARITY_OPTION,
     SPARSITY_OPTION,
@@ -44,7 +45,6 @@ from onnxprune.methods.base import (
     TrainContext,
     register,
 )
-from onnxprune.methods.resource import CHANNEL_MULTIPLE_OPTION, TRAIL_OPTION
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +254,8 @@ class LTP(PruningMethod):
         return values
 
     def _write_trail(self, ctx: TrainContext, sparsity: float) -> None:
-        from onnxprune.modelio import save_model_atomic
-        from onnxprune.writeback import write_back
+        from onnxprune.graph.modelio import save_model_atomic
+        from onnxprune.importing.writeback import write_back
 
         masks = [m for layer in self.layers for m in layer.masks]
         with masking.substituted(self.hard_values(), masks):

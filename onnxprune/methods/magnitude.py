@@ -21,8 +21,8 @@ import click
 import torch
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.methods._support.projections import global_topk_mask
 from onnxprune.methods.base import SPARSITY_OPTION, PruningMethod, TrainContext, register
-from onnxprune.methods.projections import global_topk_mask
 from onnxprune.passes.plan import PruningPlan
 
 # a global sort per update costs O(P log P); cap the number of updates for large models

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-
 from onnxprune.passes.rules.core import Layout, Segment, State, register
 
 

@@ -19,7 +19,6 @@ from typing import Callable
 
 import numpy as np
 import onnx_ir as ir
-
 from onnxprune.passes.structures import FoldSite, IntEdit, Piece, State, TensorAxis
 
 Rule = Callable[[ir.Node, "RuleContext"], None]

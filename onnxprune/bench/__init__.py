@@ -1,0 +1,1 @@
+"""Measuring models on onnxruntime: latency, throughput and memory, side by side. Torch-free."""

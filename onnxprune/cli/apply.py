@@ -1,0 +1,45 @@
+"""``onnxprune apply IN.onnx --plan plan.json --out OUT.onnx``: apply a pruning plan, no training.
+
+The plan's group and branch ids refer to the normalized graph (weights as initializers, one per
+op), which is what ``inspect`` and the pruning methods see. Without ``--plan`` only dead
+structure is removed: channels whose weights another tool zeroed become physically smaller.
+"""
+
+from __future__ import annotations
+
+import click
+
+from onnxprune.graph.macs import count_macs, count_params, format_count
+from onnxprune.graph.modelio import load_model, save_model_atomic
+from onnxprune.graph.shapes import parse_input_shapes, resolve_input_shapes
+from onnxprune.importing.normalize import normalize
+from onnxprune.passes import PruningPlan, analyze, apply_plan
+from onnxprune.run.outputs import RunOutputs
+
+
+@click.command("apply")
+@click.argument("model_path", metavar="IN.onnx", type=click.Path(dir_okay=True))
+@click.option("--plan", "plan_path", type=click.Path(), default=None,
+              help="Pruning plan JSON (see README); without it only dead structure is removed.")
+@click.option("--out", "out_path", required=True, type=click.Path(), help="Where to write the pruned model.")
+@click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=DxDxD",
+              help="Static shape for an input with dynamic dims (repeatable), e.g. image=1x3x224x224.")
+def command(model_path: str, plan_path: str | None, out_path: str, input_shape: tuple[str, ...]) -> None:
+    """Physically remove what a pruning plan names (and all-zero channels) from IN.onnx."""
+    outputs = RunOutputs([model_path])
+    outputs.add("--out", out_path)
+    outputs.check()  # a bad --out before any work
+    model = normalize(load_model(model_path))
+    shapes = resolve_input_shapes(model, parse_input_shapes(input_shape))
+    plan = PruningPlan.load(plan_path) if plan_path else PruningPlan()
+    analysis = analyze(model, shapes)
+    analysis.validate(plan)  # refuse a bad plan before any work or any file
+    pruned = apply_plan(model, plan, shapes, analysis=analysis)
+    before, after = count_macs(model, shapes), count_macs(pruned, shapes)
+    with outputs:
+        save_model_atomic(pruned, outputs.staged(out_path))
+        outputs.commit()
+    for label, old, new in (("MACs", before.total_macs, after.total_macs),
+                            ("params", count_params(model), count_params(pruned))):
+        click.echo(f"{label:<7} {format_count(old):>9} -> {format_count(new):>9}  ({new / max(old, 1):.1%})")
+    click.echo(f"wrote {out_path}")

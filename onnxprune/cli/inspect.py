@@ -1,0 +1,174 @@
+"""``onnxprune inspect MODEL.onnx``: what the model costs and what could be pruned.
+
+Prints one row per MAC-bearing layer (node, op, weight shape, MACs, params, whether its output
+channels/units can be pruned and, if not, why), the channel groups with their sizes, the totals,
+and the import check (torch vs onnxruntime). ``--plan plan.json`` adds what the plan removes and
+the MACs after it; ``--json`` prints the same data as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import click
+
+from onnxprune.graph.macs import count_macs, format_count
+from onnxprune.graph.modelio import load_model
+from onnxprune.graph.shapes import parse_input_shapes, resolve_input_shapes
+
+log = logging.getLogger(__name__)
+
+input_shape_option = click.option(
+    "--input-shape",
+    "input_shape",
+    multiple=True,
+    metavar="NAME=DxDxD",
+    help="Static shape for an input with dynamic dims (repeatable), e.g. image=1x3x224x224.",
+)
+
+
+@click.command("inspect")
+@click.argument("model_path", metavar="MODEL.onnx", type=click.Path(dir_okay=True))
+@input_shape_option
+@click.option("--plan", "plan_path", type=click.Path(), default=None, help="Show what a pruning plan removes.")
+@click.option("--no-import-check", is_flag=True, help="Skip importing into torch (cost table only).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def command(model_path: str, input_shape: tuple[str, ...], plan_path: str | None, no_import_check: bool, as_json: bool) -> None:
+    """Per-layer MACs, params and prunability of MODEL.onnx."""
+    model = load_model(model_path)
+    shapes = resolve_input_shapes(model, parse_input_shapes(input_shape))
+    report = build_report(model, shapes, plan_path=plan_path, import_check=not no_import_check)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        _print_tables(report)
+
+
+def build_report(model, input_shapes, *, plan_path=None, import_check=True) -> dict:
+    """Everything `inspect` shows, as plain data (the JSON output)."""
+    from onnxprune.importing.normalize import normalize
+
+    analysis_model = normalize(model)  # groups are named and found as in prune/apply (Constant weights)
+    check = None
+    if import_check:
+        from onnxprune.importing.importer import import_model
+
+        imported = import_model(model, input_shapes)
+        analysis_model = imported.onnx_model
+        check = {"max_abs_error": imported.check.max_abs, "max_rel_error": imported.check.max_rel}
+    cost = count_macs(analysis_model, input_shapes)
+    analysis = _analyze_groups(analysis_model, input_shapes)
+    layer_groups = _groups_by_weight(analysis)
+    layers = []
+    for layer in cost.layers:
+        group = layer_groups.get(layer.weight) if layer.weight else None
+        layers.append(
+            {
+                "node": layer.node,
+                "op": layer.op_type,
+                "weight_shape": list(layer.weight_shape) if layer.weight_shape else None,
+                "macs": layer.macs,
+                "params": layer.params,
+                "group": group.id if group else None,
+                "prunable": bool(group and group.prunable),
+                "why_not": None if group is None else group.reason,
+            }
+        )
+    report = {
+        "inputs": {name: list(shape) for name, shape in input_shapes.items()},
+        "layers": layers,
+        "total_macs": cost.total_macs,
+        "total_params": cost.total_params,
+        "import_check": check,
+        "groups": [
+            {"id": g.id, "size": g.size, "chunks": g.chunks, "prunable": g.prunable, "reason": g.reason}
+            for g in (analysis.groups if analysis else [])
+        ],
+        "residual_branches": [
+            {"id": b.id, "macs": b.macs} for b in (analysis.residual_branches if analysis else [])
+        ],
+    }
+    if plan_path:
+        report["plan"] = _plan_summary(analysis, plan_path, cost.total_macs)
+    return report
+
+
+def _analyze_groups(model, input_shapes):
+    try:
+        from onnxprune.passes.groups import analyze
+    except ImportError:  # the passes package is optional for a cost-only table
+        return None
+    return analyze(model, input_shapes)
+
+
+def _groups_by_weight(analysis) -> dict:
+    """Weight initializer -> the channel group its output channels belong to."""
+    if analysis is None:
+        return {}
+    by_weight = {}
+    for group in analysis.groups:
+        for member in group.producers:
+            by_weight.setdefault(member.name, group)
+    return by_weight
+
+
+def _plan_summary(analysis, plan_path, total_macs) -> dict:
+    from onnxprune.passes.plan import PruningPlan
+
+    plan = PruningPlan.load(plan_path)
+    analysis.validate(plan)
+    sizes = {g.id: g.size for g in analysis.groups}
+    removed = {gid: sizes[gid] - len(kept) for gid, kept in plan.kept.items()}
+    macs_after = analysis.predicted_macs(plan)
+    return {
+        "channels_removed": removed,
+        "branches_dropped": list(plan.dropped_branches),
+        "macs_before": total_macs,
+        "macs_after": macs_after,
+    }
+
+
+def _print_tables(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="layers", show_lines=False)
+    for column in ("node", "op", "weight", "MACs", "params", "prunable"):
+        table.add_column(column, justify="right" if column in ("MACs", "params") else "left")
+    for row in report["layers"]:
+        shape = "x".join(map(str, row["weight_shape"])) if row["weight_shape"] else "-"
+        prunable = "yes" if row["prunable"] else ("no: " + (row["why_not"] or "no channel group"))
+        table.add_row(row["node"], row["op"], shape, format_count(row["macs"]), format_count(row["params"]), prunable)
+    console.print(table)
+    if report["groups"]:
+        groups = Table(title="channel groups")
+        for column in ("group", "size", "prunable"):
+            groups.add_column(column)
+        for g in report["groups"]:
+            # a grouped Conv's output: equally many channels must stay in each of its chunks
+            size = str(g["size"]) if g["chunks"] <= 1 else f"{g['size']} ({g['chunks']} chunks)"
+            groups.add_row(g["id"], size, "yes" if g["prunable"] else f"no: {g['reason']}")
+        console.print(groups)
+    if report["residual_branches"]:
+        console.print(f"residual branches (removable layers): {len(report['residual_branches'])}")
+    inputs = ", ".join(f"{name}={'x'.join(map(str, shape))}" for name, shape in report["inputs"].items())
+    console.print(
+        f"total: {format_count(report['total_macs'])} MACs, {format_count(report['total_params'])} params"
+        f" (inputs: {inputs})"
+    )
+    check = report["import_check"]
+    if check is not None:
+        console.print(
+            f"import check vs onnxruntime: max abs error {check['max_abs_error']:.2e}, "
+            f"max rel error {check['max_rel_error']:.2e}"
+        )
+    if "plan" in report:
+        plan = report["plan"]
+        removed = sum(plan["channels_removed"].values())
+        console.print(
+            f"plan: removes {removed} channels in {sum(1 for v in plan['channels_removed'].values() if v)} groups, "
+            f"drops {len(plan['branches_dropped'])} residual branches; MACs "
+            f"{format_count(plan['macs_before'])} -> {format_count(plan['macs_after'])}"
+        )

@@ -1,1 +1,0 @@
-"""One module per CLI command, each defining a click command named `command`."""

@@ -1,0 +1,216 @@
+"""Normalize a user's ONNX graph so that every trainable weight is an initializer of its own.
+
+Exporters hide weights in three ways that break training and write-back by name:
+
+1. ``Constant`` nodes (Paddle, TF2ONNX, the TorchScript exporter for small tensors): the tensor
+   in the ``value*`` attribute becomes an initializer named after the Constant's output.
+2. ``Identity`` nodes reading an initializer (the TorchScript exporter shares equal initializers
+   this way): the consumer reads a copy of the initializer under the Identity's output name and
+   the Identity node is dropped.
+3. One float initializer read by several ops: each further op gets its own copy, so that every
+   op's weight can be trained and pruned independently (``W`` feeds op 1, ``W__1`` feeds op 2).
+4. Layout ops on a float weight (Paddle adds a conv bias as ``Add(conv, Reshape(b, [1,C,1,1]))``
+   or ``Unsqueeze(b)``): Reshape, Unsqueeze, Squeeze, Flatten, Transpose or Cast whose inputs are
+   all initializers become an initializer named after their output, holding the same values in
+   the new layout, so the bias is a per-channel constant of the Add like any other.
+
+Values are copied, never changed, so the normalized graph computes exactly what the input graph
+computes. Node names, graph inputs/outputs (names, dtypes, dynamic axes), opsets, and metadata
+are kept; Constants or Identities whose output is a graph output are left in place. Shape
+inference (non-strict) then records value shapes in ``value_info``.
+
+Protobuf is edited directly rather than through onnx-ir so that everything we do not touch stays
+byte-for-byte what the user gave us.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper, shape_inference
+
+from onnxprune.graph.names import OnnxNames
+
+_LOG = logging.getLogger(__name__)
+
+_FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+
+
+def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a normalized copy of ``model`` (see the module docstring); ``model`` is not touched."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    kept_outputs = {value.name for value in graph.output}
+    _constants_to_initializers(graph, kept_outputs)
+    _fold_identities_of_initializers(graph, kept_outputs)
+    opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None:
+        _fold_layout_ops_of_weights(graph, kept_outputs, opset)
+    _split_shared_float_initializers(graph)
+    return _infer_shapes(out)
+
+
+def _constant_tensor(node: onnx.NodeProto) -> TensorProto | None:
+    """The tensor a Constant node produces, or None for sparse/string forms we leave alone."""
+    if len(node.attribute) != 1:
+        return None
+    attr = node.attribute[0]
+    if attr.name == "value":
+        tensor = TensorProto()
+        tensor.CopyFrom(attr.t)
+        return tensor
+    if attr.name in ("value_float", "value_int", "value_floats", "value_ints"):
+        value = helper.get_attribute_value(attr)
+        dtype = np.float32 if "float" in attr.name else np.int64
+        return numpy_helper.from_array(np.asarray(value, dtype=dtype))
+    return None
+
+
+def _constants_to_initializers(graph: onnx.GraphProto, kept_outputs: set[str]) -> None:
+    keep = []
+    for node in graph.node:
+        tensor = _constant_tensor(node) if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
+        if tensor is None or node.output[0] in kept_outputs:
+            keep.append(node)
+            continue
+        tensor.name = node.output[0]
+        graph.initializer.append(tensor)
+    if len(keep) != len(graph.node):
+        _LOG.debug("normalize: %d Constant nodes became initializers", len(graph.node) - len(keep))
+        del graph.node[:]
+        graph.node.extend(keep)
+
+
+def _fold_identities_of_initializers(graph: onnx.GraphProto, kept_outputs: set[str]) -> None:
+    """Replace ``Identity(init) -> y`` by an initializer ``y`` holding a copy of ``init``."""
+    initializers = {init.name: init for init in graph.initializer}
+    removed = False
+    changed = True
+    while changed:  # chains Identity(Identity(init)) fold one link per round
+        changed = False
+        keep = []
+        for node in graph.node:
+            if (
+                node.op_type == "Identity"
+                and node.domain in ("", "ai.onnx")
+                and node.input[0] in initializers
+                and node.output[0] not in kept_outputs
+                and node.output[0] not in initializers
+            ):
+                copy = TensorProto()
+                copy.CopyFrom(initializers[node.input[0]])
+                copy.name = node.output[0]
+                graph.initializer.append(copy)
+                initializers[copy.name] = graph.initializer[-1]
+                changed = removed = True
+                continue
+            keep.append(node)
+        if changed:
+            del graph.node[:]
+            graph.node.extend(keep)
+    if removed:
+        _drop_unused_initializers(graph)
+
+
+_LAYOUT_OPS = {"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose", "Cast"}
+
+
+def _fold_layout_ops_of_weights(graph: onnx.GraphProto, kept_outputs: set[str], opset: int) -> None:
+    """Replace ``Reshape(W, shape) -> y`` (and the other layout ops) of a float initializer ``W``
+    by an initializer ``y``: the same values, laid out as the op lays them out."""
+    from onnx.reference import ReferenceEvaluator
+
+    inputs_declared = {value.name for value in graph.input}  # an initializer a feed may override
+    initializers = {init.name: init for init in graph.initializer if init.name not in inputs_declared}
+    keep, folded = [], 0
+    for node in graph.node:
+        inputs = [name for name in node.input if name]
+        if (
+            node.op_type in _LAYOUT_OPS
+            and node.domain in ("", "ai.onnx")
+            and len(node.output) == 1
+            and inputs
+            and all(name in initializers for name in inputs)
+            and initializers[node.input[0]].data_type in _FLOAT_TYPES
+            and node.output[0] not in kept_outputs
+            and node.output[0] not in initializers
+        ):
+            try:
+                single = helper.make_model(
+                    helper.make_graph([node], "fold", [], [helper.make_empty_tensor_value_info(node.output[0])],
+                                      [initializers[name] for name in dict.fromkeys(inputs)]),
+                    opset_imports=[helper.make_opsetid("", opset)])
+                (array,) = ReferenceEvaluator(single).run(None, {})
+            except Exception as exc:  # noqa: BLE001 -- leave the node as it is
+                _LOG.debug("normalize: %s %r not folded (%s)", node.op_type, node.name, exc)
+                keep.append(node)
+                continue
+            tensor = numpy_helper.from_array(np.asarray(array), node.output[0])
+            graph.initializer.append(tensor)
+            initializers[tensor.name] = graph.initializer[-1]
+            folded += 1
+            continue
+        keep.append(node)
+    if folded:
+        _LOG.debug("normalize: %d layout ops of weights became initializers", folded)
+        del graph.node[:]
+        graph.node.extend(keep)
+        _drop_unused_initializers(graph)
+
+
+def _used_names(graph: onnx.GraphProto) -> set[str]:
+    """Every value name read by a node (subgraphs included) or exposed as a graph output."""
+    used = {value.name for value in graph.output}
+    for node in graph.node:
+        used.update(node.input)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                used |= _used_names(sub)
+    return used
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = _used_names(graph) | {value.name for value in graph.input}
+    keep = [init for init in graph.initializer if init.name in used]
+    if len(keep) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+
+
+def _split_shared_float_initializers(graph: onnx.GraphProto) -> None:
+    """Give every op its own copy of a multi-element float initializer it shares with other ops."""
+    candidates = {
+        init.name: init
+        for init in graph.initializer
+        if init.data_type in _FLOAT_TYPES and int(np.prod(init.dims)) > 1
+    }
+    graph_input_names = {value.name for value in graph.input}
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in dict.fromkeys(node.input):  # an op reading W twice is still one op
+            if name in candidates and name not in graph_input_names:
+                consumers[name].append(node)
+    names = OnnxNames.of_proto(graph)
+    for name, nodes in consumers.items():
+        for node in nodes[1:]:
+            new_name = names.fresh(name, sep="__")
+            copy = TensorProto()
+            copy.CopyFrom(candidates[name])
+            copy.name = new_name
+            graph.initializer.append(copy)
+            for index, value in enumerate(node.input):
+                if value == name:
+                    node.input[index] = new_name
+
+
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, ValueError) as exc:
+        # Models over 2 GiB cannot go through the in-memory inference; shapes stay as given.
+        _LOG.warning("normalize: shape inference skipped (%s)", str(exc).splitlines()[0])
+        return model

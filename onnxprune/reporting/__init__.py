@@ -1,0 +1,1 @@
+"""What a run reports: the JSON run report and its printed summary, the report folder and its plots."""

@@ -1,0 +1,329 @@
+"""One prune run, end to end:
+
+    load -> calibration (validate, holdout split, teacher targets by onnxruntime)
+         -> import to torch -> train under the method -> write trained weights back by name
+         -> apply the method's plan (graph passes) -> verify -> evaluate on the holdout -> write
+
+The original model is only read. Verification: ``onnx.checker`` (full check) on the result, and
+onnxruntime on the result against the trained torch model on the holdout (atol 1e-5,
+rtol 1e-4); a miss is a VerificationError and nothing is written. Under torchrun every process
+trains; only rank 0 verifies, evaluates and writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from onnxprune import __version__
+from onnxprune.calibration import (
+    CalibrationSet,
+    TaskLoss,
+    fidelity,
+    load_calibration,
+    output_kinds,
+    split_holdout,
+    teacher_outputs,
+)
+from onnxprune.calibration.data import check_labels
+from onnxprune.errors import OnnxPruneError, VerificationError
+from onnxprune.graph.batching import (
+    fixed_batch,
+    free_batch_constants,
+    pad_to_multiple,
+    restore_batch_constants,
+    run_in_slices,
+    torch_batch_check,
+    torch_in_slices,
+)
+from onnxprune.graph.macs import count_macs
+from onnxprune.graph.modelio import load_model, save_model_atomic
+from onnxprune.graph.runtime_checks import check_runtime_opset
+from onnxprune.graph.shapes import parse_input_shapes, resolve_input_shapes
+from onnxprune.graph.verify import assert_close
+from onnxprune.importing.importer import import_model
+from onnxprune.importing.writeback import write_back
+from onnxprune.methods.base import PruningMethod, registry
+from onnxprune.passes import apply_plan
+from onnxprune.reporting.run_report import add_layers, build_report, nonzero_weights, write_report
+from onnxprune.run.outputs import RunOutputs
+from onnxprune.training.loop import Replica, TrainConfig, TrainData, distributed, prunable_weights, train
+
+log = logging.getLogger(__name__)
+
+_VERIFY_SAMPLES = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneConfig:
+    model: Path
+    out: Path | None
+    method: str
+    method_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    calib: str | None = None
+    labels: str | None = None
+    image_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # --mean/--std/... for image folders
+    input_shapes: tuple[str, ...] = ()
+    holdout: float = 0.1
+    loss: str | None = None
+    temperature: float = 2.0
+    train: TrainConfig = TrainConfig()
+    report: Path | None = None
+    sparse_storage: bool = False  # store mostly-zero weights sparsely in the written file
+    # the command line's effective options and where each came from, recorded in the report so
+    # the run can be repeated with --config
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    option_sources: dict[str, str] = dataclasses.field(default_factory=dict)
+    # where the method writes what it writes during training (``{"trail": staged folder}``): the
+    # run's outputs are staged and renamed into place at the end (onnxprune.run.outputs); the
+    # report and the metadata keep the paths of ``method_options``
+    staging: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class RunResult:
+    model: onnx.ModelProto  # the pruned, verified model
+    imported: Any  # the trained torch side (ImportedModel)
+    plan: Any
+    report: dict[str, Any]
+    written: Path | None  # None on ranks other than 0, or without --out
+    replica: Replica
+
+
+def make_method(name: str, options: dict[str, Any]) -> PruningMethod:
+    methods = registry()
+    if name not in methods:
+        raise OnnxPruneError(f"--method {name!r}: unknown; available: {', '.join(sorted(methods))}")
+    return methods[name](**options)
+
+
+def run(config: PruneConfig) -> RunResult:
+    """Prune ``config.model``; see the module docstring. Raises OnnxPruneError on user errors."""
+    with distributed(config.train.device) as replica:
+        return _run(config, replica)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Calibration:
+    train: CalibrationSet
+    eval: CalibrationSet  # the holdout, or the training set when --holdout 0
+    train_targets: list[np.ndarray]
+    eval_targets: list[np.ndarray]
+    kinds: list[str]
+    loss: TaskLoss
+    held_out: int
+
+
+def _run(config: PruneConfig, replica: Replica) -> RunResult:
+    started = time.perf_counter()
+    _check_out(config)  # refuse a bad --out before any work, not after training
+    method = make_method(config.method, {**config.method_options, **config.staging})
+    original = load_model(config.model)
+    check_runtime_opset(original, config.model)  # the teacher and the checks run on onnxruntime
+    overrides = parse_input_shapes(config.input_shapes)
+    shapes = resolve_input_shapes(original, overrides)
+    if config.calib is None:  # refuse before any work
+        load_calibration(None, original)
+    imported = import_model(original, shapes)  # model errors (unsupported ops) before data errors
+    batch, torch_batch, imported, freed = _fixed_batches(original, imported, shapes)
+    calib = _calibrate(config, original, overrides, replica, batch or 1)
+    weights = prunable_weights(imported)
+    if not weights:
+        raise OnnxPruneError(f"{config.model}: no prunable weights (Conv/ConvTranspose/Gemm/MatMul initializers)")
+
+    def evaluate() -> dict[str, float]:
+        student = torch_outputs(imported.module, calib.eval.inputs.values(), replica.device, fixed=torch_batch)
+        return fidelity(student, calib.eval_targets, calib.kinds, calib.eval.labels)
+
+    tensors = lambda arrays: [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]  # noqa: E731
+    labels = calib.train.labels
+    data = TrainData(tensors(calib.train.inputs.values()), tensors(calib.train_targets),
+                     None if labels is None else torch.from_numpy(labels))
+    train_config = config.train
+    if torch_batch is not None:  # the torch copy runs only at the fixed batch: whole batches of it
+        *columns, label_column = pad_to_multiple([*data.inputs, *data.targets, data.labels], torch_batch * replica.world)
+        data = TrainData(columns[:len(data.inputs)], columns[len(data.inputs):], label_column)
+        train_config = dataclasses.replace(config.train, batch_size=torch_batch)
+    ctx = train(method, imported.module, weights, data, calib.loss, train_config, replica, imported=imported,
+                analysis=_analysis(method, imported.onnx_model, shapes), evaluate=evaluate)
+    plan = method.finalize(ctx)
+    imported.module.eval().cpu()  # verified on the CPU: CUDA's TF32 convolutions miss atol 1e-5
+    pruned = apply_plan(write_back(imported), plan, shapes)
+    if freed:  # the Reshape targets trained as "copy the batch" read the fixed batch again
+        pruned = restore_batch_constants(pruned, freed, batch)
+    result = RunResult(pruned, imported, plan, {}, None, replica)
+    if not replica.is_main:
+        return result
+    verify(pruned, imported.module, calib.eval, fixed=torch_batch)
+    before, after = count_macs(original, shapes), count_macs(pruned, shapes)
+    result.report = build_report(
+        config=config, method=method, plan=plan, before=before, after=after,
+        nonzero_before=nonzero_weights(original), nonzero_after=nonzero_weights(pruned),
+        final=fidelity(run_batched(pruned, calib.eval.inputs), calib.eval_targets, calib.kinds, calib.eval.labels),
+        baseline=fidelity(calib.eval_targets, calib.eval_targets, calib.kinds, calib.eval.labels),
+        history=ctx.history, seconds=time.perf_counter() - started,
+        samples={"train": len(calib.train), "holdout": calib.held_out, "has_labels": labels is not None,
+                 "synthetic": calib.train.synthetic, "loss": calib.loss.mode,
+                 "fixed_batch": batch, "torch_batch": torch_batch, "batch_free_reshapes": freed},
+        device=str(replica.device), world_size=replica.world,
+    )
+    add_layers(result.report, pruned, before, after)
+    # the same seed gives the same bytes at the same torch thread count; another count rounds
+    # float sums in another order (docs/errors.md, "Determinism"), so the count is recorded
+    result.report["training"]["torch_threads"] = torch.get_num_threads()
+    _set_metadata(pruned, method, config, before, after)
+    if config.out is not None or config.report is not None:
+        with _outputs(config) as outputs:  # one transaction: both or neither
+            if config.out is not None:
+                save_model_atomic(pruned, outputs.staged(config.out))
+            if config.report is not None:
+                write_report(result.report, outputs.staged(config.report))
+            outputs.commit()
+        result.written = None if config.out is None else Path(config.out)
+    return result
+
+
+def _calibrate(config: PruneConfig, original: onnx.ModelProto, overrides, replica: Replica,
+               batch: int = 1) -> _Calibration:
+    """Load and validate the data, split the holdout, compute the teacher's targets once."""
+    data = load_calibration(config.calib, original, overrides, config.labels, seed=config.train.seed,
+                            image_options=config.image_options)
+    train_set, holdout = split_holdout(data, config.holdout, config.train.seed, multiple=batch)
+    providers = None
+    if replica.device.type == "cuda":  # each process's teacher on its own GPU
+        providers = [("CUDAExecutionProvider", {"device_id": replica.device.index or 0}), "CPUExecutionProvider"]
+    train_targets = teacher_outputs(original, train_set, providers=providers)
+    eval_set, eval_targets = train_set, train_targets
+    if holdout is not None:
+        eval_set, eval_targets = holdout, teacher_outputs(original, holdout, providers=providers)
+    kinds = output_kinds(train_targets)
+    check_labels(data.labels, train_targets, kinds)  # class ids within the logits, before training
+    loss = TaskLoss(kinds, config.loss, data.labels is not None, config.temperature)
+    return _Calibration(train_set, eval_set, train_targets, eval_targets, kinds, loss,
+                        0 if holdout is None else len(holdout))
+
+
+def _outputs(config: PruneConfig) -> RunOutputs:
+    outputs = RunOutputs([config.model])
+    outputs.add("--out", config.out)
+    outputs.add("--report", config.report)  # this module writes the JSON report only
+    return outputs
+
+
+def _check_out(config: PruneConfig) -> None:
+    """Refuse bad --out/--report paths (onnxprune.run.outputs) before any work."""
+    _outputs(config).check()
+
+
+def _fixed_batches(original: onnx.ModelProto, imported, shapes):
+    """(the model's fixed batch or None, the batch the torch copy must train at or None, the
+    import to train, the Reshape targets rewritten for training); see docs/fixed-batch.md.
+
+    A fixed batch B means B samples per onnxruntime call. The torch copy trains on mini-batches
+    of --batch-size when it runs 2B samples at once as onnxruntime runs them B at a time. When a
+    Reshape target bakes B in, the import is redone with those targets reading 0 ("copy the
+    batch") and checked again; when that does not pass either (an Expand to B, say), it trains
+    and evaluates at B."""
+    batch = fixed_batch(original)
+    if batch is None:
+        return None, None, imported, []
+    ok, why = torch_batch_check(imported, batch)
+    if ok:
+        log.info("fixed batch %d: %s, so it trains on mini-batches", batch, why)
+        return batch, None, imported, []
+    freed_model, freed = free_batch_constants(imported.onnx_model, batch, imported.input_shapes)
+    if freed:
+        try:
+            candidate = import_model(freed_model, shapes)
+            ok, why_freed = torch_batch_check(candidate, batch)
+        except OnnxPruneError as exc:
+            ok, why_freed = False, str(exc)
+        if ok:
+            log.info("fixed batch %d: Reshape targets %s bake it in; trained with them reading 0 (copy the batch): "
+                     "%s", batch, freed, why_freed)
+            return batch, None, candidate, freed
+        why = f"{why}; with Reshape targets {freed} batch-free: {why_freed}"
+    log.warning("fixed batch %d: %s; it trains at batch %d (--batch-size is not used)", batch, why, batch)
+    return batch, batch, imported, []
+
+
+def torch_outputs(module: torch.nn.Module, inputs, device: torch.device, batch: int = 512,
+                  fixed: int | None = None) -> list[np.ndarray]:
+    """The module's outputs as numpy, in graph-output order, evaluated in chunks (of exactly
+    ``fixed`` samples for a module that runs only at its fixed batch)."""
+    return torch_in_slices(module, list(inputs), device, batch, fixed)
+
+
+def run_batched(model: onnx.ModelProto, inputs: dict[str, np.ndarray], batch: int = 512) -> list[np.ndarray]:
+    """onnxruntime over every sample, in chunks of ``batch`` or of the model's fixed batch."""
+    return run_in_slices(model, inputs, chunk=batch)
+
+
+def verify(model: onnx.ModelProto, module: torch.nn.Module, data: CalibrationSet, fixed: int | None = None) -> None:
+    """Checker (full) and onnxruntime vs the trained torch model, atol 1e-5 / rtol 1e-4."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise VerificationError(f"the pruned model fails the ONNX checker: {str(exc).splitlines()[0]}") from None
+    sample = {k: v[:_VERIFY_SAMPLES] for k, v in data.inputs.items()}
+    expected = torch_outputs(module, sample.values(), torch.device("cpu"), fixed=fixed)
+    actual = run_batched(model, sample)
+    what = "pruned model (onnxruntime) vs trained torch model"
+    try:
+        assert_close(expected, actual, what=what)
+    except VerificationError:
+        # Training can scale outputs up (logits of 100+), where two correct float32 programs
+        # differ by more than atol 1e-5. Accept only differences within 4x the torch model's
+        # own float32 rounding (|float32 - float64|), the rule the import check uses too.
+        noise = _float32_noise(module, sample, expected, fixed)
+        if noise is None or any(np.abs(e - a).max() > 4 * n for e, a, n in zip(expected, actual, noise)):
+            raise
+        log.warning("pruned model matches within 4x float32 noise (%s), not atol 1e-5", noise)
+
+
+def _float32_noise(module: torch.nn.Module, sample: dict[str, np.ndarray],
+                   float32: list[np.ndarray], fixed: int | None = None) -> list[float] | None:
+    """Per output, max |module(x) in float32 - the same module in float64|; None if it cannot run."""
+    wide = copy.deepcopy(module).double()
+    try:
+        float64 = torch_outputs(wide, [v.astype(np.float64) if v.dtype == np.float32 else v
+                                       for v in sample.values()], torch.device("cpu"), fixed=fixed)
+    except Exception:  # noqa: BLE001 -- no estimate: the strict rule stands
+        return None
+    return [float(np.abs(a.astype(np.float64) - b).max()) for a, b in zip(float32, float64)]
+
+
+def _analysis(method: PruningMethod, model: onnx.ModelProto, shapes):
+    """Channel groups for structured methods; weight-level methods do not need them."""
+    if set(method.granularities) <= {"weight"}:
+        return None
+    from onnxprune.passes.groups import analyze
+
+    return analyze(model, shapes)
+
+
+def _set_metadata(model: onnx.ModelProto, method: PruningMethod, config: PruneConfig, before, after) -> None:
+    entries = {
+        "onnxprune.version": __version__,
+        "onnxprune.method": method.name,
+        "onnxprune.method_params": json.dumps(config.method_options, sort_keys=True, default=str),
+        "onnxprune.macs_before": str(before.total_macs),
+        "onnxprune.macs_after": str(after.total_macs),
+        "onnxprune.params_before": str(before.total_params),
+        "onnxprune.params_after": str(after.total_params),
+        "onnxprune.torch_threads": str(torch.get_num_threads()),
+    }
+    kept = [p for p in model.metadata_props if p.key not in entries]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in entries.items():
+        model.metadata_props.add(key=key, value=value)
