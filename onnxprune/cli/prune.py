@@ -14,6 +14,7 @@ import click
 
 from onnxprune.calibration.images import image_options
 from onnxprune.calibration.losses import LOSSES
+from onnxprune.cli import gate_options
 from onnxprune.cli.config_file import config_option, effective_config, parameter_sources
 from onnxprune.methods.base import registry
 from onnxprune.run import gated as ci
@@ -62,7 +63,9 @@ METHOD_OPTIONS, OPTION_READERS = _method_options()
               help="Distillation temperature for logit outputs.")
 @click.option("--epochs", type=click.IntRange(1), default=30)
 @click.option("--batch-size", type=click.IntRange(1), default=64, help="Per process under torchrun.")
-@click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=1e-3, help="Weights' learning rate.")
+@click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=None,
+              help="Weights' learning rate [default: probed: the largest of 1e-3, 3e-4, 1e-4, 3e-5, 1e-5 whose first "
+                   "10 steps leave the unpruned model's distillation loss near its start; see the report].")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam")
 @click.option("--weight-decay", type=click.FloatRange(0.0), default=0.0)
 @click.option("--seed", type=int, default=0, help="Seeds the holdout split, shuffling and the method.")
@@ -81,7 +84,7 @@ METHOD_OPTIONS, OPTION_READERS = _method_options()
 @click.pass_context
 def command(ctx: click.Context, model: Path, method: str, out: Path, calib: str | None, labels: str | None,
             input_shape: tuple[str, ...], holdout: float, loss: str | None, temperature: float, epochs: int,
-            batch_size: int, lr: float, optimizer: str, weight_decay: float, seed: int, device: str, threads: int | None,
+            batch_size: int, lr: float | None, optimizer: str, weight_decay: float, seed: int, device: str, threads: int | None,
             quiet: bool, sparse_storage: bool, report: Path | None, config: str | None, mean: list[float] | None,
             std: list[float] | None, channel_order: str, layout: str, **method_values) -> None:
     """Prune IN.onnx with a training-based method and write a smaller OUT.onnx."""
@@ -121,4 +124,4 @@ def command(ctx: click.Context, model: Path, method: str, out: Path, calib: str 
 
 
 command.params.extend(METHOD_OPTIONS)
-command.params.extend(ci.OPTIONS)
+command.params.extend(gate_options.OPTIONS)

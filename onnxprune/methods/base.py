@@ -69,6 +69,7 @@ class TrainContext:
     is_main_process: bool = True
     state_map: dict = dataclasses.field(default_factory=dict)  # set with a replaced model, see above
     calibration: Any = None  # a few hundred training inputs (CPU tensors, graph-input order), for statistics
+    lr_probe: Any = None  # without --lr: the probe's chosen rate and losses (onnxprune.training.lr_probe)
 
 
 # Options several methods read: declaring them by these objects makes the prune command's merge

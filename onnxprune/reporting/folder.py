@@ -142,18 +142,18 @@ def _point(x_key: str, x: float, metrics: Mapping[str, Any], label: str) -> dict
     return {x_key: x, "fidelity": metrics.get("top1_agreement"), "accuracy": metrics.get("accuracy"), "label": label}
 
 
-def write_report(report: dict[str, Any], path: str | os.PathLike) -> list[Path]:
+def write_report_files(report: dict[str, Any], path: str | os.PathLike) -> list[Path]:
     """Writes the report to ``path``: a ``.json`` file alone, or a folder (created) with
     report.json, report.md and the plots the report has data for. Returns the written files."""
     path = Path(path)
     if path.suffix.lower() == ".json":
-        run_report.write_report(report, path)
+        run_report.write_report_json(report, path)
         return [path]
     if path.exists() and not path.is_dir():
         raise OnnxPruneError(f"--report {path}: exists and is not a directory (use a .json name for one file)")
     path.mkdir(parents=True, exist_ok=True)
     plots = _plots(report, path)
-    run_report.write_report(report, path / "report.json")
+    run_report.write_report_json(report, path / "report.json")
     fault_point("writing-report")
     (path / "report.md").write_text(render_markdown(report, [p.name for p in plots]))
     return [path / "report.json", path / "report.md", *plots]
@@ -282,6 +282,12 @@ def _method(report: Mapping[str, Any]) -> list[str]:
     if train:
         out.append(f"Training: {train.get('epochs')} epochs, batch {train.get('batch_size')}, "
                    f"{train.get('optimizer')} lr {train.get('lr')}, seed {train.get('seed')}, on {report.get('device')}.")
+        probe = train.get("lr_probe")
+        if probe:  # no --lr: the rate was probed on the unpruned model (onnxprune.training.lr_probe)
+            tried = ", ".join(f"{t['lr']:g}: {100 * t['fraction']:.1f}%" + ("" if t["accepted"] else " (rejected)")
+                              for t in probe["trials"])
+            out.append(f"Learning rate probed: {probe['lr']:g}. Share of the way from the original to a constant "
+                       f"output after {probe['steps']} steps, limit {100 * probe['tol']:g}%: {tried}.")
     if calib:
         out.append(f"Calibration: `{calib.get('source')}`, {calib.get('train')} training samples, "
                    f"loss {calib.get('loss')}" + (" (synthetic data: quality unknown)" if calib.get("synthetic") else "") + ".")

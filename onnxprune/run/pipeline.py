@@ -2,19 +2,20 @@
 
     load -> calibration (validate, holdout split, teacher targets by onnxruntime)
          -> import to torch -> train under the method -> write trained weights back by name
-         -> apply the method's plan (graph passes) -> verify -> evaluate on the holdout -> write
+         -> apply the method's plan (graph passes) -> verify -> evaluate on the holdout
 
-The original model is only read. Verification: ``onnx.checker`` (full check) on the result, and
-onnxruntime on the result against the trained torch model on the holdout (atol 1e-5,
-rtol 1e-4); a miss is a VerificationError and nothing is written. Under torchrun every process
-trains; only rank 0 verifies, evaluates and writes.
+:func:`run` writes nothing: it returns the verified model and its report, and
+:func:`onnxprune.run.gated.finish` is the one place that writes the model (with its metadata,
+sparse storage on request), the report and the trail. The original model is only read.
+Verification: ``onnx.checker`` (full check) on the result, and onnxruntime on the result against
+the trained torch model on the holdout (atol 1e-5, rtol 1e-4); a miss is a VerificationError.
+Under torchrun every process trains; only rank 0 verifies and evaluates.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -24,7 +25,6 @@ import numpy as np
 import onnx
 import torch
 
-from onnxprune import __version__
 from onnxprune.calibration import (
     CalibrationSet,
     TaskLoss,
@@ -46,7 +46,7 @@ from onnxprune.graph.batching import (
     torch_in_slices,
 )
 from onnxprune.graph.macs import count_macs
-from onnxprune.graph.modelio import load_model, save_model_atomic
+from onnxprune.graph.modelio import load_model
 from onnxprune.graph.runtime_checks import check_runtime_opset
 from onnxprune.graph.shapes import parse_input_shapes, resolve_input_shapes
 from onnxprune.graph.verify import assert_close
@@ -54,8 +54,7 @@ from onnxprune.importing.importer import import_model
 from onnxprune.importing.writeback import write_back
 from onnxprune.methods.base import PruningMethod, registry
 from onnxprune.passes import apply_plan
-from onnxprune.reporting.run_report import add_layers, build_report, nonzero_weights, write_report
-from onnxprune.run.outputs import RunOutputs
+from onnxprune.reporting.run_report import add_layers, build_run_report, nonzero_weights
 from onnxprune.training.loop import Replica, TrainConfig, TrainData, distributed, prunable_weights, train
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,7 @@ _VERIFY_SAMPLES = 256
 @dataclasses.dataclass(frozen=True)
 class PruneConfig:
     model: Path
-    out: Path | None
+    out: Path | None  # where finish() writes the model; the pipeline itself writes nothing
     method: str
     method_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     calib: str | None = None
@@ -77,8 +76,8 @@ class PruneConfig:
     loss: str | None = None
     temperature: float = 2.0
     train: TrainConfig = TrainConfig()
-    report: Path | None = None
-    sparse_storage: bool = False  # store mostly-zero weights sparsely in the written file
+    report: Path | None = None  # where finish() writes the report
+    sparse_storage: bool = False  # finish() stores mostly-zero weights sparsely in the written file
     # the command line's effective options and where each came from, recorded in the report so
     # the run can be repeated with --config
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -95,8 +94,9 @@ class RunResult:
     imported: Any  # the trained torch side (ImportedModel)
     plan: Any
     report: dict[str, Any]
-    written: Path | None  # None on ranks other than 0, or without --out
+    written: Path | None  # set by finish(): None on ranks other than 0, or without an output path
     replica: Replica
+    original: onnx.ModelProto | None = None  # the input as loaded (read once per run)
 
 
 def make_method(name: str, options: dict[str, Any]) -> PruningMethod:
@@ -106,10 +106,11 @@ def make_method(name: str, options: dict[str, Any]) -> PruningMethod:
     return methods[name](**options)
 
 
-def run(config: PruneConfig) -> RunResult:
-    """Prune ``config.model``; see the module docstring. Raises OnnxPruneError on user errors."""
+def run(config: PruneConfig, original: onnx.ModelProto | None = None) -> RunResult:
+    """Prune ``config.model`` (or ``original``, that file as already loaded); see the module
+    docstring. Writes nothing. Raises OnnxPruneError on user errors."""
     with distributed(config.train.device) as replica:
-        return _run(config, replica)
+        return _run(config, replica, original)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,11 +124,10 @@ class _Calibration:
     held_out: int
 
 
-def _run(config: PruneConfig, replica: Replica) -> RunResult:
+def _run(config: PruneConfig, replica: Replica, original: onnx.ModelProto | None) -> RunResult:
     started = time.perf_counter()
-    _check_out(config)  # refuse a bad --out before any work, not after training
     method = make_method(config.method, {**config.method_options, **config.staging})
-    original = load_model(config.model)
+    original = load_model(config.model) if original is None else original
     check_runtime_opset(original, config.model)  # the teacher and the checks run on onnxruntime
     overrides = parse_input_shapes(config.input_shapes)
     shapes = resolve_input_shapes(original, overrides)
@@ -160,12 +160,12 @@ def _run(config: PruneConfig, replica: Replica) -> RunResult:
     pruned = apply_plan(write_back(imported), plan, shapes)
     if freed:  # the Reshape targets trained as "copy the batch" read the fixed batch again
         pruned = restore_batch_constants(pruned, freed, batch)
-    result = RunResult(pruned, imported, plan, {}, None, replica)
+    result = RunResult(pruned, imported, plan, {}, None, replica, original)
     if not replica.is_main:
         return result
     verify(pruned, imported.module, calib.eval, fixed=torch_batch)
     before, after = count_macs(original, shapes), count_macs(pruned, shapes)
-    result.report = build_report(
+    result.report = build_run_report(
         config=config, method=method, plan=plan, before=before, after=after,
         nonzero_before=nonzero_weights(original), nonzero_after=nonzero_weights(pruned),
         final=fidelity(run_batched(pruned, calib.eval.inputs), calib.eval_targets, calib.kinds, calib.eval.labels),
@@ -180,15 +180,9 @@ def _run(config: PruneConfig, replica: Replica) -> RunResult:
     # the same seed gives the same bytes at the same torch thread count; another count rounds
     # float sums in another order (docs/errors.md, "Determinism"), so the count is recorded
     result.report["training"]["torch_threads"] = torch.get_num_threads()
-    _set_metadata(pruned, method, config, before, after)
-    if config.out is not None or config.report is not None:
-        with _outputs(config) as outputs:  # one transaction: both or neither
-            if config.out is not None:
-                save_model_atomic(pruned, outputs.staged(config.out))
-            if config.report is not None:
-                write_report(result.report, outputs.staged(config.report))
-            outputs.commit()
-        result.written = None if config.out is None else Path(config.out)
+    result.report["training"]["lr"] = ctx.lr  # the rate used (probed when no --lr was given)
+    if ctx.lr_probe is not None:
+        result.report["training"]["lr_probe"] = ctx.lr_probe
     return result
 
 
@@ -210,18 +204,6 @@ def _calibrate(config: PruneConfig, original: onnx.ModelProto, overrides, replic
     loss = TaskLoss(kinds, config.loss, data.labels is not None, config.temperature)
     return _Calibration(train_set, eval_set, train_targets, eval_targets, kinds, loss,
                         0 if holdout is None else len(holdout))
-
-
-def _outputs(config: PruneConfig) -> RunOutputs:
-    outputs = RunOutputs([config.model])
-    outputs.add("--out", config.out)
-    outputs.add("--report", config.report)  # this module writes the JSON report only
-    return outputs
-
-
-def _check_out(config: PruneConfig) -> None:
-    """Refuse bad --out/--report paths (onnxprune.run.outputs) before any work."""
-    _outputs(config).check()
 
 
 def _fixed_batches(original: onnx.ModelProto, imported, shapes):
@@ -309,21 +291,3 @@ def _analysis(method: PruningMethod, model: onnx.ModelProto, shapes):
     from onnxprune.passes.groups import analyze
 
     return analyze(model, shapes)
-
-
-def _set_metadata(model: onnx.ModelProto, method: PruningMethod, config: PruneConfig, before, after) -> None:
-    entries = {
-        "onnxprune.version": __version__,
-        "onnxprune.method": method.name,
-        "onnxprune.method_params": json.dumps(config.method_options, sort_keys=True, default=str),
-        "onnxprune.macs_before": str(before.total_macs),
-        "onnxprune.macs_after": str(after.total_macs),
-        "onnxprune.params_before": str(before.total_params),
-        "onnxprune.params_after": str(after.total_params),
-        "onnxprune.torch_threads": str(torch.get_num_threads()),
-    }
-    kept = [p for p in model.metadata_props if p.key not in entries]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    for key, value in entries.items():
-        model.metadata_props.add(key=key, value=value)

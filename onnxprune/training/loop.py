@@ -21,6 +21,10 @@ Decisions that hold for every method:
   (``onnxprune.methods.base``); the loop then rebuilds its optimizer (state carried over) and
   DDP wrapper around it.
 * The same seed on the same CPU gives bit-identical weights.
+* Without a learning rate (``lr=None``, the CLI's default) the weights' rate is probed on the
+  unpruned model before the method sets up (:mod:`onnxprune.training.lr_probe`): the largest
+  rate of a short grid whose few steps leave the distillation loss near its start. The chosen
+  rate and the probe's losses are in ``ctx.lr_probe`` (the run report's ``training.lr_probe``).
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ _STATISTICS_SAMPLES = 256  # inputs a method may use for activation statistics (
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float | None = None  # None: probed (onnxprune.training.lr_probe)
     optimizer: str = "adam"
     weight_decay: float = 0.0
     seed: int = 0
@@ -144,14 +148,19 @@ def train(
 ) -> TrainContext:
     """Fine-tune ``model`` under ``method``; returns the context (history, metrics)."""
     replica = replica or Replica(0, 1, resolve_device(config.device))
-    torch.manual_seed(config.seed)
     model.to(replica.device)
+    probe = None
+    if config.lr is None:
+        probe = _probe(model, data, loss_fn, config, replica)
+        config = dataclasses.replace(config, lr=probe.lr)
+    torch.manual_seed(config.seed)
     per_rank = math.ceil(len(data) / replica.world)
     ctx = TrainContext(
         model=model, imported=imported, weights=weights, analysis=analysis, device=replica.device,
         epochs=config.epochs, steps_per_epoch=math.ceil(per_rank / config.batch_size), lr=config.lr,
         is_main_process=replica.is_main, calibration=[x[:_STATISTICS_SAMPLES] for x in data.inputs],
     )
+    ctx.lr_probe = probe and probe.as_dict()
     ctx.evaluate = evaluate and _in_eval_mode(lambda: ctx.model, evaluate)
     method.setup(ctx)
     model.to(replica.device)  # setup may have added parameters
@@ -203,6 +212,23 @@ def train(
                 break
     model.eval()
     return ctx
+
+
+def _probe(model: torch.nn.Module, data: TrainData, loss_fn, config: TrainConfig, replica: Replica):
+    """The weights' learning rate from :func:`lr_probe.probe_lr`; every rank uses rank 0's."""
+    from onnxprune.training.lr_probe import probe_lr
+
+    result = probe_lr(model, data.inputs, data.targets, loss_fn,
+                      lambda m, lr: _optimizer(dataclasses.replace(config, lr=lr), m, []),
+                      lambda m: _set_train_mode(m, config.freeze_bn), config.batch_size, config.seed,
+                      replica.device)
+    if replica.world > 1:  # CUDA sums may differ across ranks at a borderline rate
+        chosen = torch.tensor([result.lr], dtype=torch.float64, device=replica.device)
+        dist.broadcast(chosen, 0)
+        result.lr = float(chosen)
+    if replica.is_main:
+        log.info("%s", result.summary())
+    return result
 
 
 def _batches(data: TrainData, config: TrainConfig, replica: Replica, epoch: int):
