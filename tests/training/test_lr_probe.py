@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import torch
-from onnxprune.calibration import TaskLoss, output_kinds, teacher_outputs
 
+from onnxprune.calibration import TaskLoss, output_kinds, teacher_outputs
 from onnxprune.importing.importer import import_model
 from onnxprune.methods.base import PruningMethod
 from onnxprune.training.loop import TrainConfig, TrainData, _optimizer, _set_train_mode, prunable_weights, train
