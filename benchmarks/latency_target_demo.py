@@ -77,7 +77,7 @@ def feeds_for(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 def time_models(models: list, feeds, batch: int, seconds: float) -> list[float]:
-    from onnxprune.bench.latency import measure_latency
+    from onnxprune.measure.latency import measure_latency
 
     stats = measure_latency(models, feeds, provider="cpu", threads=1, batch=batch, seconds=seconds)
     return [s.p50_ms for s in stats]

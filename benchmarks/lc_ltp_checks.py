@@ -31,7 +31,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from onnxprune.bench.latency import measure_latency
+from onnxprune.measure.latency import measure_latency
 from onnxprune.graph.macs import count_macs
 from onnxprune.run import pipeline
 from onnxprune.training.loop import TrainConfig

@@ -3,7 +3,7 @@
 1. resnet18, mobilenet_v2, vgg11 (torchvision, random weights, exported at 224x224 with the
    TorchScript exporter): a plan keeping a random half of every prunable group's channels.
    onnxruntime CPU, 2 intra-op threads, batch 1; original and pruned model timed interleaved in
-   one run (onnxprune.bench.latency.measure_latency), so load on a shared machine hits both alike.
+   one run (onnxprune.measure.latency.measure_latency), so load on a shared machine hits both alike.
    Printed: MAC ratio (original / pruned), latency speedup (p50 original / p50 pruned), and
    speedup / MAC ratio (1.0 = every saved MAC is saved time; goal >= 0.8). As a control, the
    same architecture built natively at half width (vgg11 exactly, mobilenet_v2 via width_mult)
@@ -59,12 +59,11 @@ def export(name: str, size: int = 224, net=None) -> onnx.ModelProto:
 
 
 def latency_table(seconds: float) -> None:
-    from onnxprune.passes import analyze, apply_plan
-    from onnxprune.passes.testing import random_plan
-
-    from onnxprune.bench.latency import measure_latency
+    from onnxprune.measure.latency import measure_latency
     from onnxprune.graph.macs import count_macs
     from onnxprune.importing.normalize import normalize
+    from onnxprune.passes import analyze, apply_plan
+    from onnxprune.passes.testing import random_plan
 
     print(f"\nonnxruntime CPU, 2 threads, batch 1, 224x224, interleaved timing ({seconds:.0f} s per model pair)")
     print(f"{'model':<14}{'GMAC orig':>10}{'GMAC pruned':>12}{'MAC ratio':>10}{'p50 orig ms':>12}"

@@ -16,10 +16,8 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from onnxprune.calibration import TaskLoss, fidelity, load_calibration, output_kinds, split_holdout, teacher_outputs
-from onnxprune.passes import apply_plan
-from onnxprune.passes.groups import analyze
 
+from onnxprune.calibration import TaskLoss, fidelity, load_calibration, output_kinds, split_holdout, teacher_outputs
 from onnxprune.graph.batching import (
     fixed_batch,
     pad_to_multiple,
@@ -30,6 +28,8 @@ from onnxprune.graph.batching import (
 from onnxprune.graph.macs import count_macs
 from onnxprune.importing.importer import import_model
 from onnxprune.importing.writeback import write_back
+from onnxprune.passes import apply_plan
+from onnxprune.passes.groups import analyze
 from onnxprune.run.pipeline import _fixed_batches
 from onnxprune.training.loop import TrainConfig, TrainData, prunable_weights, train
 

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from coverage_sweep import realistic_random_model  # noqa: E402
 from structured_harness import TrainConfig, prepare, prune, threads  # noqa: E402
 
-from onnxprune.bench.latency import measure_latency  # noqa: E402
+from onnxprune.measure.latency import measure_latency  # noqa: E402
 from onnxprune.methods.bernoulli import Bernoulli  # noqa: E402
 from onnxprune.methods.lagrangian import Lagrangian  # noqa: E402
 

@@ -6,13 +6,13 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxprune.graph.sessions import make_session
+
 
 def probe_values(
     model: onnx.ModelProto, names: list[str], input_shapes: dict[str, tuple[int, ...]], seeds: tuple[int, ...] = (0, 1)
 ) -> list[dict[str, np.ndarray]]:
     """Values ``names`` of ``model`` on one random input per seed (one dict per seed)."""
-    import onnxruntime as ort
-
     from onnxprune.graph.shapes import graph_inputs
 
     probe = onnx.ModelProto()
@@ -21,11 +21,7 @@ def probe_values(
     for name in dict.fromkeys(names):
         if name not in existing:
             probe.graph.output.append(helper.make_empty_tensor_value_info(name))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # exact arithmetic
-    options.log_severity_level = 3
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = make_session(probe, threads=1, optimize=False)  # exact arithmetic: every value as written
     outputs = [value.name for value in probe.graph.output]
     results = []
     for seed in seeds:

@@ -10,6 +10,8 @@ import dataclasses
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from onnxprune.graph.sessions import make_session
 from onnxprune.passes.apply import apply_plan
 from onnxprune.passes.groups import GroupAnalysis, analyze
 from onnxprune.passes.masking import masked_reference
@@ -57,13 +59,7 @@ def random_plan(analysis: GroupAnalysis, seed: int = 0, fraction: float = 0.5, b
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
+    return make_session(model, threads=1).run(None, feeds)
 
 
 def random_feeds(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
@@ -81,8 +77,11 @@ class Checked:
 
 
 def check_exact(model: onnx.ModelProto, plan: PruningPlan, input_shapes: dict[str, tuple[int, ...]] | None = None,
-                analysis: GroupAnalysis | None = None, seed: int = 0) -> Checked:
-    """Apply ``plan``; assert the checker passes, outputs equal the masked reference, MACs as predicted."""
+                analysis: GroupAnalysis | None = None, seed: int = 0,
+                feeds: dict[str, np.ndarray] | None = None) -> Checked:
+    """Apply ``plan``; assert the checker passes, outputs equal the masked reference, MACs as predicted.
+
+    ``feeds``: the inputs to compare on (token ids need real ones); random normal by default."""
     from onnxprune.graph.macs import count_macs
 
     onnx.checker.check_model(model, full_check=True)
@@ -90,7 +89,7 @@ def check_exact(model: onnx.ModelProto, plan: PruningPlan, input_shapes: dict[st
     pruned = apply_plan(model, plan, analysis.input_shapes, analysis=analysis)
     onnx.checker.check_model(pruned, full_check=True)
     reference = masked_reference(model, plan, analysis)
-    feeds = random_feeds(model, analysis.input_shapes, seed)
+    feeds = random_feeds(model, analysis.input_shapes, seed) if feeds is None else feeds
     expected, actual = run(reference, feeds), run(pruned, feeds)
     worst = 0.0
     for e, a in zip(expected, actual):

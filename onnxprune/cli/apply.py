@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import click
 
-from onnxprune.graph.macs import count_macs, count_params, format_count
-from onnxprune.graph.modelio import load_model, save_model_atomic
-from onnxprune.graph.shapes import parse_input_shapes, resolve_input_shapes
-from onnxprune.importing.normalize import normalize
-from onnxprune.passes import PruningPlan, analyze, apply_plan
-from onnxprune.run.outputs import RunOutputs
+from onnxprune import api
+from onnxprune.graph.macs import format_count
+from onnxprune.graph.shapes import parse_input_shapes
 
 
 @click.command("apply")
@@ -26,20 +23,7 @@ from onnxprune.run.outputs import RunOutputs
               help="Static shape for an input with dynamic dims (repeatable), e.g. image=1x3x224x224.")
 def command(model_path: str, plan_path: str | None, out_path: str, input_shape: tuple[str, ...]) -> None:
     """Physically remove what a pruning plan names (and all-zero channels) from IN.onnx."""
-    outputs = RunOutputs([model_path])
-    outputs.add("--out", out_path)
-    outputs.check()  # a bad --out before any work
-    model = normalize(load_model(model_path))
-    shapes = resolve_input_shapes(model, parse_input_shapes(input_shape))
-    plan = PruningPlan.load(plan_path) if plan_path else PruningPlan()
-    analysis = analyze(model, shapes)
-    analysis.validate(plan)  # refuse a bad plan before any work or any file
-    pruned = apply_plan(model, plan, shapes, analysis=analysis)
-    before, after = count_macs(model, shapes), count_macs(pruned, shapes)
-    with outputs:
-        save_model_atomic(pruned, outputs.staged(out_path))
-        outputs.commit()
-    for label, old, new in (("MACs", before.total_macs, after.total_macs),
-                            ("params", count_params(model), count_params(pruned))):
+    applied = api.apply(model_path, plan_path, out_path, input_shapes=parse_input_shapes(input_shape))
+    for label, (old, new) in (("MACs", applied.macs), ("params", applied.params)):
         click.echo(f"{label:<7} {format_count(old):>9} -> {format_count(new):>9}  ({new / max(old, 1):.1%})")
     click.echo(f"wrote {out_path}")

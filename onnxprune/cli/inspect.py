@@ -13,9 +13,10 @@ import logging
 
 import click
 
-from onnxprune.graph.macs import count_macs, format_count
+from onnxprune.graph.macs import format_count
 from onnxprune.graph.modelio import load_model
 from onnxprune.graph.shapes import parse_input_shapes, resolve_input_shapes
+from onnxprune.reporting.inspection import inspection_report
 
 log = logging.getLogger(__name__)
 
@@ -38,95 +39,11 @@ def command(model_path: str, input_shape: tuple[str, ...], plan_path: str | None
     """Per-layer MACs, params and prunability of MODEL.onnx."""
     model = load_model(model_path)
     shapes = resolve_input_shapes(model, parse_input_shapes(input_shape))
-    report = build_report(model, shapes, plan_path=plan_path, import_check=not no_import_check)
+    report = inspection_report(model, shapes, plan=plan_path, import_check=not no_import_check)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
         _print_tables(report)
-
-
-def build_report(model, input_shapes, *, plan_path=None, import_check=True) -> dict:
-    """Everything `inspect` shows, as plain data (the JSON output)."""
-    from onnxprune.importing.normalize import normalize
-
-    analysis_model = normalize(model)  # groups are named and found as in prune/apply (Constant weights)
-    check = None
-    if import_check:
-        from onnxprune.importing.importer import import_model
-
-        imported = import_model(model, input_shapes)
-        analysis_model = imported.onnx_model
-        check = {"max_abs_error": imported.check.max_abs, "max_rel_error": imported.check.max_rel}
-    cost = count_macs(analysis_model, input_shapes)
-    analysis = _analyze_groups(analysis_model, input_shapes)
-    layer_groups = _groups_by_weight(analysis)
-    layers = []
-    for layer in cost.layers:
-        group = layer_groups.get(layer.weight) if layer.weight else None
-        layers.append(
-            {
-                "node": layer.node,
-                "op": layer.op_type,
-                "weight_shape": list(layer.weight_shape) if layer.weight_shape else None,
-                "macs": layer.macs,
-                "params": layer.params,
-                "group": group.id if group else None,
-                "prunable": bool(group and group.prunable),
-                "why_not": None if group is None else group.reason,
-            }
-        )
-    report = {
-        "inputs": {name: list(shape) for name, shape in input_shapes.items()},
-        "layers": layers,
-        "total_macs": cost.total_macs,
-        "total_params": cost.total_params,
-        "import_check": check,
-        "groups": [
-            {"id": g.id, "size": g.size, "chunks": g.chunks, "prunable": g.prunable, "reason": g.reason}
-            for g in (analysis.groups if analysis else [])
-        ],
-        "residual_branches": [
-            {"id": b.id, "macs": b.macs} for b in (analysis.residual_branches if analysis else [])
-        ],
-    }
-    if plan_path:
-        report["plan"] = _plan_summary(analysis, plan_path, cost.total_macs)
-    return report
-
-
-def _analyze_groups(model, input_shapes):
-    try:
-        from onnxprune.passes.groups import analyze
-    except ImportError:  # the passes package is optional for a cost-only table
-        return None
-    return analyze(model, input_shapes)
-
-
-def _groups_by_weight(analysis) -> dict:
-    """Weight initializer -> the channel group its output channels belong to."""
-    if analysis is None:
-        return {}
-    by_weight = {}
-    for group in analysis.groups:
-        for member in group.producers:
-            by_weight.setdefault(member.name, group)
-    return by_weight
-
-
-def _plan_summary(analysis, plan_path, total_macs) -> dict:
-    from onnxprune.passes.plan import PruningPlan
-
-    plan = PruningPlan.load(plan_path)
-    analysis.validate(plan)
-    sizes = {g.id: g.size for g in analysis.groups}
-    removed = {gid: sizes[gid] - len(kept) for gid, kept in plan.kept.items()}
-    macs_after = analysis.predicted_macs(plan)
-    return {
-        "channels_removed": removed,
-        "branches_dropped": list(plan.dropped_branches),
-        "macs_before": total_macs,
-        "macs_after": macs_after,
-    }
 
 
 def _print_tables(report: dict) -> None:

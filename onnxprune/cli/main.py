@@ -32,7 +32,7 @@ _COMMANDS = {
 }
 # each command's one-line summary, so that `onnxprune --help` lists the commands without
 # importing them: prune's module imports torch, which a target-device install does not have
-# (docs/target-install.md). tests/bench/test_torch_free.py checks these match the commands' own.
+# (docs/target-install.md). tests/measure/test_torch_free.py checks these match the commands' own.
 _SUMMARIES = {
     "prune": "Prune IN.onnx with a training-based method and write a smaller OUT.onnx.",
     "inspect": "Per-layer MACs, params and prunability of MODEL.onnx.",

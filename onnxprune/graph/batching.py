@@ -22,20 +22,17 @@ samples per call. Here a fixed first dimension B reads as "B samples per call":
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import onnx
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.graph.sessions import make_session
 from onnxprune.graph.shapes import graph_inputs
 
 log = logging.getLogger(__name__)
 
-_PROTO_LIMIT = 2**31 - 2**25  # protobuf cannot serialize 2 GiB; larger models go through a file
 _ALLOWZERO = "onnxprune.allowzero"  # marks a Reshape whose allowzero=1 the batch rewrite set to 0
 
 
@@ -66,26 +63,6 @@ def fixed_batch_note(model: onnx.ModelProto, label: str) -> str:
         parts.append(f"input {value.name!r} is [" + ",".join(str(d.dim_value) if d.HasField("dim_value")
                                                               else (d.dim_param or "?") for d in dims) + "]")
     return f"{label}: " + ", ".join(parts)
-
-
-def session(model: onnx.ModelProto | str | os.PathLike, providers: Sequence | None = None):
-    """One onnxruntime session (quiet) for a model or a path; models over 2 GiB go through a
-    temporary file with external data."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    providers = list(providers or ["CPUExecutionProvider"])
-    if not isinstance(model, onnx.ModelProto):
-        return ort.InferenceSession(str(model), options, providers=providers)
-    if model.ByteSize() < _PROTO_LIMIT:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-    with tempfile.TemporaryDirectory(prefix="onnxprune-ort-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        detached = onnx.ModelProto()
-        detached.CopyFrom(model)  # saving as external data rewrites the tensors in place
-        onnx.save_model(detached, str(path), save_as_external_data=True, location="model.onnx.data")
-        return ort.InferenceSession(str(path), options, providers=providers)
 
 
 def _session_batch(sess) -> int | None:
@@ -127,7 +104,7 @@ def run_in_slices(
     means calls of exactly B samples (the last one padded, its padding dropped); a dynamic batch
     means calls of up to ``chunk`` samples.
     """
-    sess = model if hasattr(model, "run") and hasattr(model, "get_inputs") else session(model, providers)
+    sess = model if hasattr(model, "run") and hasattr(model, "get_inputs") else make_session(model, providers)
     n = len(next(iter(inputs.values())))
     if n == 0:
         raise OnnxPruneError("no samples to run")
@@ -316,5 +293,5 @@ def restore_batch_constants(model: onnx.ModelProto, outputs: Sequence[str], batc
     return model
 
 
-__all__ = ["free_batch_constants", "restore_batch_constants", "fixed_batch", "fixed_batch_note", "pad_to_multiple", "run_in_slices", "session", "torch_batch_check",
+__all__ = ["free_batch_constants", "restore_batch_constants", "fixed_batch", "fixed_batch_note", "pad_to_multiple", "run_in_slices", "torch_batch_check",
            "torch_in_slices"]

@@ -17,9 +17,9 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from onnxprune.errors import ModelLoadError, OnnxPruneError
+from onnxprune.graph.sessions import needs_external_data
 
 # protobuf refuses to serialize messages of 2 GiB or more; keep a margin for the graph itself.
-_PROTOBUF_LIMIT = 2**31 - 2**25
 
 
 def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProto:
@@ -46,7 +46,7 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProt
         raise ModelLoadError(f"{path}: not a valid ONNX model (no graph nodes)")
     if check:
         try:
-            if model.ByteSize() >= _PROTOBUF_LIMIT:
+            if needs_external_data(model):
                 onnx.checker.check_model(str(path))
             else:
                 onnx.checker.check_model(model)
@@ -104,7 +104,7 @@ def save_model_atomic(
     parent = out_path.parent if str(out_path.parent) else Path(".")
     if not parent.is_dir():
         raise OnnxPruneError(f"--out {out_path}: directory {parent} does not exist")
-    external = model.ByteSize() >= _PROTOBUF_LIMIT if external_data is None else external_data
+    external = needs_external_data(model) if external_data is None else external_data
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=parent))
     try:
         tmp_file = tmp_dir / out_path.name

@@ -18,6 +18,7 @@ import onnx
 from onnx import helper, shape_inference
 
 from onnxprune.errors import OnnxPruneError, UnsupportedModelError
+from onnxprune.graph.sessions import make_session
 
 
 def _opset(model: onnx.ModelProto) -> int | None:
@@ -27,15 +28,13 @@ def _opset(model: onnx.ModelProto) -> int | None:
 @functools.lru_cache(maxsize=None)
 def runtime_runs_opset(version: int) -> bool:
     """Whether this onnxruntime loads an ``ai.onnx`` model of ``version`` (a one-node probe)."""
-    import onnxruntime as ort
-
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
     probe = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y]),
                               opset_imports=[helper.make_opsetid("", version)])
     probe.ir_version = 8
     try:
-        ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        make_session(probe)
     except Exception:  # noqa: BLE001 -- any refusal means: not this opset
         return False
     return True

@@ -17,6 +17,7 @@ import onnx
 from onnx import helper, shape_inference
 
 from onnxprune.errors import ShapeError
+from onnxprune.graph.sessions import make_session
 
 _SHAPE_RE = re.compile(r"^(?P<name>[^=]+)=(?P<dims>-?\d+(?:[x,]-?\d+)*)$")
 
@@ -145,8 +146,6 @@ def _unknown_values(model: onnx.ModelProto) -> list[str]:
 def _shapes_from_onnxruntime(
     model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]
 ) -> onnx.ModelProto:
-    import onnxruntime as ort
-
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     existing = {value.name for value in probe.graph.output}
@@ -154,10 +153,7 @@ def _shapes_from_onnxruntime(
     wanted = [out for node in probe.graph.node for out in node.output if out and out not in existing]
     for name in wanted:
         probe.graph.output.append(helper.make_empty_tensor_value_info(name))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = make_session(probe, optimize=False)
     feeds = {}
     for value in graph_inputs(model):
         dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)

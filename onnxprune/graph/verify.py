@@ -13,22 +13,13 @@ and a pair passes :func:`assert_close` when, element-wise, ``|e - a| <= atol + r
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from onnxprune.errors import VerificationError
-
-# Protobuf cannot serialize a message over 2 GiB; above this we go through a file with external data.
-_PROTO_LIMIT = 2**31 - 2**24
-
-
-def _initializer_bytes(model: onnx.ModelProto) -> int:
-    return sum(len(t.raw_data) + 4 * len(t.float_data) + 8 * len(t.int64_data) for t in model.graph.initializer)
+from onnxprune.graph.sessions import make_session
 
 
 def run_onnxruntime(
@@ -37,22 +28,7 @@ def run_onnxruntime(
     providers: Sequence[str] | None = None,
 ) -> list[np.ndarray]:
     """Run the model once in onnxruntime and return every graph output, in graph order."""
-    providers = list(providers or ["CPUExecutionProvider"])
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if isinstance(model_or_path, onnx.ModelProto):
-        if _initializer_bytes(model_or_path) < _PROTO_LIMIT:
-            session = ort.InferenceSession(model_or_path.SerializeToString(), options, providers=providers)
-            return session.run(None, dict(feeds))
-        with tempfile.TemporaryDirectory(prefix="onnxprune-ort-") as tmp:
-            path = Path(tmp) / "model.onnx"
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model_or_path)  # saving with external data rewrites the proto it is given
-            onnx.save_model(copy, path, save_as_external_data=True, location="model.onnx.data")
-            session = ort.InferenceSession(str(path), options, providers=providers)
-            return session.run(None, dict(feeds))
-    session = ort.InferenceSession(str(model_or_path), options, providers=providers)
-    return session.run(None, dict(feeds))
+    return make_session(model_or_path, providers).run(None, dict(feeds))
 
 
 def _as_list(arrays: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:

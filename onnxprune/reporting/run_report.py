@@ -50,7 +50,7 @@ def nonzero_weights(model: onnx.ModelProto) -> dict[str, int]:
     return {"nonzero": sum(x["nonzero"] for x in layers), "total": sum(x["size"] for x in layers)}
 
 
-def build_report(*, config, method, plan, before, after, nonzero_before, nonzero_after, final, baseline,
+def build_run_report(*, config, method, plan, before, after, nonzero_before, nonzero_after, final, baseline,
                  history, seconds, samples, device, world_size, model=None) -> dict[str, Any]:
     return {
         "report_version": REPORT_VERSION,
@@ -110,7 +110,21 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def write_report(report: dict[str, Any], path: str | os.PathLike) -> None:
+def run_metadata(report: dict[str, Any]) -> dict[str, str]:
+    """What the written model records about the run that made it (its ``metadata_props``)."""
+    return {
+        "onnxprune.version": report["tool_version"],
+        "onnxprune.method": report["method"],
+        "onnxprune.method_params": json.dumps(report["method_options"], sort_keys=True, default=str),
+        "onnxprune.macs_before": str(report["macs"]["before"]),
+        "onnxprune.macs_after": str(report["macs"]["after"]),
+        "onnxprune.params_before": str(report["params"]["before"]),
+        "onnxprune.params_after": str(report["params"]["after"]),
+        "onnxprune.torch_threads": str(report["training"]["torch_threads"]),
+    }
+
+
+def write_report_json(report: dict[str, Any], path: str | os.PathLike) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(_plain(report), indent=2) + "\n")

@@ -183,13 +183,13 @@ def measure_before_after(
     min_runs: int = 20,
     batch: int = LATENCY_BATCH,
 ) -> dict[str, Any]:
-    """Times both models interleaved, one call = ``batch`` rows, on ``provider`` (see onnxprune.bench.latency).
+    """Times both models interleaved, one call = ``batch`` rows, on ``provider`` (see onnxprune.measure.latency).
 
     Returns the report's ``latency`` section: ``provider``, ``threads``, ``batch``, ``seconds``,
     ``before`` and ``after`` (each a LatencyStats dict: p50_ms, p90_ms, mean_ms, ...) and
     ``speedup`` = before p50 / after p50.
     """
-    from onnxprune.bench.latency import measure_latency
+    from onnxprune.measure.latency import measure_latency
 
     before, after = measure_latency([original, pruned], feeds, provider=provider, threads=threads,
                                     batch=batch, seconds=seconds, min_runs=min_runs,

@@ -1,6 +1,6 @@
 """A prune run with CI gates, a report folder and a latency target around it.
 
-    result, results = ci.run(config, CiOptions.pop_from(values))
+    result, results = gated.run(config, CiOptions.pop_from(values))
 
 1. refuse bad paths before any work (``--out``, ``--report``);
 2. one pipeline run, or with ``--target-latency-ms`` a search over the MAC target of a
@@ -12,7 +12,8 @@
 5. the report: ``--report DIR`` (json, markdown, plots) or ``--report run.json``.
 
 The caller prints its summary and then calls :func:`onnxprune.run.acceptance.enforce` (exit code 3).
-The pipeline itself runs with ``out=None, report=None``; this module writes both.
+The pipeline writes nothing; :func:`finish` (steps 3-5) is the one place a run's files are written,
+for the command line and the Python API (:func:`onnxprune.prune`) alike.
 """
 
 from __future__ import annotations
@@ -25,15 +26,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import click
 import onnx
 
-from onnxprune.bench.latency import PROVIDERS
 from onnxprune.errors import OnnxPruneError
-from onnxprune.run import latency_search as latency_target
+from onnxprune.graph.batching import fixed_batch
+from onnxprune.graph.modelio import load_model, save_model_atomic
+from onnxprune.graph.shapes import parse_input_shapes, random_feeds, resolve_input_shapes
+from onnxprune.graph.sparse_storage import to_sparse_storage
+from onnxprune.graph.verify import assert_close, run_onnxruntime
+from onnxprune.importing.writeback import add_run_metadata
+from onnxprune.measure.latency import ProviderUnavailableError, provider_status
+from onnxprune.methods.base import registry
+from onnxprune.reporting.folder import add_model_figures, read_trail, write_report_files
+from onnxprune.reporting.run_report import run_metadata
+from onnxprune.run import latency_search, pipeline
 from onnxprune.run.acceptance import (
-    COLLAPSE_AGREEMENT,
-    COLLAPSE_ERROR,
     GateResult,
     Gates,
     evaluate_gates,
@@ -45,39 +52,16 @@ from onnxprune.run.outputs import REPORT_FILES, RunOutputs, fault_point, report_
 
 log = logging.getLogger(__name__)
 
-OPTIONS = [
-    click.Option(["--min-fidelity"], type=click.FloatRange(0.0, 1.0), default=None, metavar="F",
-                 help="CI gate: top-1 agreement with the original on the holdout must be >= F (e.g. 0.98)."),
-    click.Option(["--max-accuracy-drop"], type=click.FloatRange(0.0, 1.0), default=None, metavar="D",
-                 help="CI gate: holdout accuracy may drop by at most D (fraction: 0.01 = one point; needs labels)."),
-    click.Option(["--max-latency-ms"], type=click.FloatRange(0.0, min_open=True), default=None, metavar="MS",
-                 help="CI gate: p50 latency of the pruned model (one call of --latency-batch rows, --providers) "
-                      "must be <= MS."),
-    click.Option(["--min-speedup"], type=click.FloatRange(0.0, min_open=True), default=None, metavar="S",
-                 help="CI gate: p50 latency of the original / of the pruned model must be >= S."),
-    click.Option(["--collapse-agreement"], type=click.FloatRange(0.0, 1.0), default=COLLAPSE_AGREEMENT,
-                 show_default=True, metavar="F",
-                 help="Collapse check, on by default: holdout top-1 agreement below F rejects the model (0 = off)."),
-    click.Option(["--collapse-error"], type=click.FloatRange(0.0), default=COLLAPSE_ERROR, show_default=True,
-                 metavar="E",
-                 help="Collapse check for models without class logits: relative output error above E rejects "
-                      "the model (0 = off)."),
-    click.Option(["--providers", "latency_provider"], type=click.Choice(PROVIDERS), default="cpu",
-                 help="Execution provider latency is measured on (gates, report, --target-latency-ms)."),
-    click.Option(["--latency-threads"], type=click.IntRange(1), default=1,
-                 help="onnxruntime intra-op threads for latency measurements."),
-    click.Option(["--latency-seconds"], type=click.FloatRange(0.0), default=2.0,
-                 help="Seconds spent timing each comparison; 0 leaves latency out of a report folder "
-                      "unless a latency gate needs it."),
-    click.Option(["--latency-batch"], type=click.IntRange(1), default=1, metavar="N",
-                 help="Rows per timed call (gates, report, --target-latency-ms). Small models are dominated by "
-                      "the fixed per-call overhead at batch 1; a larger batch times their compute. Needs a "
-                      "dynamic (or equal) batch dimension."),
-    *latency_target.OPTIONS,
-]
-"""The prune command's options for gates, latency and latency targets (exit code 3 on a miss)."""
-
-NAMES = tuple(option.name for option in OPTIONS)
+# keyword value (the prune command's option name) -> (CiOptions field, Gates field or None)
+_FIELDS = {
+    "min_fidelity": ("gates", "min_fidelity"), "max_accuracy_drop": ("gates", "max_accuracy_drop"),
+    "max_latency_ms": ("gates", "max_latency_ms"), "min_speedup": ("gates", "min_speedup"),
+    "collapse_agreement": ("gates", "collapse_agreement"), "collapse_error": ("gates", "collapse_error"),
+    "latency_provider": ("provider", None), "latency_threads": ("threads", None),
+    "latency_seconds": ("seconds", None), "latency_batch": ("batch", None),
+    "target_latency_ms": ("target_latency_ms", None), "latency_rounds": ("latency_rounds", None),
+}
+NAMES = tuple(_FIELDS)  # onnxprune.cli.gate_options declares one option per name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,13 +76,19 @@ class CiOptions:
 
     @classmethod
     def pop_from(cls, values: dict[str, Any]) -> CiOptions:
-        """Takes this module's options out of a command's keyword arguments."""
-        v = {name: values.pop(name) for name in NAMES if name in values}
-        return cls(Gates(v.get("min_fidelity"), v.get("max_accuracy_drop"), v.get("max_latency_ms"),
-                         v.get("min_speedup"), v.get("collapse_agreement", COLLAPSE_AGREEMENT),
-                         v.get("collapse_error", COLLAPSE_ERROR)),
-                   v.get("latency_provider", "cpu"), v.get("latency_threads", 1), v.get("latency_seconds", 2.0),
-                   v.get("target_latency_ms"), v.get("latency_rounds", 4), v.get("latency_batch", 1))
+        """Takes this module's options out of a command's keyword arguments (or the API's);
+        a value not given keeps its default here."""
+        own, gates = {}, {}
+        for name in [name for name in NAMES if name in values]:
+            field, gate = _FIELDS[name]
+            (gates if gate else own)[gate or field] = values.pop(name)
+        return cls(gates=Gates(**gates), **own)
+
+    @staticmethod
+    def default(name: str) -> Any:
+        """The default of keyword value ``name`` (what the command line shows)."""
+        field, gate = _FIELDS[name]
+        return getattr(Gates() if gate else CiOptions(), gate or field)
 
 
 def run(config, ci: CiOptions) -> tuple[Any, list[GateResult]]:
@@ -112,52 +102,34 @@ def run(config, ci: CiOptions) -> tuple[Any, list[GateResult]]:
 
 
 def _run(config, ci: CiOptions, outputs: RunOutputs) -> tuple[Any, list[GateResult]]:
-    from onnxprune.run import pipeline
-
+    original = load_model(config.model)  # read once: the checks, the pipeline and the latency share it
     _check_latency_target(config, ci)
     ci = _check_provider(config, ci)
-    ci = _check_batch(config, ci)
+    ci = _check_batch(original, config, ci)
     trail = config.method_options.get("trail")  # the method writes it into a staged folder
     staging = {**config.staging, "trail": os.fspath(outputs.staged(trail))} if trail else config.staging
-    inner = dataclasses.replace(config, out=None, report=None, staging=staging)
+    inner = dataclasses.replace(config, staging=staging)
     if ci.target_latency_ms is None:
-        result = pipeline.run(inner)
-        original = config.model  # read again only if latency is measured
+        result = pipeline.run(inner, original)
     else:
-        original, feeds = _original_and_feeds(config)
+        feeds = random_feeds(original, resolve_input_shapes(original, parse_input_shapes(config.input_shapes)))
         started = time.perf_counter()
-        result, _ = latency_target.search_runs(
-            lambda options: pipeline.run(dataclasses.replace(inner, method_options=options)),
+        result, _ = latency_search.search_runs(
+            lambda options: pipeline.run(dataclasses.replace(inner, method_options=options), original),
             config.method_options, original, feeds, ci.target_latency_ms, ci.provider, ci.threads,
             max(ci.seconds, 0.5), ci.latency_rounds, ci.batch)
         if result.replica.is_main:
             result.report.setdefault("phases", {})["latency search (all runs)"] = time.perf_counter() - started
     if not result.replica.is_main:
         return result, []
-    result.written, results = conclude(
-        result.report, original=original, normalized=result.imported.onnx_model, pruned=result.model,
-        feeds=result.imported.sample_inputs(), out=config.out, input_path=config.model,
-        report_path=config.report, ci=ci, sparse_storage=config.sparse_storage,
-        time_latency=_is_unstructured(config), outputs=outputs)
-    return result, results
+    return result, finish(result, config, ci, outputs)
 
 
 def _is_unstructured(config) -> bool:
     """Weight-level pruning (scattered zeros): its summary shows the measured latency, to say
     plainly that dense runtimes do not get faster from it."""
-    from onnxprune.methods.base import registry
-
     granularities = registry()[config.method].granularities
     return "weight" in granularities and config.method_options.get("granularity", granularities[0]) == "weight"
-
-
-def _original_and_feeds(config) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """The original model and random inputs at the shapes the pipeline resolves the same way."""
-    from onnxprune.graph.modelio import load_model
-    from onnxprune.graph.shapes import parse_input_shapes, random_feeds, resolve_input_shapes
-
-    original = load_model(config.model)
-    return original, random_feeds(original, resolve_input_shapes(original, parse_input_shapes(config.input_shapes)))
 
 
 def run_outputs(model: str | os.PathLike, out: str | os.PathLike | None, report: str | os.PathLike | None,
@@ -184,8 +156,6 @@ def check_paths(model: str | os.PathLike, out: str | os.PathLike | None, report:
 def _check_latency_target(config, ci: CiOptions) -> None:
     if ci.target_latency_ms is None:
         return
-    from onnxprune.methods.base import registry
-
     names = {option.name for option in registry()[config.method].options}
     if "target_macs" not in names:
         raise OnnxPruneError(f"--target-latency-ms needs a structured method with --target-macs; "
@@ -197,13 +167,9 @@ def _check_latency_target(config, ci: CiOptions) -> None:
                              "the models differently)")
 
 
-def _check_batch(config, ci: CiOptions) -> CiOptions:
+def _check_batch(model: onnx.ModelProto, config, ci: CiOptions) -> CiOptions:
     """Before any work: --latency-batch N needs every graph input's first dimension dynamic or N.
     At the default (1) a model with a fixed batch B is timed at B (one call = B samples)."""
-    from onnxprune.graph.batching import fixed_batch
-    from onnxprune.graph.modelio import load_model
-
-    model = load_model(config.model)
     fixed = fixed_batch(model)
     if ci.batch == 1:
         return ci if fixed is None else dataclasses.replace(ci, batch=fixed)
@@ -226,8 +192,6 @@ def _check_provider(config, ci: CiOptions) -> CiOptions:
     needed = ci.gates.needs_latency or ci.target_latency_ms is not None
     if ci.provider == "cpu" or not (needed or (folder and ci.seconds > 0)):
         return ci
-    from onnxprune.bench.latency import ProviderUnavailableError, provider_status
-
     usable, reason = provider_status(ci.provider, ci.threads)
     if usable:
         return ci
@@ -238,69 +202,62 @@ def _check_provider(config, ci: CiOptions) -> CiOptions:
     return dataclasses.replace(ci, seconds=0.0)
 
 
-def conclude(report: dict[str, Any], *, original: onnx.ModelProto | str | os.PathLike, normalized: onnx.ModelProto,
-             pruned: onnx.ModelProto, feeds: Mapping[str, Any], out: str | os.PathLike | None,
-             input_path: str | os.PathLike, report_path: str | os.PathLike | None,
-             ci: CiOptions, sparse_storage: bool = False,
-             time_latency: bool = False, outputs: RunOutputs | None = None) -> tuple[Path | None, list[GateResult]]:
-    """Figures, gates, the model (to ``out`` or its rejected name) and the report; steps 3-5.
-    ``original`` (model or path) is what latency compares against; ``normalized`` is the
-    imported original, whose initializer names the pruned model keeps (for the widths).
-    ``outputs``: the run's transaction (committed here); without it one is made for ``out``
-    and ``report_path``."""
+def finish(result, config, ci: CiOptions, outputs: RunOutputs | None = None) -> list[GateResult]:
+    """Steps 3-5 for a pipeline result: figures, gates, then the one place a run's files are
+    written: the model with its run metadata (to ``config.out``, or its rejected name when a
+    gate misses; sparse storage on request), the report and the trail. Sets ``result.written``
+    and ``result.model`` (the model as written, before sparse storage). ``outputs``: the run's
+    transaction (committed here); without it one is made and checked for the paths in
+    ``config``. The original is ``result.original`` (what latency compares against)."""
     if outputs is None:
-        outputs = run_outputs(input_path, out, report_path, rejected=True)
+        outputs = run_outputs(config.model, config.out, config.report, rejected=True)
         outputs.check()
         with outputs:
-            return conclude(report, original=original, normalized=normalized, pruned=pruned, feeds=feeds, out=out,
-                            input_path=input_path, report_path=report_path, ci=ci, sparse_storage=sparse_storage,
-                            time_latency=time_latency, outputs=outputs)
-    from onnxprune.graph.modelio import save_model_atomic
-    from onnxprune.reporting.folder import add_model_figures, read_trail, write_report
-
+            return finish(result, config, ci, outputs)
+    report, pruned = result.report, result.model
     phases = report.setdefault("phases", {})
+    time_latency = _is_unstructured(config)
     report["unstructured"] = time_latency
-    add_model_figures(report, normalized, pruned)
+    add_model_figures(report, result.imported.onnx_model, pruned)
     trail = (report.get("method_options") or {}).get("trail")
     if trail:
         report["trail"] = read_trail(outputs.staged_if_declared(trail))
-    folder = report_path is not None and Path(report_path).suffix.lower() != ".json"
+    folder = config.report is not None and Path(config.report).suffix.lower() != ".json"
     if ci.gates.needs_latency or ((folder or time_latency) and ci.seconds > 0):
         started = time.perf_counter()
         # the summary's latency line for weight-level methods only needs a short look
         seconds = ci.seconds if ci.gates.needs_latency or folder else min(ci.seconds, 1.0)
-        report["latency"] = measure_before_after(original, pruned, feeds, ci.provider, ci.threads, max(seconds, 0.5),
-                                                 batch=ci.batch)
+        original = config.model if result.original is None else result.original
+        report["latency"] = measure_before_after(original, pruned, result.imported.sample_inputs(), ci.provider,
+                                                 ci.threads, max(seconds, 0.5), batch=ci.batch)
         phases["latency"] = time.perf_counter() - started
     fault_point("after-latency")
     results = evaluate_gates(ci.gates, report)
     record_gates(report, results)
     accepted = report["status"] == "accepted"
-    written = None
+    result.model = pruned = add_run_metadata(pruned, run_metadata(report))
+    out = config.out
     if out is not None:  # the CLI always has --out; a Python caller may only want the report
-        stored = _sparse(pruned, feeds) if sparse_storage else pruned
-        written = Path(out if accepted else rejected_path(out))
-        if outputs.target(written) is None:  # not declared up front: checked now, still before writing
-            outputs.add("--out", written)
+        stored = _sparse(pruned, result.imported.sample_inputs()) if config.sparse_storage else pruned
+        result.written = Path(out if accepted else rejected_path(out))
+        if outputs.target(result.written) is None:  # not declared up front: checked now, still before writing
+            outputs.add("--out", result.written)
             outputs.check()
-        staged = save_model_atomic(stored, outputs.staged(written))
+        staged = save_model_atomic(stored, outputs.staged(result.written))
         report["size_bytes"]["written"] = staged.stat().st_size
     report["output"] = os.fspath(out) if accepted and out is not None else None
-    if not accepted and written is not None:
-        report["rejected_output"] = os.fspath(written)
-        log.info("gate missed: the model is at %s; %s is not written", written, out)
-    if report_path is not None:
-        write_report(report, outputs.staged(report_path))
+    if not accepted and result.written is not None:
+        report["rejected_output"] = os.fspath(result.written)
+        log.info("gate missed: the model is at %s; %s is not written", result.written, out)
+    if config.report is not None:
+        write_report_files(report, outputs.staged(config.report))
     fault_point("before-commit")
     outputs.commit()
-    return written, results
+    return results
 
 
 def _sparse(pruned: onnx.ModelProto, feeds: Mapping[str, Any]) -> onnx.ModelProto:
     """--sparse-storage: mostly-zero weights as sparse Constants, checked to compute the same."""
-    from onnxprune.graph.sparse_storage import to_sparse_storage
-    from onnxprune.graph.verify import assert_close, run_onnxruntime
-
     stored = to_sparse_storage(pruned)
     onnx.checker.check_model(stored, full_check=True)
     assert_close(run_onnxruntime(pruned, dict(feeds)), run_onnxruntime(stored, dict(feeds)),

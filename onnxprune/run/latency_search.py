@@ -39,19 +39,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import click
 import onnx
 
 log = logging.getLogger(__name__)
-
-OPTIONS = [
-    click.Option(["--target-latency-ms"], type=click.FloatRange(0.0, min_open=True), default=None, metavar="MS",
-                 help="Structured methods (--target-macs): search the MAC target until the written model's p50 "
-                      "latency (--latency-batch rows per call, --providers) is <= MS; one training run per round."),
-    click.Option(["--latency-rounds"], type=click.IntRange(1), default=4,
-                 help="Most training runs --target-latency-ms may use."),
-]
-"""Options the prune command adds (``command.params.extend(latency_target.OPTIONS)``)."""
 
 T = TypeVar("T")
 
@@ -222,7 +212,7 @@ def latency_meter(feeds: Mapping[str, Any], provider: str = "cpu", threads: int 
                   seconds: float = 1.0, min_runs: int = 20,
                   batch: int = 1) -> Callable[[onnx.ModelProto | str | os.PathLike], float]:
     """``measure(model) -> p50 ms`` of one call with ``batch`` rows on ``provider`` via onnxruntime.latency."""
-    from onnxprune.bench.latency import measure_latency
+    from onnxprune.measure.latency import measure_latency
 
     def measure(model: onnx.ModelProto | str | os.PathLike) -> float:
         (stats,) = measure_latency([model], feeds, provider=provider, threads=threads, batch=batch,
@@ -243,7 +233,7 @@ class PairedMeter:
         self.originals: list[float] = []  # the original's p50, one per call
 
     def __call__(self, model: onnx.ModelProto | str | os.PathLike) -> float:
-        from onnxprune.bench.latency import measure_latency
+        from onnxprune.measure.latency import measure_latency
 
         before, after = measure_latency([self.original, model], self.feeds, provider=self.provider,
                                         threads=self.threads, batch=self.batch, seconds=self.seconds,
@@ -253,7 +243,7 @@ class PairedMeter:
 
     def original_ms(self) -> float:
         """The median of the original's timings so far (the first one alone before any candidate)."""
-        from onnxprune.bench.latency import measure_latency
+        from onnxprune.measure.latency import measure_latency
 
         if not self.originals:
             (stats,) = measure_latency(

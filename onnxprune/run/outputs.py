@@ -6,7 +6,7 @@
     outputs.check()                            # before any work: refuse bad paths, probe writability
     with outputs:                              # any exception (or Ctrl-C) inside: nothing is left
         save(model, outputs.staged(out))       # write into a temporary folder beside the target
-        write_report(report, outputs.staged(report))
+        write_report_files(report, outputs.staged(report))
         outputs.commit()                       # fsync, then rename every output into place
 
 The promise (docs/errors.md): an output that exists and is not what it should be (a device node,

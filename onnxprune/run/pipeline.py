@@ -71,6 +71,9 @@ class PruneConfig:
     calib: str | None = None
     labels: str | None = None
     image_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # --mean/--std/... for image folders
+    tokenizer: str | None = None  # --tokenizer tokenizer.json for text calibration (--calib sentences.txt)
+    seq_len: int | None = None  # --seq-len: tokens per sample; the MACs and latency are measured at it
+    distill_loss: str = "auto"  # --distill-loss: the distillation term per output kind (calibration.losses)
     input_shapes: tuple[str, ...] = ()
     holdout: float = 0.1
     loss: str | None = None
@@ -109,8 +112,31 @@ def make_method(name: str, options: dict[str, Any]) -> PruningMethod:
 def run(config: PruneConfig, original: onnx.ModelProto | None = None) -> RunResult:
     """Prune ``config.model`` (or ``original``, that file as already loaded); see the module
     docstring. Writes nothing. Raises OnnxPruneError on user errors."""
+    config = with_data_shapes(config, original)
     with distributed(config.train.device) as replica:
         return _run(config, replica, original)
+
+
+def with_data_shapes(config: PruneConfig, original: onnx.ModelProto | None = None) -> PruneConfig:
+    """``config`` with an ``--input-shape`` for every input whose dynamic non-batch dims the
+    calibration data fixes (the token inputs at ``--seq-len``, or an ``.npz``'s sample shape), so
+    every shape consumer (import, MACs, groups, latency feeds) sees the calibration's sequence
+    length. Inputs already given are kept; without such inputs ``config`` is returned as is."""
+    from onnxprune.calibration.data import data_input_shapes
+
+    overrides = parse_input_shapes(config.input_shapes)
+    if original is None:
+        try:  # the graph's inputs only: the weights stay on disk
+            original = onnx.load(str(config.model), load_external_data=False)
+        except Exception:  # noqa: BLE001 -- load_model names a missing or bad file in the run
+            return config
+    shapes = data_input_shapes(config.calib, original, overrides, config.seq_len)
+    added = {name: shape for name, shape in shapes.items() if name not in overrides}
+    if not added:
+        return config
+    extra = tuple(f"{name}={'x'.join(map(str, shape))}" for name, shape in added.items())
+    log.info("input shapes from the calibration data: %s", ", ".join(extra))
+    return dataclasses.replace(config, input_shapes=(*config.input_shapes, *extra))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +216,7 @@ def _calibrate(config: PruneConfig, original: onnx.ModelProto, overrides, replic
                batch: int = 1) -> _Calibration:
     """Load and validate the data, split the holdout, compute the teacher's targets once."""
     data = load_calibration(config.calib, original, overrides, config.labels, seed=config.train.seed,
-                            image_options=config.image_options)
+                            image_options=config.image_options, tokenizer=config.tokenizer, seq_len=config.seq_len)
     train_set, holdout = split_holdout(data, config.holdout, config.train.seed, multiple=batch)
     providers = None
     if replica.device.type == "cuda":  # each process's teacher on its own GPU
@@ -199,9 +225,10 @@ def _calibrate(config: PruneConfig, original: onnx.ModelProto, overrides, replic
     eval_set, eval_targets = train_set, train_targets
     if holdout is not None:
         eval_set, eval_targets = holdout, teacher_outputs(original, holdout, providers=providers)
-    kinds = output_kinds(train_targets)
+    kinds = output_kinds(train_targets, original)
     check_labels(data.labels, train_targets, kinds)  # class ids within the logits, before training
-    loss = TaskLoss(kinds, config.loss, data.labels is not None, config.temperature)
+    loss = TaskLoss(kinds, config.loss, data.labels is not None, config.temperature, config.distill_loss)
+    log.info("outputs %s: distillation terms %s", kinds, loss.terms)
     return _Calibration(train_set, eval_set, train_targets, eval_targets, kinds, loss,
                         0 if holdout is None else len(holdout))
 

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+
 from onnxprune.passes import PruningPlan, analyze, masked_reference
 from onnxprune.passes.testing import model_from_text, random_feeds, run
 

@@ -55,11 +55,10 @@ def test_inspect_sample_models(name, capsys):
 
 
 def test_inspect_plan_predicts_the_applied_macs(tmp_path, capsys):
-    from onnxprune.passes import analyze, apply_plan
-    from onnxprune.passes.plan import PruningPlan
-
     from onnxprune.graph.macs import count_macs
     from onnxprune.importing.importer import import_model
+    from onnxprune.passes import analyze, apply_plan
+    from onnxprune.passes.plan import PruningPlan
 
     path = SAMPLE_MODELS / "resnet.onnx"
     shapes = {"image": (1, 1, 8, 8)}

@@ -16,10 +16,10 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
-from onnxprune.calibration import load_calibration, split_holdout, teacher_outputs
 from torch import nn
 
-from onnxprune.bench.latency import measure_latency, resolve_batch
+from onnxprune.measure.latency import measure_latency, resolve_batch
+from onnxprune.calibration import load_calibration, split_holdout, teacher_outputs
 from onnxprune.cli.main import main
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.batching import (

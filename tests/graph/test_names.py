@@ -13,8 +13,6 @@ import pytest
 from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
-from onnxprune.passes import PruningPlan, analyze, apply_plan, eliminate_dead_structure, masked_reference
-from onnxprune.passes.testing import random_plan, run
 
 from onnxprune.cli.main import main
 from onnxprune.graph.names import NameTable, OnnxNames, argument_reserved, graph_names, identifier, module_reserved
@@ -22,6 +20,8 @@ from onnxprune.graph.sparse_storage import to_sparse_storage
 from onnxprune.importing.importer import import_model
 from onnxprune.importing.normalize import normalize
 from onnxprune.importing.writeback import write_back
+from onnxprune.passes import PruningPlan, analyze, apply_plan, eliminate_dead_structure, masked_reference
+from onnxprune.passes.testing import random_plan, run
 
 INPUT, OUTPUT = "input:0 é/x.y", "self"
 SHAPE = (2, 3, 8, 8)
@@ -237,7 +237,6 @@ def _renamed(model: onnx.ModelProto, old: str, new: str) -> onnx.ModelProto:
 
 def test_removed_branches_get_fresh_constant_and_output_names() -> None:
     from onnxprune.passes.testing import check_exact, model_from_text
-
     from tests.support.models import chain
 
     # an emptied inner group turns the branch into a constant named after its output 'tb1'

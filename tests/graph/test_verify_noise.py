@@ -8,8 +8,8 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
-from onnxprune.calibration import CalibrationSet
 
+from onnxprune.calibration import CalibrationSet
 from onnxprune.errors import VerificationError
 from onnxprune.importing.importer import import_model
 from onnxprune.importing.writeback import write_back

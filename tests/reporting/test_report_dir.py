@@ -8,10 +8,10 @@ import numpy as np
 import onnx
 import pytest
 from matplotlib.image import imread
-from onnxprune.passes import PruningPlan, analyze, apply_plan
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.macs import format_count
+from onnxprune.passes import PruningPlan, analyze, apply_plan
 from onnxprune.reporting.folder import (
     add_model_figures,
     layer_widths,
@@ -19,7 +19,7 @@ from onnxprune.reporting.folder import (
     render_markdown,
     taper_points,
     widths_table,
-    write_report,
+    write_report_files,
 )
 
 WIDTHS_TEXT = """
@@ -98,7 +98,7 @@ def test_report_folder_from_a_real_run(real_run, tmp_path):
     report["latency"] = measure_before_after(original, result.model, feeds, seconds=0.2)
     record_gates(report, evaluate_gates(Gates(min_fidelity=0.5, max_latency_ms=1e3), report))
 
-    written = write_report(report, tmp_path / "rep")
+    written = write_report_files(report, tmp_path / "rep")
     assert [p.name for p in written] == ["report.json", "report.md", "widths.png", "taper.png", "trail.png"]
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == sorted(p.name for p in written)
     for png in written[2:]:
@@ -153,7 +153,7 @@ def test_taper_of_a_weight_level_method_is_against_sparsity(sample_models_dir, t
     assert [p["sparsity"] for p in points[1:-1]] == [h["sparsity"] for h in result.report["history"]]
     report = dict(result.report)
     add_model_figures(report, result.imported.onnx_model, result.model)
-    names = [p.name for p in write_report(report, tmp_path / "rep")]
+    names = [p.name for p in write_report_files(report, tmp_path / "rep")]
     assert names == ["report.json", "report.md", "widths.png", "taper.png"]
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| point | sparsity | fidelity | accuracy |" in md and "| written | 80.0% |" in md
@@ -161,7 +161,7 @@ def test_taper_of_a_weight_level_method_is_against_sparsity(sample_models_dir, t
 
 def test_json_path_writes_one_file(real_run, tmp_path):
     result, _ = real_run
-    assert write_report(result.report, tmp_path / "run.json") == [tmp_path / "run.json"]
+    assert write_report_files(result.report, tmp_path / "run.json") == [tmp_path / "run.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
     assert json.loads((tmp_path / "run.json").read_text())["macs"] == result.report["macs"]
 
@@ -169,7 +169,7 @@ def test_json_path_writes_one_file(real_run, tmp_path):
 def test_report_folder_over_a_file_is_refused(real_run, tmp_path):
     (tmp_path / "taken").write_text("x")
     with pytest.raises(OnnxPruneError, match="not a directory"):
-        write_report(real_run[0].report, tmp_path / "taken")
+        write_report_files(real_run[0].report, tmp_path / "taken")
 
 
 def test_markdown_of_a_rejected_run_says_so(real_run):

@@ -3,6 +3,7 @@ the rejected-model convention, exit code 3, and the example GitHub Actions workf
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -13,9 +14,10 @@ import click
 import numpy as np
 import onnx
 import pytest
-from onnxprune.passes import PruningPlan, analyze, apply_plan
 
+from onnxprune.cli import gate_options
 from onnxprune.errors import GateFailedError, OnnxPruneError, TrainingDivergedError, VerificationError
+from onnxprune.passes import PruningPlan, analyze, apply_plan
 from onnxprune.run import gated as ci
 from onnxprune.run.acceptance import Gates, enforce, measure_before_after, rejected_path
 
@@ -46,18 +48,19 @@ def run(sample_models_dir):
 
 
 def _conclude(run, tmp_path, gates, report_name="rep"):
+    """finish() on a copy of the shared run, writing to tmp_path."""
     result, original, feeds = run
-    report = json.loads(json.dumps(result.report))
-    written, results = ci.conclude(report, original=original, normalized=result.imported.onnx_model,
-                                   pruned=result.model, feeds=feeds, out=tmp_path / "small.onnx",
-                                   input_path=result.report["input"], report_path=tmp_path / report_name,
-                                   ci=ci.CiOptions(gates=gates, seconds=0.2))
-    return report, written, results
+    copied = dataclasses.replace(result, report=json.loads(json.dumps(result.report)))
+    config = dataclasses.replace(_config(Path(result.report["input"]).parent, None, None),
+                                 out=tmp_path / "small.onnx", report=tmp_path / report_name)
+    results = ci.finish(copied, config, ci.CiOptions(gates=gates, seconds=0.2))
+    return copied, copied.written, results
 
 
 def test_passing_gates_write_the_model(run, tmp_path):
     fidelity = run[0].report["pruned"]["top1_agreement"]
-    report, written, results = _conclude(run, tmp_path, Gates(min_fidelity=fidelity, max_latency_ms=1e3))
+    finished, written, results = _conclude(run, tmp_path, Gates(min_fidelity=fidelity, max_latency_ms=1e3))
+    report = finished.report
     assert written == tmp_path / "small.onnx" and written.exists()
     assert not rejected_path(written).exists()
     # the default collapse check comes first
@@ -75,10 +78,12 @@ def test_a_missed_gate_rejects_the_model_and_exits_3(run, tmp_path):
     fidelity, drop = result.report["pruned"]["top1_agreement"], result.report["accuracy_drop"]
     above = min(fidelity + 1e-6, 1.0)
     gates = Gates(min_fidelity=above, max_accuracy_drop=max(drop, 0.0) + 0.01, min_speedup=1e3)
-    report, written, results = _conclude(run, tmp_path, gates)
+    finished, written, results = _conclude(run, tmp_path, gates)
+    report = finished.report
     assert not (tmp_path / "small.onnx").exists()  # --out is not written
     assert written == tmp_path / "small.rejected.onnx"
-    assert onnx.load(str(written)).SerializeToString() == result.model.SerializeToString()
+    assert onnx.load(str(written)).SerializeToString() == finished.model.SerializeToString()  # with its metadata
+    assert {p.key for p in finished.model.metadata_props} >= {"onnxprune.method", "onnxprune.macs_after"}
     assert [r.passed for r in results] == [True, fidelity >= above, True, False]  # collapse check first
     stored = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert stored["status"] == "rejected" and stored["output"] is None
@@ -140,7 +145,7 @@ def test_target_latency_needs_a_structured_method(sample_models_dir, tmp_path):
 
 
 def test_an_unusable_provider_is_refused_before_training(sample_models_dir, tmp_path):
-    from onnxprune.bench.latency import provider_status
+    from onnxprune.measure.latency import provider_status
 
     if provider_status("cuda")[0]:
         pytest.skip("CUDA is usable here")
@@ -197,7 +202,7 @@ def _parse(args: list[str]) -> dict:
     from onnxprune.cli.prune import command
 
     have = {p.name for p in command.params}
-    parser = click.Command("prune", params=[*command.params, *(o for o in ci.OPTIONS if o.name not in have)])
+    parser = click.Command("prune", params=[*command.params, *(o for o in gate_options.OPTIONS if o.name not in have)])
     return parser.make_context("onnxprune", list(args)).params
 
 

@@ -17,9 +17,9 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnxprune.passes import PruningPlan, analyze, apply_plan
 
 from onnxprune.graph.macs import count_macs, format_count
+from onnxprune.passes import PruningPlan, analyze, apply_plan
 from onnxprune.run.latency_search import (
     latency_meter,
     pick_from_trail,
@@ -212,9 +212,9 @@ def test_search_runs_over_real_prune_runs(tmp_path, sample_models_dir):
     if search.met:
         assert search.curve[search.chosen]["latency_ms"] <= target
     # the report folder shows the measured curve
-    from onnxprune.reporting.folder import write_report
+    from onnxprune.reporting.folder import write_report_files
 
-    names = [p.name for p in write_report(result.report, tmp_path / "rep")]
+    names = [p.name for p in write_report_files(result.report, tmp_path / "rep")]
     assert "latency.png" in names
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## Latency target: " in md and "![latency vs MACs](latency.png)" in md

@@ -12,8 +12,8 @@ import functools
 
 import numpy as np
 import torch
-from onnxprune.calibration.losses import TaskLoss
 
+from onnxprune.calibration.losses import TaskLoss
 from onnxprune.methods._support.projections import global_topk_mask
 from onnxprune.methods.base import PruningMethod
 from onnxprune.training.loop import TrainConfig, TrainData, train

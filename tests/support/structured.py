@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+
 from onnxprune.calibration import TaskLoss, output_kinds, teacher_outputs
 from onnxprune.calibration.data import CalibrationSet
-from onnxprune.passes import apply_plan
-from onnxprune.passes.groups import analyze
-
 from onnxprune.graph.macs import count_macs
 from onnxprune.graph.verify import assert_close, run_onnxruntime
 from onnxprune.importing.importer import import_model
 from onnxprune.importing.writeback import write_back
+from onnxprune.passes import apply_plan
+from onnxprune.passes.groups import analyze
 from onnxprune.training.loop import TrainConfig, TrainData, prunable_weights, train
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"

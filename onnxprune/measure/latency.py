@@ -49,6 +49,7 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.graph.sessions import make_session
 
 log = logging.getLogger(__name__)
 
@@ -127,22 +128,14 @@ def provider_status(provider: str, threads: int | None = None) -> tuple[bool, st
 def create_session(model: onnx.ModelProto | bytes, provider: str = "cpu", threads: int | None = None):
     """An ``InferenceSession`` on ``provider`` with a fixed thread count; raises if the provider
     silently fell back to the CPU (onnxruntime does that when a GPU provider fails to load)."""
-    import onnxruntime as ort
-
     if provider not in _ORT_PROVIDERS:
         raise OnnxPruneError(f"unknown provider {provider!r} (choose from {', '.join(PROVIDERS)})")
     if provider != "cpu":
         usable, reason = cuda_status()
         if not usable:
             raise ProviderUnavailableError(f"provider {provider!r} unavailable: {reason}")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = resolve_threads(threads)
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # provider fallbacks are checked below, not printed
-    data = model if isinstance(model, bytes) else model.SerializeToString()
-    session = ort.InferenceSession(data, options, providers=_ORT_PROVIDERS[provider])
+    # full graph optimizations (onnxruntime's default); provider fallbacks are checked below
+    session = make_session(model, _ORT_PROVIDERS[provider], threads=resolve_threads(threads), sequential=True)
     wanted = _ORT_PROVIDERS[provider][0]
     if session.get_providers()[0] != wanted:
         raise ProviderUnavailableError(

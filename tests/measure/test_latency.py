@@ -8,7 +8,7 @@ import pytest
 import torch
 from onnx import helper, numpy_helper
 
-from onnxprune.bench.latency import (
+from onnxprune.measure.latency import (
     LatencyStats,
     ProviderUnavailableError,
     batch_feeds,

@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from onnxprune.bench.latency import create_session, cuda_status, measure_latency
+from onnxprune.measure.latency import create_session, cuda_status, measure_latency
 from onnxprune.cli.main import main
 
 pytestmark = pytest.mark.gpu

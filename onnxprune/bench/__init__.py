@@ -1,1 +1,0 @@
-"""Measuring models on onnxruntime: latency, throughput and memory, side by side. Torch-free."""

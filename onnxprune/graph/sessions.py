@@ -1,0 +1,61 @@
+"""The one way onnxprune opens an onnxruntime session.
+
+Every session is quiet (warnings off: what matters is checked and raised by the caller) and takes
+a ModelProto, its serialized bytes or a path. The >2 GiB rule lives here and only here: protobuf
+cannot serialize a message of 2 GiB or more, so a ModelProto of at least :data:`PROTO_LIMIT`
+bytes (2 GiB less a 32 MiB margin for the graph itself) is saved with its tensors as external
+data in a temporary folder and the session is built from that file. :mod:`onnxprune.graph.modelio`
+uses the same limit to decide when a written model needs external data.
+
+Needs onnx and onnxruntime only, so the torch-free ``bench`` can use it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+
+PROTO_LIMIT = 2**31 - 2**25
+
+
+def needs_external_data(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` is too large to serialize as one protobuf message."""
+    return model.ByteSize() >= PROTO_LIMIT
+
+
+def make_session(model: onnx.ModelProto | bytes | str | os.PathLike, providers: Sequence | None = None, *,
+                 threads: int | None = None, optimize: bool = True, sequential: bool = False):
+    """A quiet session on ``providers`` (default: the CPU).
+
+    threads: intra-op threads (None: onnxruntime's default, every core); optimize=False turns graph
+    optimizations off, for probes that must see every value computed as written; sequential: one
+    inter-op thread and sequential execution, for latency that does not depend on scheduling.
+    Returns an ``onnxruntime.InferenceSession``."""
+    import onnxruntime as ort  # on first use: `onnxprune --help` and a cost-only inspect need none
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if sequential:
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    providers = list(providers or ["CPUExecutionProvider"])
+    if isinstance(model, bytes):
+        return ort.InferenceSession(model, options, providers=providers)
+    if not isinstance(model, onnx.ModelProto):
+        return ort.InferenceSession(os.fspath(model), options, providers=providers)
+    if not needs_external_data(model):
+        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    with tempfile.TemporaryDirectory(prefix="onnxprune-ort-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        detached = onnx.ModelProto()
+        detached.CopyFrom(model)  # saving as external data rewrites the tensors in place
+        onnx.save_model(detached, str(path), save_as_external_data=True, location="model.onnx.data")
+        return ort.InferenceSession(str(path), options, providers=providers)

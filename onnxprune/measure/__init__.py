@@ -1,0 +1,2 @@
+"""Measuring models on onnxruntime: latency, throughput and memory, side by side (what `onnxprune bench`
+and :func:`onnxprune.bench` report). Torch-free."""
