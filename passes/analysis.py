@@ -9,29 +9,57 @@ with integer sizes, and the nodes of dropped (or emptied) branches count 0.
 from __future__ import annotations
 
 import dataclasses
+from typing import Iterable
 
 import onnx
 import onnx_ir as ir
+
+from onnxprune.graph.names import OnnxNames
 from onnxprune.passes.plan import PlanError, PruningPlan
 from onnxprune.passes.structures import ChannelGroup, IntEdit, MacTerm, Piece, ResidualBranch
 
-from onnxprune.graph.names import OnnxNames
 
-
-def name_nodes(graph: ir.Graph) -> None:
-    """Give unnamed (and repeated) nodes a stable, unique name so ids and edits can refer to them.
+def unique_node_names(nodes: Iterable[tuple[str, str]]) -> list[str]:
+    """Stable, unique names for nodes given as (name, op type) in graph order.
 
     An unnamed node gets its op type and position (``Relu_7``), or the first free variant of it
     (``Relu_7_1``) when another node already has that name; a name seen before gets a suffix.
+    The same rule names the IR graph (:func:`name_nodes`) and the protobuf skeleton the MAC
+    counter reads, so MAC terms are matched to nodes by name.
     """
-    names = OnnxNames(node.name for node in graph if node.name)
+    nodes = list(nodes)
+    names = OnnxNames(name for name, _ in nodes if name)
     seen: set[str] = set()
-    for index, node in enumerate(graph):
-        if not node.name:
-            node.name = names.fresh(f"{node.op_type}_{index}")
-        elif node.name in seen:
-            node.name = names.fresh(node.name)
-        seen.add(node.name)
+    out = []
+    for index, (name, op_type) in enumerate(nodes):
+        if not name:
+            name = names.fresh(f"{op_type}_{index}")
+        elif name in seen:
+            name = names.fresh(name)
+        seen.add(name)
+        out.append(name)
+    return out
+
+
+def name_nodes(graph: ir.Graph) -> None:
+    """Give unnamed (and repeated) nodes a stable, unique name (:func:`unique_node_names`)."""
+    nodes = list(graph)
+    for node, name in zip(nodes, unique_node_names((n.name, n.op_type) for n in nodes)):
+        node.name = name
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisOptions:
+    """Structures the analysis may offer beyond the exact ones.
+
+    ``hidden_size``: a transformer's residual stream (embeddings, every residual Add, every
+    LayerNormalization's scale and bias, the output head) is one group. A LayerNormalization over
+    a pruned width takes its mean and variance over the kept channels only, where the masked
+    model also averages the removed (zero) channels, so the result is close but not equal;
+    such groups carry ``ChannelGroup.approximate`` (docs/transformers.md gives the error).
+    """
+
+    hidden_size: bool = False
 
 
 @dataclasses.dataclass
@@ -43,6 +71,7 @@ class GroupAnalysis:
     mac_terms: list[MacTerm]
     int_edits: list[IntEdit]
     input_shapes: dict[str, tuple[int, ...]]
+    options: AnalysisOptions = dataclasses.field(default_factory=AnalysisOptions)
 
     def __post_init__(self) -> None:
         self._groups = {g.id: g for g in self.groups}

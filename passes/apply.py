@@ -16,6 +16,7 @@ import logging
 import numpy as np
 import onnx
 import onnx_ir as ir
+
 from onnxprune.passes.analysis import name_nodes
 from onnxprune.passes.cleanup import CleanupPass, checked_proto
 from onnxprune.passes.dead_structure import DeadStructurePass

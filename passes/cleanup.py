@@ -11,9 +11,9 @@ from __future__ import annotations
 import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common
-from onnxprune.passes.groups import skeleton_model
 
 from onnxprune.errors import VerificationError
+from onnxprune.passes.groups import skeleton_model
 
 
 class CleanupPass(ir.passes.InPlacePass):

@@ -16,6 +16,7 @@ import logging
 import numpy as np
 import onnx
 import onnx_ir as ir
+
 from onnxprune.passes.cleanup import CleanupPass
 from onnxprune.passes.probe import probe_values
 from onnxprune.passes.prune_channels import PruneChannelsPass

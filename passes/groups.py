@@ -23,8 +23,11 @@ from typing import Iterable
 
 import onnx
 import onnx_ir as ir
+
 import onnxprune.passes.rules  # noqa: F401  (registers the op rules)
-from onnxprune.passes.analysis import GroupAnalysis, name_nodes
+from onnxprune.graph.names import OnnxNames
+from onnxprune.passes.analysis import AnalysisOptions, GroupAnalysis, name_nodes, unique_node_names
+from onnxprune.passes.heads import head_units
 from onnxprune.passes.residual_branches import find_residual_branches
 from onnxprune.passes.rules.core import Gates, Layout, RuleContext, Segment, lookup
 from onnxprune.passes.structures import (
@@ -37,8 +40,6 @@ from onnxprune.passes.structures import (
     State,
     TensorAxis,
 )
-
-from onnxprune.graph.names import OnnxNames
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +58,24 @@ class _Space:
         self.dead_tests: list[TensorAxis] = []
         self.folds: list[FoldSite] = []
         self.nodes: list[str] = []
+        self.approximate: list[str] = []
 
     def absorb(self, other: "_Space") -> None:
         if 1 not in (self.chunks, other.chunks) and self.chunks != other.chunks:
             self.reasons.append(f"grouped Convs with {self.chunks} and {other.chunks} groups share channels")
         self.chunks = max(self.chunks, other.chunks)
-        for field in ("slices", "consumers", "gates", "activations", "reasons", "dead_tests", "folds", "nodes"):
+        for field in ("slices", "consumers", "gates", "activations", "reasons", "dead_tests", "folds", "nodes",
+                      "approximate"):
             getattr(self, field).extend(getattr(other, field))
 
 
 class _Builder(RuleContext):
-    def __init__(self, graph: ir.Graph, shapes: dict[str, tuple[int, ...]], opset: int) -> None:
+    def __init__(self, graph: ir.Graph, shapes: dict[str, tuple[int, ...]], opset: int,
+                 options: AnalysisOptions | None = None) -> None:
         self.graph, self.shapes, self.opset = graph, shapes, opset
+        self.options = options or AnalysisOptions()
         self.cuts = channel_cuts(graph)  # producer output -> offsets where a Split/Slice cuts it
+        self.heads = head_units(graph, shapes)  # producer output -> (head dim, chunk offsets)
         self.layouts: dict[str, Layout] = {}
         self.parent: list[int] = []
         self.spaces: list[_Space] = []
@@ -135,7 +141,14 @@ class _Builder(RuleContext):
 
     def produce(self, value, axis, weight, bias):
         cuts = sorted(c for c in self.cuts.get(value.name, ()) if 0 < c < weight.channels)
-        if cuts and weight.block == 1 and (bias is None or bias.block == 1):
+        heads = self.heads.get(value.name)
+        if heads is not None and weight.block == 1 and (bias is None or bias.block == 1) and not cuts:
+            # attention reads these columns per head: one unit is a head's d columns (and bias entries)
+            d, offsets = heads
+            weight = dataclasses.replace(weight, block=d)
+            bias = None if bias is None else dataclasses.replace(bias, block=d)
+            cuts = [c // d for c in offsets]
+        if cuts and (bias is None or bias.block == weight.block):
             return self._produce_chunks(value, axis, weight, bias, cuts)
         sid = len(self.spaces)
         self.parent.append(sid)
@@ -148,34 +161,37 @@ class _Builder(RuleContext):
         if bias is not None:
             space.slices.append(bias)
         rank = len(self.shape(value) or ()) or axis + 1
-        layout = Layout(axis, rank, 1, (Segment(sid, weight.channels, State.ZERO, gates),))
-        self.mac_out[self.node.name] = (Piece(str(sid), 0, weight.channels),)
+        layout = Layout(axis, rank, weight.block, (Segment(sid, weight.channels, State.ZERO, gates),))
+        self.mac_out[self.node.name] = (Piece(str(sid), 0, weight.channels, weight.block),)
         self.set_layout(value, layout)
         return layout
 
     def _produce_chunks(self, value, axis, weight, bias, cuts):
         """A producer whose channels a Split or Slice cuts (C2f, CSP): one space per chunk, each
-        a group of its own, named ``W[start:stop]``."""
+        a group of its own, named ``W[start:stop]`` (element offsets; a packed attention projection
+        is cut into its Q, K and V chunks, each of heads of ``block`` columns)."""
         bounds = [0, *cuts, weight.channels]
         segments, pieces = [], []
+        block = weight.block
         for start, stop in zip(bounds, bounds[1:]):
             sid = len(self.spaces)
             self.parent.append(sid)
-            part = dataclasses.replace(weight, start=weight.start + start, stop=weight.start + stop)
-            space = _Space(sid, stop - start, f"{weight.name}[{start}:{stop}]")
+            lo, hi = weight.start + start * block, weight.start + stop * block
+            part = dataclasses.replace(weight, start=lo, stop=hi)
+            space = _Space(sid, stop - start, f"{weight.name}[{start * block}:{stop * block}]")
             self.spaces.append(space)
             space.slices.append(part)
             space.dead_tests.append(part)
             space.nodes.append(self.node.name)
             tensors = (part,)
             if bias is not None:
-                bias_part = dataclasses.replace(bias, start=bias.start + start, stop=bias.start + stop)
+                bias_part = dataclasses.replace(bias, start=bias.start + start * block, stop=bias.start + stop * block)
                 space.slices.append(bias_part)
                 tensors = (part, bias_part)
             segments.append(Segment(sid, stop - start, State.ZERO, Gates(tensors)))
-            pieces.append(Piece(str(sid), 0, stop - start))
+            pieces.append(Piece(str(sid), 0, stop - start, block))
         rank = len(self.shape(value) or ()) or axis + 1
-        layout = Layout(axis, rank, 1, tuple(segments))
+        layout = Layout(axis, rank, block, tuple(segments))
         self.mac_out[self.node.name] = tuple(pieces)
         self.set_layout(value, layout)
         return layout
@@ -205,7 +221,7 @@ class _Builder(RuleContext):
             out.append(ta)
         return out
 
-    def merge(self, a, b, multiply):
+    def merge(self, a, b, multiply, gate=True):
         if a.rank - a.axis != b.rank - b.axis or a.block != b.block or [s.size for s in a.segments] != [
             s.size for s in b.segments
         ]:
@@ -215,7 +231,7 @@ class _Builder(RuleContext):
         for sa, sb in zip(a.segments, b.segments):
             self.union(sa.space, sb.space)
             for side in (sa, sb):  # a product is zero where one side is: only zero sides gate it
-                if not multiply or side.gate == State.ZERO:
+                if gate and (not multiply or side.gate == State.ZERO):
                     self.space(sa.space).gates.append(side.gates)
             if multiply and State.ZERO in (sa.gate, sb.gate):
                 gate = State.ZERO
@@ -225,12 +241,29 @@ class _Builder(RuleContext):
         wide = a if a.rank >= b.rank else b
         return dataclasses.replace(wide, segments=tuple(segs))
 
-    def int_edit(self, layout, start, stop, block, input_index, entry, attribute=""):
+    def int_edit(self, layout, start, stop, block, input_index, entry, attribute="", node=None):
         pieces = []
         for seg, offset in zip(layout.segments, layout.offsets()):
             if offset >= start and offset + seg.size <= stop:
                 pieces.append(Piece(str(seg.space), 0, seg.size, block))
-        self.edits.append(IntEdit(self.node.name, input_index, entry, tuple(pieces), attribute))
+        self.edits.append(IntEdit(node or self.node.name, input_index, entry, tuple(pieces), attribute))
+
+    def scales(self, layout):
+        """This node's MACs scale with ``layout``'s channels on a batch axis (attention's QK^T and AV
+        scale with the kept heads), on the input side."""
+        self.mac_in[self.node.name] = tuple(Piece(str(s.space), 0, s.size) for s in layout.segments)
+        for seg in layout.segments:
+            self.space(seg.space).nodes.append(self.node.name)
+
+    def option(self, name):
+        return bool(getattr(self.options, name))
+
+    def approximate(self, reason, layout):
+        """Removing these channels is allowed (an option asked for it) but not exact."""
+        for seg in layout.segments:
+            space = self.space(seg.space)
+            if reason not in space.approximate:
+                space.approximate.append(reason)
 
     def chunked(self, layout, chunks):
         """A grouped Conv's output: group j of the conv owns the j-th run of size/chunks channels."""
@@ -489,25 +522,34 @@ def _slice_points(node: ir.Node, total: int, rank: int) -> list[int]:
     return [int(starts[i]), min(int(ends[i]), total)]
 
 
-def analyze(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> GroupAnalysis:
-    """Compute channel groups, residual branches and MAC terms of ``model``."""
+def analyze(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
+            options: AnalysisOptions | None = None, *, hidden_size: bool | None = None) -> GroupAnalysis:
+    """Compute channel groups, residual branches and MAC terms of ``model``.
+
+    ``hidden_size=True`` (or ``options``) also makes a transformer's residual stream prunable
+    through its LayerNormalizations, which is not exact (see :class:`AnalysisOptions`)."""
     from onnxprune.graph.macs import count_macs
     from onnxprune.graph.shapes import infer_static_shapes, resolve_input_shapes, static_shape_map
 
+    options = options or AnalysisOptions()
+    if hidden_size is not None:
+        options = dataclasses.replace(options, hidden_size=hidden_size)
     input_shapes = resolve_input_shapes(model, input_shapes)
     skeleton, weight_shapes = skeleton_model(model)
+    for node, name in zip(skeleton.graph.node, unique_node_names((n.name, n.op_type) for n in skeleton.graph.node)):
+        node.name = name  # the names name_nodes gives the IR graph: MAC terms are keyed by them
     shapes = static_shape_map(infer_static_shapes(skeleton, {**input_shapes, **weight_shapes}))
     ir_model = ir.from_proto(model)
     graph = ir_model.graph
     name_nodes(graph)
     opset = graph.opset_imports.get("", 1)
-    builder = _Builder(graph, shapes, opset)
+    builder = _Builder(graph, shapes, opset, options)
     for node in graph:
         builder.visit(node)
     _freeze_subgraph_reads(builder, graph)
     branches = find_residual_branches(graph, builder)
     cost = count_macs(skeleton, {**input_shapes, **weight_shapes})
-    analysis = _finish(builder, graph, branches, cost, input_shapes)
+    analysis = _finish(builder, graph, branches, cost, input_shapes, options)
     analysis._ir = (model, ir_model)  # apply_plan on the same model reuses it (deserializing is slow)
     return analysis
 
@@ -558,7 +600,7 @@ def _flatten(trees: list[Gates]) -> tuple[TensorAxis, ...]:
     return tuple(dict.fromkeys(t for tree in trees for t in tree.flatten(seen)))
 
 
-def _finish(builder: _Builder, graph: ir.Graph, branches, cost, input_shapes) -> GroupAnalysis:
+def _finish(builder: _Builder, graph: ir.Graph, branches, cost, input_shapes, options) -> GroupAnalysis:
     roots = sorted({builder.root(s.id) for s in builder.spaces})
     ids = {root: builder.spaces[root].name for root in roots}
     gid = {str(s): ids[builder.root(s)] for s in range(len(builder.spaces))}
@@ -572,6 +614,7 @@ def _finish(builder: _Builder, graph: ir.Graph, branches, cost, input_shapes) ->
         for name in branch.nodes:
             node_branch.setdefault(name, branch.id)
     shared = {name for name, value in graph.initializers.items() if len(value.uses()) > 1}
+    _freeze_conflicting_edits(builder)
     groups = []
     for root in roots:
         space = builder.spaces[root]
@@ -586,23 +629,38 @@ def _finish(builder: _Builder, graph: ir.Graph, branches, cost, input_shapes) ->
             activations=tuple(dict.fromkeys(space.activations)), prunable=not space.reasons,
             reason="; ".join(space.reasons[:3]), dead_tests=tuple(dict.fromkeys(space.dead_tests)),
             folds=tuple(space.folds), nodes=tuple(dict.fromkeys(space.nodes)), branch=inside, chunks=space.chunks,
+            approximate="; ".join(space.approximate[:2]),
         ))
 
     def remap(pieces: Iterable[Piece]) -> tuple[Piece, ...]:
         return tuple(dataclasses.replace(p, group=gid[p.group]) for p in pieces)
 
-    mac_nodes = [n for n in graph if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum")]
     terms = []
-    for node, layer in zip(mac_nodes, cost.layers):
-        terms.append(MacTerm(node.name, layer.macs, remap(builder.mac_in.get(node.name, ())),
-                             remap(builder.mac_out.get(node.name, ())), node.name in builder.depthwise))
+    for layer in cost.layers:  # one per MAC-bearing node, named as in the IR graph (see analyze)
+        terms.append(MacTerm(layer.node, layer.macs, remap(builder.mac_in.get(layer.node, ())),
+                             remap(builder.mac_out.get(layer.node, ())), layer.node in builder.depthwise))
     edits = [dataclasses.replace(e, pieces=remap(e.pieces)) for e in builder.edits]
     macs_by_node = {t.node: t.macs for t in terms}
     branches = [dataclasses.replace(b, macs=sum(macs_by_node.get(n, 0) for n in b.nodes), channels=remap(b.channels))
                 for b in branches]
     log.info("analysis: %d groups (%d prunable), %d residual branches", len(groups),
              sum(g.prunable for g in groups), len(branches))
-    return GroupAnalysis(groups, branches, terms, edits, dict(input_shapes))
+    return GroupAnalysis(groups, branches, terms, edits, dict(input_shapes), options)
+
+
+def _freeze_conflicting_edits(builder: _Builder) -> None:
+    """One integer counted by two different sets of channels (a computed Reshape target shared by
+    two groups' reshapes) cannot follow both: freeze them."""
+    seen: dict[tuple[str, int, int, str], tuple[Piece, ...]] = {}
+    for edit in builder.edits:
+        key = (edit.node, edit.input_index, edit.entry, edit.attribute)
+        pieces = tuple(dataclasses.replace(p, group=str(builder.root(int(p.group)))) for p in edit.pieces)
+        if seen.setdefault(key, pieces) != pieces:
+            for piece in (*seen[key], *pieces):
+                space = builder.space(int(piece.group))
+                reason = f"an integer of node {edit.node!r} counts the channels of two groups"
+                if reason not in space.reasons:
+                    space.reasons.append(reason)
 
 
 __all__ = ["GroupAnalysis", "analyze", "ChannelGroup", "ResidualBranch", "TensorAxis", "MacTerm"]

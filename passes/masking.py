@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
 from onnxprune.passes.plan import PruningPlan
 from onnxprune.passes.structures import TensorAxis
 

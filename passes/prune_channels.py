@@ -19,9 +19,9 @@ from collections import defaultdict
 
 import numpy as np
 import onnx_ir as ir
-from onnxprune.passes.structures import FoldSite, State
 
 from onnxprune.graph.names import OnnxNames
+from onnxprune.passes.structures import FoldSite, State
 
 log = logging.getLogger(__name__)
 

@@ -2,45 +2,47 @@
 
 Dropping the branch rewrites ``y`` to ``x`` exactly when ``f(x) = 0``, which the masked reference
 gets by zeroing the branch output's gate tensors (its last BatchNormalization's scale and
-shift, or its last layer's weight and bias). The search from each Add walks back from one input
-to the other and never past the skip value's producer, so it visits each node a bounded number
-of times in chains of blocks.
+shift, or its last layer's weight and bias). The branch is the nodes on paths from ``x`` to
+``f(x)``; what they read besides ``x`` (a transformer's attention mask, shape arithmetic) comes
+from outside and stays. This finds ``x + Attn(LN(x))`` and ``x + FFN(LN(x))`` (pre-LN) and
+BERT's post-LN ``LN(x + Attn(x))`` alike. The search from each Add walks back from one input
+and never past the skip value's producer, so it visits each node a bounded number of times in
+chains of blocks.
 """
 
 from __future__ import annotations
 
 import onnx_ir as ir
+
 from onnxprune.passes.structures import Piece, ResidualBranch, State
 
 
 def _branch_nodes(out: ir.Value, skip: ir.Value, add: ir.Node, order: dict[int, int]) -> list[ir.Node] | None:
+    """The nodes on paths from ``skip`` to ``out``, if nothing outside uses them; values they read
+    that do not depend on ``skip`` (an attention mask, shape arithmetic) are inputs from outside."""
     start = out.producer()
     skip_producer = skip.producer()
     floor = order[id(skip_producer)] if skip_producer is not None else -1
-    if start is None:
+    if start is None or order.get(id(start), -1) <= floor:
         return None
-    members: dict[int, ir.Node] = {}
+    seen: dict[int, ir.Node] = {}
     stack = [start]
-    reads_skip = False
-    while stack:
+    while stack:  # candidates: everything `out` reads back to the skip's producer
         node = stack.pop()
-        if id(node) in members:
+        if id(node) in seen or order.get(id(node), -1) <= floor:
             continue
-        if order.get(id(node), -1) <= floor:
-            return None  # the walk left the block: `out` depends on more than `skip`
-        members[id(node)] = node
+        seen[id(node)] = node
         for value in node.inputs:
-            if value is None or value.const_value is not None:
-                continue
-            if value is skip:
-                reads_skip = True
-                continue
-            producer = value.producer()
-            if producer is None:
-                return None
-            stack.append(producer)
-    if not reads_skip:
+            if value is not None and value is not skip and value.producer() is not None:
+                stack.append(value.producer())
+    depends: dict[int, bool] = {}
+    for node in sorted(seen.values(), key=lambda n: order[id(n)]):  # inputs before their users
+        depends[id(node)] = any(value is skip or (value is not None and value.producer() is not None
+                                                  and depends.get(id(value.producer()), False))
+                                for value in node.inputs)
+    if not depends[id(start)]:
         return None
+    members = {key: node for key, node in seen.items() if depends[key]}
     for node in members.values():
         for value in node.outputs:
             if value.is_graph_output():

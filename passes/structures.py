@@ -106,6 +106,7 @@ class ChannelGroup:
     nodes: tuple[str, ...] = ()  # nodes whose weights are sliced for this group
     branch: str | None = None  # a residual branch holding the whole group (it may then be emptied)
     chunks: int = 1  # a grouped Conv's output: keep equally many channels in each of `chunks` runs
+    approximate: str = ""  # why removing channels is close to, not equal to, the masked reference
 
     def chunk_of(self, channel: int) -> int:
         return channel // (self.size // self.chunks)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
 from onnxprune.passes.rules.core import Layout, Segment, State, register
 
 
@@ -27,9 +28,12 @@ def concat(node, ctx) -> None:
         merged = first
         for other in known[1:]:
             merged = ctx.merge(merged, other, multiply=False) if merged is not None else None
-        if len(known) != len(layouts):
+        tokens = [_token(ctx, v, first) for v, lay in zip(node.inputs, layouts) if lay is None]
+        if None in tokens or merged is None:
             ctx.freeze(f"Concat {node.name!r} joins channels with a value of unknown channels", *known)
             return
+        for name, at in tokens:  # a constant joined along positions (ViT's class token) is a gate
+            merged = merged.add_gates(ctx.follow(merged, name, at))
         ctx.set_layout(node.outputs[0], merged)
         return
     if len(known) != len(layouts) or any(lay.axis != axis or lay.block != first.block for lay in known):
@@ -37,6 +41,18 @@ def concat(node, ctx) -> None:
         return
     segments = tuple(s for lay in known for s in lay.segments)
     ctx.set_layout(node.outputs[0], dataclasses.replace(first, segments=segments))
+
+
+def _token(ctx, value, layout) -> tuple[str, int] | None:
+    """(initializer, its channel axis) of a constant, or a constant Expanded over other axes."""
+    if value is not None and not ctx.is_param(value) and value.producer() is not None \
+            and value.producer().op_type == "Expand":
+        value = value.producer().inputs[0]
+    if value is None or not ctx.is_param(value):
+        return None
+    shape = tuple(value.const_value.shape)
+    at = layout.axis - (layout.rank - len(shape))
+    return (value.name, at) if at >= 0 and shape[at] == layout.channels * layout.block else None
 
 
 def _split_sizes(node, ctx, total: int) -> list[int] | None:

@@ -14,6 +14,7 @@ Add/Sub/Mul of two activations ties their channels (residual Add, squeeze-excite
 from __future__ import annotations
 
 import numpy as np
+
 from onnxprune.passes.rules.core import State, nonzero, pass_through, register
 
 _ZERO_PRESERVING = {

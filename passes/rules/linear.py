@@ -5,11 +5,13 @@
 
 The weight's K axis reads the input's channels (block > 1 after a Flatten: channel c is rows
 c*HW ... c*HW+HW-1); its N axis and C's entries open the output units. MatMul between two
-activations (attention) has no rule for its channels: they are frozen.
+activations (attention) carries channels on a batch axis (heads) and freezes others
+(:func:`onnxprune.passes.rules.attention.activation_matmul`).
 """
 
 from __future__ import annotations
 
+from onnxprune.passes.rules.attention import activation_matmul
 from onnxprune.passes.rules.core import State, TensorAxis, nonzero, register
 
 
@@ -40,8 +42,11 @@ def matmul(node, ctx) -> None:
     a, b = node.inputs
     layout_a, layout_b = ctx.layout(a), ctx.layout(b)
     weight = ctx.const(b) if ctx.is_param(b) else None
-    if weight is None or weight.ndim != 2 or layout_b is not None:
-        ctx.freeze(f"MatMul {node.name!r} multiplies two activations", layout_a, layout_b)
+    if weight is None:
+        activation_matmul(node, ctx, layout_a, layout_b)
+        return
+    if weight.ndim != 2 or layout_b is not None:
+        ctx.freeze(f"MatMul {node.name!r} has a weight that is not a matrix", layout_a, layout_b)
         return
     if layout_a is not None and layout_a.axis == layout_a.rank - 1:
         ctx.consume(layout_a, b.name, 0, 1, True, a)

@@ -6,7 +6,15 @@
 Both act on each channel alone: every parameter follows the channel, and zeroing scale and B
 zeroes the channel whatever came in, so they become the channel's gate tensors.
 LayerNormalization normalizes over the last axes; when the channels are among them, removing
-one changes the mean and variance of the others, so those channels are frozen.
+one changes the mean and variance of the others, so those channels are frozen, unless the
+analysis option ``hidden_size`` asks for a transformer's residual stream: then scale and bias
+follow the channels (zeroing them zeroes the channel, as for BatchNormalization) and the group
+is marked approximate. With r of D channels removed, the masked model normalizes
+
+    y_i = g_i (x_i - S/D) / sqrt(Q/D - (S/D)^2 + eps) + b_i      (S, Q: sums of x, x^2 over kept i)
+
+while the pruned one divides by D - r: a shift of the mean that depends on the input, which no
+constant can undo, so this is never exact (docs/transformers.md measures the error).
 """
 
 from __future__ import annotations
@@ -45,9 +53,24 @@ def layer_norm(node, ctx) -> None:
         return
     axis = ctx.attr("axis", -1)
     axis = axis + layout.rank if axis < 0 else axis
+    if layout.axis >= axis and _hidden(node, ctx, layout, axis):
+        return
     if layout.axis >= axis:
         ctx.freeze(f"LayerNormalization {node.name!r} normalizes over the channels (removing one "
                    f"changes the statistics of the rest)", layout)
         return
     # channels outside the normalized axes pass through; a zero row comes out as the shift B
     ctx.set_layout(node.outputs[0], layout.with_state(lambda s: State.VARYING))
+
+
+def _hidden(node, ctx, layout, axis: int) -> bool:
+    """The residual stream through a LayerNormalization over its last axis (option hidden_size)."""
+    params = [v for v in node.inputs[1:3] if v is not None]
+    if (not ctx.option("hidden_size") or axis != layout.rank - 1 or layout.block != 1
+            or not all(ctx.is_param(v) for v in params)
+            or any(o.uses() or o.is_graph_output() for o in node.outputs[1:])):
+        return False
+    sliced = [ctx.follow(layout, v.name, 0) for v in params]
+    ctx.approximate(f"LayerNormalization {node.name!r} normalizes over a pruned width", layout)
+    ctx.set_layout(node.outputs[0], layout.reset([tuple(s[k] for s in sliced) for k in range(len(layout.segments))]))
+    return True

@@ -3,7 +3,11 @@
 Flatten/Reshape may merge the channel axis with the axes after it: channel c then owns a
 contiguous block of ``block`` features (``[N, C, H, W] -> [N, C*H*W]``: block H*W), which is how a
 Gemm/MatMul after a Flatten reads whole channels. A Reshape target that spells the channel
-dimension is rewritten; other reshapes (splitting channels into heads) freeze the channels.
+dimension is rewritten, also when the target is computed by a Concat of constant and
+computed parts (a dynamic batch); the entry that counts channels must be a constant there.
+Splitting a projection's columns into heads works because the projection's unit is then a head
+(block d, :mod:`onnxprune.passes.heads`); a packed Q/K/V projection split into a stacked axis is
+followed by :func:`onnxprune.passes.rules.attention.unpack`. Other splits freeze the channels.
 """
 
 from __future__ import annotations
@@ -11,6 +15,29 @@ from __future__ import annotations
 import math
 
 from onnxprune.passes.rules.core import register
+
+
+def target_entry(ctx, target, entry: int) -> tuple[str | None, int, int, int] | None:
+    """Where entry ``entry`` of a Reshape target lives: (Concat node name or None for the
+    Reshape's own input 1, input index, entry there, its value), or None when it is computed."""
+    const = ctx.const(target)
+    if const is not None:
+        return None, 1, entry, int(const.reshape(-1)[entry])
+    producer = target.producer() if target is not None else None
+    if producer is None or producer.op_type != "Concat" or producer.domain not in ("", "ai.onnx"):
+        return None
+    offset = 0
+    for index, part in enumerate(producer.inputs):
+        length = (ctx.shape(part) or (None,))[0] if part is not None else None
+        if length is None:
+            return None
+        if offset <= entry < offset + length:
+            value = ctx.const(part)
+            if value is None:
+                return None
+            return producer.name, index, entry - offset, int(value.reshape(-1)[entry - offset])
+        offset += length
+    return None
 
 
 def _reshaped(ctx, layout, in_shape, out_shape):
@@ -45,18 +72,27 @@ def reshape(node, ctx) -> None:
     layout = ctx.layout(node.inputs[0])
     if layout is None:
         return
-    target = ctx.const(node.inputs[1])
-    out_shape = ctx.shape(node.outputs[0])
-    placed = _reshaped(ctx, layout, ctx.shape(node.inputs[0]), out_shape)
-    if target is None or placed is None:
+    out_shape, in_shape = ctx.shape(node.outputs[0]), ctx.shape(node.inputs[0])
+    placed = _reshaped(ctx, layout, in_shape, out_shape)
+
+    def edit(part, axis: int, block: int) -> bool:
+        source = target_entry(ctx, node.inputs[1], axis)
+        if source is None:
+            return False
+        owner, index, entry, value = source
+        if value > 0:  # an explicit size counts channels; -1 and 0 adjust by themselves
+            ctx.int_edit(part, 0, part.channels, block, index, entry, node=owner)
+        return value != 0 or in_shape[axis] == out_shape[axis]  # 0 copies the input's dimension
+
+    if placed is None and in_shape is not None and out_shape is not None:
+        from onnxprune.passes.rules.attention import unpack
+
+        if unpack(node, ctx, layout, in_shape, out_shape, edit):
+            return
+    if placed is None or not edit(layout, *placed):
         ctx.freeze(f"Reshape {node.name!r} has a computed target or splits the channels", layout)
         return
     axis, block = placed
-    if int(target[axis]) > 0:  # an explicit size counts channels; -1 and 0 adjust by themselves
-        ctx.int_edit(layout, 0, layout.channels, block, 1, axis)
-    elif int(target[axis]) == 0 and ctx.shape(node.inputs[0])[axis] != out_shape[axis]:
-        ctx.freeze(f"Reshape {node.name!r} copies a dimension that is not the channels'", layout)
-        return
     ctx.set_layout(node.outputs[0], layout.moved(axis, len(out_shape), block))
 
 

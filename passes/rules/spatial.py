@@ -8,6 +8,7 @@ unless zero padding meets it: AveragePool counting pads, Pad in constant mode.
 from __future__ import annotations
 
 import numpy as np
+
 from onnxprune.passes.rules.core import State, padded, pass_through, register
 
 

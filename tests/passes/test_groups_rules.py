@@ -9,6 +9,7 @@ expected shapes afterwards, and onnxruntime on the rewritten model equals the ma
 from __future__ import annotations
 
 import pytest
+
 from onnxprune.passes import analyze
 from onnxprune.passes.testing import check_exact, initializer_shapes, model_from_text, random_plan
 
@@ -292,7 +293,7 @@ g (float[2,6] x) => (float[2,5] y) <float[6,8] wa, float[8,5] wb>
   y = MatMul (s, wb)
 }}""", {"wa": (6, 4), "wb": (4, 5)}, {}),
     "unknown_op_freezes": (conv_net("u = LRN <size=3> (t)"), {"w1": (8, 3, 3, 3)}, {"w1": "no rule for op LRN"}),
-    "softmax_over_channels_freezes": (conv_net("u = Softmax <axis=1> (t)"), {"w1": (8, 3, 3, 3)}, {"w1": "no rule"}),
+    "softmax_over_channels_freezes": (conv_net("u = Softmax <axis=1> (t)"), {"w1": (8, 3, 3, 3)}, {"w1": "normalizes over the channels"}),
 }
 
 
