@@ -9,6 +9,9 @@ and optional integer labels ``[N]``. Sources:
   (an array one rank short of the input is one sample);
 * a directory of images (png/jpg, optionally in class sub-folders whose names become labels),
   decoded and fitted to a single image input by :mod:`onnxprune.calibration.images`;
+* token inputs (:mod:`onnxprune.calibration.text`): an ``.npz`` with ``input_ids``,
+  ``attention_mask``, ``token_type_ids`` mapped to the model's inputs by name, or a text file
+  (``sentences.txt``, one text per line) tokenized with ``--tokenizer`` to ``--seq-len`` tokens;
 * ``synthetic``: standard-normal inputs of the resolved input shapes, for smoke tests only.
 
 Every check names the input and what was expected, as one :class:`CalibrationError` line, before
@@ -25,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import helper
-from onnxprune.calibration.images import is_image_folder, load_image_folder
 
+from onnxprune.calibration import text
+from onnxprune.calibration.images import is_image_folder, load_image_folder
 from onnxprune.errors import CalibrationError, ShapeError
 from onnxprune.graph.shapes import graph_inputs, resolve_input_shapes
 
@@ -73,8 +77,13 @@ def load_calibration(
     labels: str | Path | None = None,
     seed: int = 0,
     image_options: dict | None = None,
+    tokenizer: str | Path | None = None,
+    seq_len: int | None = None,
 ) -> CalibrationSet:
-    """Load and validate calibration data for ``model`` (see the module docstring)."""
+    """Load and validate calibration data for ``model`` (see the module docstring).
+
+    ``tokenizer`` and ``seq_len`` serve text calibration; ``seq_len`` with an ``.npz`` of token
+    arrays must equal their length."""
     if source is None:
         raise CalibrationError(
             "no calibration data: pass --calib data.npz (arrays keyed by input name, optional "
@@ -84,16 +93,78 @@ def load_calibration(
     if str(source) == SYNTHETIC:
         data = _synthetic(model, input_shapes or {}, specs, seed)
         return data
-    if is_image_folder(source):
+    if tokenizer is not None and not text.is_text_source(source):
+        raise CalibrationError(f"--tokenizer serves text calibration (--calib sentences.txt); --calib {source} "
+                               f"is not a .txt file")
+    if text.is_text_source(source):
+        arrays = text.load_text(Path(source), tokenizer, seq_len)
+    elif is_image_folder(source):
         arrays = _read_images(Path(source), model, input_shapes or {}, specs, image_options or {})
     else:
         arrays = _read_source(Path(source), specs)
+    if text.has_token_keys(arrays):
+        arrays = _token_inputs(arrays, specs, str(source), seq_len)
     file_labels = arrays.pop(LABELS_KEY, None)
     if labels is not None:
         file_labels = _read_array(Path(labels), "--labels")
     data = validate(arrays, file_labels, specs, str(source))
     check_index_inputs(data, model)
     return data
+
+
+def _token_inputs(arrays: dict[str, np.ndarray], specs: list[_Spec], origin: str,
+                  seq_len: int | None) -> dict[str, np.ndarray]:
+    """Token arrays checked, keyed by the model's inputs and cast to their integer type."""
+    arrays = text.map_to_inputs(arrays, [s.name for s in specs], origin)
+    for spec in specs:
+        array = arrays.get(spec.name)
+        if array is None or array.ndim != 2 or text.token_role(spec.name) is None:
+            continue
+        if seq_len is not None and array.shape[1] != seq_len:
+            raise CalibrationError(f"--seq-len {seq_len}, but calibration data {origin} holds {spec.name!r} "
+                                   f"with {array.shape[1]} tokens per sample")
+        if array.dtype != spec.dtype and array.dtype.kind in "iu" and spec.dtype.kind in "iu":
+            log.info("casting calibration input %r from %s to %s (the model's input type)", spec.name,
+                     array.dtype, spec.dtype)
+            arrays[spec.name] = array.astype(spec.dtype)  # ids and masks fit any integer width in use
+    return arrays
+
+
+def data_input_shapes(source: str | Path | None, model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]],
+                      seq_len: int | None = None) -> dict[str, tuple[int, ...]]:
+    """``overrides`` plus a shape for every input whose non-batch dims are dynamic and not given,
+    read from the calibration data: ``(1, seq_len)`` for the token inputs of text calibration,
+    ``(1, *sample shape)`` from an ``.npz``/``.npy``. The MAC count, the group analysis and the
+    latency feeds then see the calibration's sequence length. Inputs it cannot resolve are left
+    for :func:`onnxprune.graph.shapes.resolve_input_shapes` to name."""
+    shapes = dict(overrides)
+    specs = _input_specs(model, {})
+    needed = [s for s in specs if s.name not in shapes and any(not isinstance(d, int) for d in s.dims[1:])]
+    if not needed or source is None or str(source) == SYNTHETIC:
+        if needed and seq_len is not None:  # synthetic tokens at --seq-len
+            shapes.update({s.name: (1, seq_len) for s in needed if len(s.dims) == 2})
+        return shapes
+    path = Path(str(source))
+    if text.is_text_source(path):
+        if seq_len is not None:
+            shapes.update({s.name: (1, seq_len) for s in needed if len(s.dims) == 2})
+        return shapes
+    if path.suffix not in (".npz", ".npy") or not path.is_file():
+        return shapes
+    try:
+        arrays = _read_file(path, specs)
+    except CalibrationError:
+        return shapes  # load_calibration reports it
+    if text.has_token_keys(arrays):
+        try:
+            arrays = text.map_to_inputs(arrays, [s.name for s in specs], str(path))
+        except CalibrationError:
+            return shapes
+    for spec in needed:
+        array = arrays.get(spec.name)
+        if array is not None and array.ndim == len(spec.dims):
+            shapes[spec.name] = (1, *(int(d) for d in array.shape[1:]))
+    return shapes
 
 
 def _input_specs(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]]) -> list[_Spec]:

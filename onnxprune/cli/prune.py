@@ -13,34 +13,15 @@ from pathlib import Path
 import click
 
 from onnxprune.calibration.images import image_options
-from onnxprune.calibration.losses import LOSSES
+from onnxprune.calibration.losses import DISTILL_LOSSES, LOSSES
 from onnxprune.cli import gate_options
 from onnxprune.cli.config_file import config_option, effective_config, parameter_sources
+from onnxprune.cli.method_options import merged_options
 from onnxprune.methods.base import registry
 from onnxprune.run import gated as ci
 from onnxprune.training.loop import DEVICES, OPTIMIZERS, TrainConfig
 
-
-def _method_options() -> tuple[list[click.Option], dict[str, set[str]]]:
-    """All methods' options, deduplicated, and which methods read each (by parameter name)."""
-    options: dict[str, click.Option] = {}
-    readers: dict[str, set[str]] = {}
-    for name, cls in sorted(registry().items()):
-        for option in cls.options:
-            seen = options.get(option.name)
-            if seen is not None and _signature(seen) != _signature(option):
-                raise ValueError(f"option --{option.name} is declared differently by method {name!r} "
-                                 f"and another method; share one declaration")
-            options.setdefault(option.name, option)
-            readers.setdefault(option.name, set()).add(name)
-    return list(options.values()), readers
-
-
-def _signature(option: click.Option) -> tuple:
-    return (tuple(option.opts), option.type.to_info_dict(), option.default, option.is_flag, option.multiple)
-
-
-METHOD_OPTIONS, OPTION_READERS = _method_options()
+METHOD_OPTIONS, OPTION_READERS = merged_options(registry())
 
 
 @click.command("prune", context_settings={"show_default": True})
@@ -53,6 +34,12 @@ METHOD_OPTIONS, OPTION_READERS = _method_options()
                    "(random inputs, smoke tests only). Required.")
 @image_options
 @click.option("--labels", default=None, type=click.Path(dir_okay=False), help="Integer labels .npy [N].")
+@click.option("--tokenizer", default=None, type=click.Path(dir_okay=False), metavar="TOKENIZER.json",
+              help="Tokenize --calib TEXT.txt (one text per line) with this tokenizers file (needs the "
+                   "'tokenizers' package: pip install 'onnxprune[text]').")
+@click.option("--seq-len", "seq_len", type=click.IntRange(2), default=None,
+              help="Tokens per sample for text calibration (truncated and padded to it); the MACs and the "
+                   "latency are measured at it.")
 @click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=DxDxD",
               help="Static shape for an input with dynamic dims (repeatable), e.g. image=1x3x224x224.")
 @click.option("--holdout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.1,
@@ -61,6 +48,9 @@ METHOD_OPTIONS, OPTION_READERS = _method_options()
               help="Task loss [default: kd+ce with labels, else kd].")
 @click.option("--temperature", type=click.FloatRange(0.0, min_open=True), default=2.0,
               help="Distillation temperature for logit outputs.")
+@click.option("--distill-loss", "distill_loss", type=click.Choice(DISTILL_LOSSES), default="auto",
+              help="Distillation term: auto (KL for logits, cosine for pooled embeddings, MSE otherwise), or kl, "
+                   "mse, cosine for every logits/embedding output.")
 @click.option("--epochs", type=click.IntRange(1), default=30)
 @click.option("--batch-size", type=click.IntRange(1), default=64, help="Per process under torchrun.")
 @click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=None,
@@ -83,7 +73,7 @@ METHOD_OPTIONS, OPTION_READERS = _method_options()
 @config_option
 @click.pass_context
 def command(ctx: click.Context, model: Path, method: str, out: Path, calib: str | None, labels: str | None,
-            input_shape: tuple[str, ...], holdout: float, loss: str | None, temperature: float, epochs: int,
+            tokenizer: str | None, seq_len: int | None, distill_loss: str, input_shape: tuple[str, ...], holdout: float, loss: str | None, temperature: float, epochs: int,
             batch_size: int, lr: float | None, optimizer: str, weight_decay: float, seed: int, device: str, threads: int | None,
             quiet: bool, sparse_storage: bool, report: Path | None, config: str | None, mean: list[float] | None,
             std: list[float] | None, channel_order: str, layout: str, **method_values) -> None:
@@ -110,12 +100,13 @@ def command(ctx: click.Context, model: Path, method: str, out: Path, calib: str 
     own = {name: value for name, value in method_values.items() if method in OPTION_READERS[name]}
     train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                         weight_decay=weight_decay, seed=seed, device=device, quiet=quiet)
-    result, gate_results = ci.run(pipeline.PruneConfig(
+    result, gate_results = ci.run(pipeline.with_data_shapes(pipeline.PruneConfig(
         model=model, out=out, method=method, method_options=own, calib=calib, labels=labels,
+        tokenizer=tokenizer, seq_len=seq_len, distill_loss=distill_loss,
         image_options={"mean": 0.0 if mean is None else mean, "std": 1.0 if std is None else std,
                        "channel_order": channel_order, "layout": layout},
         input_shapes=input_shape, holdout=holdout, loss=loss, temperature=temperature, train=train,
-        report=report, sparse_storage=sparse_storage, options=effective_config(ctx), option_sources=sources), ci_options)
+        report=report, sparse_storage=sparse_storage, options=effective_config(ctx), option_sources=sources)), ci_options)
     if result.replica.is_main:
         for line in summary_lines(result.report) + ci.summary_lines(result.report, gate_results):
             click.echo(line)

@@ -45,7 +45,7 @@ from onnxprune.graph.batching import (
     torch_batch_check,
     torch_in_slices,
 )
-from onnxprune.graph.macs import count_macs
+from onnxprune.graph.macs import count_macs, count_params
 from onnxprune.graph.modelio import load_model
 from onnxprune.graph.runtime_checks import check_runtime_opset
 from onnxprune.graph.shapes import parse_input_shapes, resolve_input_shapes
@@ -194,6 +194,7 @@ def _run(config: PruneConfig, replica: Replica, original: onnx.ModelProto | None
     result.report = build_run_report(
         config=config, method=method, plan=plan, before=before, after=after,
         nonzero_before=nonzero_weights(original), nonzero_after=nonzero_weights(pruned),
+        untied_params=count_params(imported.onnx_model) - before.total_params,
         final=fidelity(run_batched(pruned, calib.eval.inputs), calib.eval_targets, calib.kinds, calib.eval.labels),
         baseline=fidelity(calib.eval_targets, calib.eval_targets, calib.kinds, calib.eval.labels),
         history=ctx.history, seconds=time.perf_counter() - started,

@@ -1,4 +1,4 @@
-"""Reshape-19/21 (types only changed since Reshape-14), with ``allowzero`` handled.
+"""Reshape-14/19/21 (types only changed since Reshape-14), with ``allowzero`` handled.
 
     allowzero=0: a 0 in ``shape`` copies the input's dimension at that position
     allowzero=1: a 0 in ``shape`` is a literal 0 -- exactly torch.reshape's own rule
@@ -11,7 +11,7 @@ nodes as allowzero=0 (see ``onnxprune.importing.importer._conversion_view``).
 from __future__ import annotations
 
 import torch
-from onnx2torch.node_converters.registry import add_converter, get_converter
+from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription, add_converter, get_converter
 from onnx2torch.onnx_graph import OnnxGraph
 from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
@@ -34,3 +34,8 @@ def _convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
 
 for _version in (19, 21):
     add_converter(operation_type="Reshape", version=_version)(_convert)
+# Reshape-14 with allowzero=1 and a shape computed in the graph (the dynamo exporter's attention
+# reshapes [B, T, heads, d] of a model with dynamic axes): onnx2torch's own converter refuses
+# it; ours takes its registry key over and keeps the stock converter for every other case.
+_CONVERTER_REGISTRY.pop(OperationDescription(domain="", operation_type="Reshape", version=14))
+add_converter(operation_type="Reshape", version=14)(_convert)
