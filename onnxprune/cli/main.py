@@ -29,6 +29,7 @@ _COMMANDS = {
     "inspect": "onnxprune.cli.inspect",
     "apply": "onnxprune.cli.apply",
     "bench": "onnxprune.cli.bench",
+    "profile": "onnxprune.cli.profile",
 }
 # each command's one-line summary, so that `onnxprune --help` lists the commands without
 # importing them: prune's module imports torch, which a target-device install does not have
@@ -38,6 +39,7 @@ _SUMMARIES = {
     "inspect": "Per-layer MACs, params and prunability of MODEL.onnx.",
     "apply": "Physically remove what a pruning plan names (and all-zero channels) from IN.onnx.",
     "bench": "Measure ONNX models side by side on onnxruntime; speedups are relative to the first.",
+    "profile": "Time each prunable layer of MODEL over a grid of kept widths; write a latency table.",
 }
 # what a target-device install leaves out; a command that needs one says so in one line
 _OPTIONAL_ON_TARGET = ("torch", "torchvision", "onnx2torch", "matplotlib", "onnx_ir")

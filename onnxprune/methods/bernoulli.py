@@ -56,6 +56,7 @@ from onnxprune.methods._support.compaction import Compaction, CompactionError, s
 from onnxprune.methods._support.resource import (
     CHANNEL_MULTIPLE_OPTION,
     GATE_LR_OPTION,
+    LATENCY_TABLE_OPTION,
     TARGET_MACS_OPTION,
     parse_target,
     round_counts,
@@ -82,6 +83,7 @@ class Bernoulli(PruningMethod):
         TARGET_MACS_OPTION,
         GATE_LR_OPTION,
         CHANNEL_MULTIPLE_OPTION,
+        LATENCY_TABLE_OPTION,
         click.Option(["--strength"], type=click.FloatRange(0), default=10.0, show_default=True,
                      help="bernoulli: accuracy vs pruning (loss worth the whole model's cost)."),
         click.Option(["--layer-vs-unit"], type=click.FloatRange(0, 1), default=0.5, show_default=True,
@@ -100,6 +102,11 @@ class Bernoulli(PruningMethod):
 
     def setup(self, ctx: TrainContext) -> None:
         self.structure = s = Structure.from_context(ctx, with_branches=True)
+        if self.config.get("latency_table"):  # the resource is the table's predicted latency
+            from onnxprune.methods._support.latency_table import latency_resource
+
+            self.structure.resource = latency_resource(self.structure, ctx, self.config["latency_table"])
+            s = self.structure
         self.b0 = s.resource.total_macs
         self.p0 = max(s.resource.total_params, 1.0)
         cfg = self.config

@@ -34,6 +34,7 @@ from onnxprune.methods._support.channel_gates import GateBank, Structure
 from onnxprune.methods._support.resource import (
     CHANNEL_MULTIPLE_OPTION,
     GATE_LR_OPTION,
+    LATENCY_TABLE_OPTION,
     TARGET_MACS_OPTION,
     TRAIL_OPTION,
     parse_target,
@@ -107,6 +108,7 @@ class Lagrangian(PruningMethod):
         TARGET_MACS_OPTION,
         TRAIL_OPTION,
         CHANNEL_MULTIPLE_OPTION,
+        LATENCY_TABLE_OPTION,
         click.Option(["--taper-epochs"], type=click.IntRange(1), default=None,
                      help="lagrangian: epochs within which the budget reaches the target [default: half of --epochs]."),
         click.Option(["--settle-epochs"], type=click.IntRange(0), default=None,
@@ -147,6 +149,10 @@ class Lagrangian(PruningMethod):
 
     def setup(self, ctx: TrainContext) -> None:
         self.structure = Structure.from_context(ctx)
+        if self.config.get("latency_table"):  # the resource is the table's predicted latency
+            from onnxprune.methods._support.latency_table import latency_resource
+
+            self.structure.resource = latency_resource(self.structure, ctx, self.config["latency_table"])
         res = self.structure.resource
         self.b0 = res.total_macs
         from onnxprune.methods._support.resource import smallest_reachable

@@ -40,6 +40,11 @@ CHANNEL_MULTIPLE_OPTION = click.Option(
 GATE_LR_OPTION = click.Option(["--gate-lr"], type=click.FloatRange(0, min_open=True), default=None,
                               help="structured methods: learning rate of the gate parameters' own Adam "
                                    "optimizer [lagrangian: 0.05, or 4 / taper steps if larger; bernoulli 0.05].")
+LATENCY_TABLE_OPTION = click.Option(
+    ["--latency-table"], type=click.Path(exists=True, dir_okay=False), default=None,
+    help="structured methods: a table from `onnxprune profile`; the budget is then the table's predicted latency "
+         "(--target-macs F = F of the predicted full-width latency) and --channel-multiple M becomes a band: "
+         "each layer keeps the largest count within M that the table says is no slower (docs/latency-table.md).")
 _SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 
 
@@ -264,6 +269,8 @@ def select_to_budget(scores: Mapping[str, torch.Tensor], resource: Resource, tar
         masks = {gid: a.clone() for gid, a in allowed.items()}
         for _, gid, i in order[:k]:
             masks[gid][i] = False
+        if multiple > 1 and hasattr(resource, "round_widths"):  # a latency table: its fastest widths
+            return resource.round_widths(scores, masks, multiple, allowed, dropped_branches)
         return round_counts(scores, masks, multiple, allowed) if multiple > 1 else masks
 
     def fits(k: int) -> bool:
@@ -279,6 +286,8 @@ def select_to_budget(scores: Mapping[str, torch.Tensor], resource: Resource, tar
     while lo < len(order) and not fits(lo):
         lo += 1
     masks = masks_after(lo)
+    if hasattr(resource, "round_widths"):  # widths chosen by the table, not blocks of a multiple
+        return masks
     return _fill(scores, masks, resource, target, dropped_branches, multiple, allowed) if multiple > 1 else masks
 
 

@@ -1,0 +1,295 @@
+"""Per-layer latency tables: ``onnxprune profile MODEL --out latency.json`` (issue 19, item 2).
+
+Every prunable layer (a Conv, Gemm or MatMul whose weight is a constant) is cut out of the
+model as a one-node ONNX model: its input at the shape the layer sees in the model (static shape
+inference at the profiled batch), its weight sliced to a kept width. Two sweeps per layer:
+
+    out-sweep: k_out of C_out output channels kept, all C_in inputs     -> L_out(k_out)
+    in-sweep:  k_in of C_in input channels kept, all C_out outputs      -> L_in(k_in)
+
+over a grid of kept counts (1/8 .. 8/8 of the width and a few counts that are not multiples of 8,
+:func:`kept_grid`). A depthwise conv has one sweep (its inputs are its outputs); a grouped conv and
+a layer that does not fit the shapes handled here are timed at full width only and say why.
+
+All widths of one layer are timed *interleaved* in one :func:`~onnxprune.measure.latency.measure_latency`
+call (warm-up, then alternating rounds; p50, p90 and the spread), together with the whole model as
+a reference. On a loaded machine the load changes from layer to layer, so every layer's figures are
+rescaled by ``whole_p50 / reference_p50 of that layer`` (the median whole-model p50 over all layers
+divided by the one measured alongside this layer): what is kept is each layer's latency *relative to
+the whole model under the same load*, expressed in ms of the median whole-model figure.
+
+The table also records the non-prunable remainder:
+
+    remainder = L(whole model) - sum_layers L_layer(full width)
+
+It is what the layers' one-node models do not cover (activations, pooling, additions, per-call
+overhead of the whole model) minus what they double count (each one-node model pays its own per-call
+overhead); it may be negative. :mod:`onnxprune.methods._support.latency_table` reads the table.
+
+Torch-free: onnx, onnxruntime and numpy only (no channel-group analysis: each layer is keyed by its
+node's name and output, and the pruning side maps its groups onto them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import os
+import platform
+import statistics
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxprune.errors import OnnxPruneError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "onnxprune-latency-table/1"
+PROFILED_OPS = ("Conv", "Gemm", "MatMul")
+
+
+@dataclasses.dataclass
+class Layer:
+    """A prunable layer of the model: where its channels lie and what input it sees."""
+
+    node: onnx.NodeProto
+    index: int  # position in graph.node
+    weight: np.ndarray
+    bias: np.ndarray | None
+    input_shape: tuple[int, ...]
+    out_axis: int  # weight axis of the output channels
+    in_axis: int | None  # weight axis of the input channels (None: not sliceable)
+    full_out: int
+    full_in: int
+    depthwise: bool = False
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.node.name or self.node.output[0]
+
+
+def kept_grid(width: int, eighths: int = 8, odd: Sequence[float] = (0.3, 0.55, 0.8)) -> list[int]:
+    """Kept counts to time for a layer of ``width`` channels: k/8 of the width for k = 1..8
+    (rounded, at least 1) and, for widths of 16 or more, a few counts that are not multiples of 8
+    (fractions ``odd`` of the width moved off the multiple of 8), so the table sees how much an
+    odd count costs."""
+    counts = {max(1, round(width * k / eighths)) for k in range(1, eighths + 1)}
+    if width >= 16:
+        for frac in odd:
+            k = max(1, round(width * frac))
+            counts.add(k + 1 if k % 8 == 0 else k)
+    return sorted(c for c in counts if 1 <= c <= width)
+
+
+def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+
+
+def find_layers(model: onnx.ModelProto) -> list[Layer]:
+    """The prunable layers of ``model`` (static shapes already inferred, :func:`infer_static_shapes`)."""
+    from onnxprune.graph.shapes import static_shape_map
+
+    shapes, consts = static_shape_map(model), _constants(model)
+    layers = []
+    for index, node in enumerate(model.graph.node):
+        if node.op_type not in PROFILED_OPS or len(node.input) < 2 or node.input[1] not in consts:
+            continue
+        weight = consts[node.input[1]]
+        bias = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if len(node.input) > 2 and node.input[2] and bias is None:
+            continue  # a bias computed in the graph: cannot be cut out alone
+        x_shape = shapes.get(node.input[0])
+        if x_shape is None or weight.dtype != np.float32:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Conv":
+            group = int(attrs.get("group", 1))
+            c_out, c_in = weight.shape[0], x_shape[1]
+            if group == 1:
+                layers.append(Layer(node, index, weight, bias, x_shape, 0, 1, c_out, c_in))
+            elif group == c_in == c_out and weight.shape[1] == 1:
+                layers.append(Layer(node, index, weight, bias, x_shape, 0, None, c_out, c_in, depthwise=True))
+            else:
+                layers.append(Layer(node, index, weight, bias, x_shape, 0, None, c_out, c_in,
+                                    note=f"grouped conv (group={group}): timed at full width only"))
+        elif node.op_type == "Gemm":
+            if attrs.get("transA", 0) or weight.ndim != 2:
+                continue
+            trans_b = int(attrs.get("transB", 0))
+            out_axis, in_axis = (0, 1) if trans_b else (1, 0)
+            layers.append(Layer(node, index, weight, bias, x_shape, out_axis, in_axis,
+                                weight.shape[out_axis], weight.shape[in_axis]))
+        elif weight.ndim == 2:  # MatMul x[..., K] @ W[K, N]
+            layers.append(Layer(node, index, weight, None, x_shape, 1, 0, weight.shape[1], weight.shape[0]))
+    return layers
+
+
+def single_layer_model(layer: Layer, k_out: int, k_in: int, opset: int) -> tuple[onnx.ModelProto, tuple[int, ...]]:
+    """The layer alone with ``k_out`` output and ``k_in`` input channels kept (the first ones:
+    latency does not depend on which); returns the model and its input's shape."""
+    w = layer.weight
+    w = np.take(w, np.arange(k_out), axis=layer.out_axis)
+    x_shape = list(layer.input_shape)
+    attrs = [a for a in layer.node.attribute]
+    if layer.depthwise:
+        k_in = k_out
+        x_shape[1] = k_out
+        attrs = [a for a in attrs if a.name != "group"] + [helper.make_attribute("group", k_out)]
+    elif k_in != layer.full_in:
+        if layer.in_axis is None:
+            raise ValueError(f"{layer.name}: input side not sliceable")
+        w = np.take(w, np.arange(k_in), axis=layer.in_axis)
+        x_shape[1 if layer.node.op_type == "Conv" else -1] = k_in
+    inits = [numpy_helper.from_array(np.ascontiguousarray(w), "W")]
+    inputs = ["x", "W"]
+    if layer.bias is not None:
+        b = layer.bias
+        if b.ndim >= 1 and b.shape[-1] == layer.full_out:
+            b = b[..., :k_out]
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(b), "B"))
+        inputs.append("B")
+    node = helper.make_node(layer.node.op_type, inputs, ["y"], name=layer.name)
+    node.attribute.extend(attrs)
+    graph = helper.make_graph([node], "layer", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = min(model.ir_version, 10)
+    return model, tuple(x_shape)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _device_name(provider: str) -> str:
+    if provider == "cpu":
+        return cpu_model()
+    from onnxprune.measure.latency import cuda_status
+
+    return cuda_status()[1]
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+
+
+def _whole_model_inputs(model: onnx.ModelProto, batch: int, input_shapes: dict | None):
+    from onnxprune.graph.shapes import resolve_input_shapes
+
+    shapes = resolve_input_shapes(model, input_shapes or {})
+    return {name: (batch, *shape[1:]) if shape else shape for name, shape in shapes.items()}
+
+
+def profile_model(model: onnx.ModelProto | str | os.PathLike, *, providers: Sequence[str] = ("cpu",),
+                  batches: Sequence[int] = (1,), threads: int | None = 1, seconds: float = 0.6,
+                  min_runs: int = 20, warmup: int = 5, input_shapes: dict | None = None,
+                  layers: Sequence[str] | None = None, seed: int = 0,
+                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Times every prunable layer over its kept-width grid; returns the table (a JSON-ready dict,
+    module docstring). ``seconds`` is the time budget of one layer's interleaved sweep; ``layers``
+    limits the profile to those node names."""
+    import onnxruntime as ort
+
+    from onnxprune.graph.modelio import load_model
+    from onnxprune.graph.shapes import infer_static_shapes, random_feeds
+    from onnxprune.importing.normalize import normalize
+    from onnxprune.measure.latency import measure_latency, resolve_batch, resolve_threads
+
+    path = None
+    if not isinstance(model, onnx.ModelProto):
+        path, model = os.fspath(model), load_model(model)
+    model = normalize(model)  # Constant weights become initializers, as the pruning side sees them
+    opset = _opset(model)
+    rng = np.random.default_rng(seed)
+    table: dict[str, Any] = {
+        "format": FORMAT, "model": path, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "numpy": np.__version__,
+                     "python": platform.python_version()},
+        "threads": resolve_threads(threads), "seconds_per_layer": seconds, "profiles": [],
+        "notes": {"p50_ms": "per-call latency of the one-node model, rescaled to the median whole-model p50 "
+                            "(the whole model is timed interleaved with every layer's sweep)",
+                  "remainder_ms": "whole-model p50 minus the sum of the layers' full-width p50 (may be negative)",
+                  "sweeps": "out: k output channels kept, all inputs; in: k input channels kept, all outputs"},
+    }
+    for provider in providers:
+        for batch in batches:
+            batch = resolve_batch([model], batch)
+            shapes_in = _whole_model_inputs(model, batch, input_shapes)
+            shaped = infer_static_shapes(model, shapes_in)
+            found = [layer for layer in find_layers(shaped) if layers is None or layer.name in layers]
+            if not found:
+                raise OnnxPruneError("no prunable layer (Conv, Gemm or MatMul with a constant weight) to profile")
+            whole_feeds = random_feeds(model, shapes_in, seed)
+            entries, refs = [], []
+            for i, layer in enumerate(found):
+                if progress:
+                    progress(f"{provider} batch {batch}: layer {i + 1}/{len(found)} {layer.name} "
+                             f"({layer.node.op_type}, {layer.full_out} out x {layer.full_in} in)")
+                entry, ref = _profile_layer(layer, model, whole_feeds, opset, provider, batch, threads, seconds,
+                                            min_runs, warmup, rng, measure_latency)
+                entries.append(entry)
+                refs.append(ref)
+            whole = statistics.median(refs)
+            for entry, ref in zip(entries, refs):  # every layer in ms of the median whole-model p50
+                scale = whole / ref
+                entry["load_scale"] = round(scale, 4)
+                for sweep in entry["sweeps"].values():
+                    for point in sweep:
+                        point["p50_ms"] = point["p50_ms"] * scale
+                        point["p90_ms"] = point["p90_ms"] * scale
+                entry["full_p50_ms"] = entry["sweeps"]["out"][-1]["p50_ms"]
+            layer_sum = sum(entry["full_p50_ms"] for entry in entries)
+            table["profiles"].append({
+                "provider": provider, "device": _device_name(provider), "batch": batch,
+                "input_shapes": {k: list(v) for k, v in shapes_in.items()},
+                "model_p50_ms": whole, "model_p50_spread_ms": [min(refs), max(refs)],
+                "layers_sum_ms": layer_sum, "remainder_ms": whole - layer_sum, "layers": entries,
+            })
+    return table
+
+
+def _profile_layer(layer: Layer, model, whole_feeds, opset, provider, batch, threads, seconds, min_runs, warmup,
+                   rng, measure_latency) -> tuple[dict[str, Any], float]:
+    """One layer's sweeps, timed interleaved with the whole model; (entry, whole-model p50)."""
+    plan: list[tuple[str, int, int]] = [("out", k, layer.full_in) for k in kept_grid(layer.full_out)]
+    note = layer.note
+    if layer.in_axis is not None and not layer.depthwise:
+        plan += [("in", layer.full_out, k) for k in kept_grid(layer.full_in) if k != layer.full_in]
+    elif not layer.depthwise and not note:
+        note = "input side not sliceable: out-sweep only"
+    if layer.note:  # grouped conv: full width only
+        plan = [("out", layer.full_out, layer.full_in)]
+    models, feeds, names = [model], [whole_feeds], ["whole"]
+    for side, k_out, k_in in plan:
+        single, x_shape = single_layer_model(layer, k_out, k_in, opset)
+        models.append(single)
+        feeds.append({"x": rng.standard_normal(x_shape).astype(np.float32)})
+        names.append(f"{side}{k_out}x{k_in}")
+    stats = measure_latency(models, feeds, provider=provider, threads=threads, batch=batch, seconds=seconds,
+                            min_runs=min_runs, warmup=warmup, memory_runs=0, names=names)
+    sweeps: dict[str, list[dict[str, Any]]] = {"out": [], "in": []}
+    for (side, k_out, k_in), s in zip(plan, stats[1:]):
+        kept = k_out if side == "out" else k_in
+        sweeps[side].append({"kept": kept, "p50_ms": s.p50_ms, "p90_ms": s.p90_ms, "runs": s.runs})
+    if layer.in_axis is not None and not layer.depthwise and not layer.note:
+        sweeps["in"].append(dict(sweeps["out"][-1], kept=layer.full_in))  # the full width, shared
+    entry = {"node": layer.name, "output": layer.node.output[0], "op": layer.node.op_type,
+             "full_out": layer.full_out, "full_in": layer.full_in, "depthwise": layer.depthwise,
+             "input_shape": list(layer.input_shape), "sweeps": {k: v for k, v in sweeps.items() if v}}
+    if note:
+        entry["note"] = note
+    return entry, stats[0].p50_ms
