@@ -33,8 +33,10 @@ log = logging.getLogger(__name__)
 
 def apply_plan(model: onnx.ModelProto, plan: PruningPlan, input_shapes: dict[str, tuple[int, ...]] | None = None,
                *, dead_structure: bool = True, analysis: GroupAnalysis | None = None) -> onnx.ModelProto:
-    """The physically pruned model: equal to ``masked_reference(model, plan)`` on onnxruntime."""
-    analysis = analysis or analyze(model, input_shapes)
+    """The physically pruned model: equal to ``masked_reference(model, plan)`` on onnxruntime
+    (close to it where the plan opts in to a transformer's hidden size, ``meta["hidden_size"]``:
+    LayerNormalization over a pruned width is not exact, see AnalysisOptions)."""
+    analysis = analysis or analyze(model, input_shapes, hidden_size=bool(plan.meta.get("hidden_size", False)))
     analysis.validate(plan)
     kept = {g: k for g, k in plan.kept.items() if len(k) < analysis.group(g).size}
     emptied = {analysis.group(g).branch for g, k in kept.items() if not k} - set(plan.dropped_branches)

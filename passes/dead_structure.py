@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onnxprune.graph.macs import PRUNABLE_OPS
 from onnxprune.passes.cleanup import CleanupPass
 from onnxprune.passes.probe import probe_values
 from onnxprune.passes.prune_channels import PruneChannelsPass
@@ -108,7 +109,7 @@ class DeadStructurePass(ir.passes.InPlacePass):
 def _has_zero_slice(model: ir.Model) -> bool:
     """Does a layer weight have an all-zero slice on its first two axes (a candidate dead channel)?"""
     for node in model.graph:
-        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.inputs) < 2:
+        if node.op_type not in PRUNABLE_OPS or len(node.inputs) < 2:
             continue
         weight = node.inputs[1]
         if weight is None or weight.const_value is None:

@@ -53,8 +53,8 @@ def head_units(graph: ir.Graph, shapes: dict[str, tuple[int, ...]]) -> dict[str,
             value, chunk = traced
             columns = shapes.get(value.name, (0,))[-1]
             size = columns // chunk[1] if chunk else columns
-            if columns % (chunk[1] if chunk else 1) or size % d or size == d:
-                continue  # not whole heads, or one head only (nothing to prune per head)
+            if columns % (chunk[1] if chunk else 1) or size % d:
+                continue  # not whole heads (one head left is still a unit: a pruned model analyzed again)
             offsets = {size * i for i in range(1, chunk[1])} if chunk else set()
             known = found.setdefault(value.name, (d, set()))
             if known[0] != d:

@@ -155,6 +155,9 @@ def _einsum(node, shapes) -> int:
     return math.prod(sizes.values())
 
 
+# ops whose weight (input 1) methods prune, by element or by channel: the one list of them
+PRUNABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
 _COUNTERS = {
     "Conv": _conv,
     "ConvTranspose": _conv_transpose,

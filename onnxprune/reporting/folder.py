@@ -30,14 +30,13 @@ from typing import Any
 import onnx
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.graph.macs import PRUNABLE_OPS as WIDTH_OPS
 from onnxprune.graph.macs import format_count
 from onnxprune.reporting import run_report as run_report
 from onnxprune.reporting.plots import plot_layer_widths, plot_trail
 from onnxprune.run.outputs import fault_point
 
 log = logging.getLogger(__name__)
-
-WIDTH_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def layer_widths(model: onnx.ModelProto) -> dict[str, dict[str, Any]]:

@@ -15,8 +15,8 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune import __version__
+from onnxprune.graph.macs import PRUNABLE_OPS
 
-PRUNABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 REPORT_VERSION = 1
 
 
@@ -51,21 +51,25 @@ def nonzero_weights(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def build_run_report(*, config, method, plan, before, after, nonzero_before, nonzero_after, final, baseline,
-                 history, seconds, samples, device, world_size, model=None) -> dict[str, Any]:
+                     history, seconds, samples, device, world_size, untied_params=0,
+                     method_options=None) -> dict[str, Any]:
+    """``untied_params``: parameters the import added by giving each consuming op its own copy of
+    a shared initializer (so each trains on its own); the written model keeps those copies.
+    ``method_options``: the method's options in full (defaults included) [default: as given]."""
     return {
         "report_version": REPORT_VERSION,
         "tool_version": __version__,
         "input": os.fspath(config.model),
         "output": None if config.out is None else os.fspath(config.out),
         "method": method.name,
-        "method_options": _plain(config.method_options),
+        "method_options": _plain(config.method_options if method_options is None else method_options),
         "training": _plain({**vars(config.train), "loss": config.loss, "temperature": config.temperature,
                             "holdout": config.holdout}),
         "calibration": {"source": config.calib, "labels": config.labels, **samples},
         "device": device,
         "world_size": world_size,
         "macs": {"before": before.total_macs, "after": after.total_macs},
-        "params": {"before": before.total_params, "after": after.total_params},
+        "params": {"before": before.total_params, "after": after.total_params, "untied": untied_params},
         "prunable_weights": {"before": nonzero_before, "after": nonzero_after},
         "original": baseline,
         "pruned": final,
@@ -147,7 +151,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     lines = [
         f"method      {report['method']} {json.dumps(report['method_options'], sort_keys=True)}",
         f"MACs        {change(m)}",
-        f"params      {change(p)}",
+        f"params      {change(p)}" + (f" (+{format_count(p['untied'])} from shared weights given one copy per use)"
+                                      if p.get("untied", 0) > 0 and p["after"] > p["before"] else ""),
         f"nonzero     {format_count(w['before']['nonzero'])} -> {format_count(w['after']['nonzero'])} "
         f"prunable weights ({ratio(w['after']['nonzero'], w['before']['total'])} of {format_count(w['before']['total'])})",
     ]

@@ -40,13 +40,13 @@ import torch
 import torch.distributed as dist
 
 from onnxprune.errors import OnnxPruneError, TrainingDivergedError
+from onnxprune.graph.macs import PRUNABLE_OPS  # the one list (also reporting, dead-structure pass)
 from onnxprune.methods.base import PruningMethod, TrainContext
 
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
-PRUNABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _STATISTICS_SAMPLES = 256  # inputs a method may use for activation statistics (ctx.calibration)
 
 
