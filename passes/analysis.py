@@ -16,7 +16,7 @@ import onnx_ir as ir
 
 from onnxprune.graph.names import OnnxNames
 from onnxprune.passes.plan import PlanError, PruningPlan
-from onnxprune.passes.structures import ChannelGroup, IntEdit, MacTerm, Piece, ResidualBranch
+from onnxprune.passes.structures import ChannelGroup, IntEdit, MacTerm, PaddedNorm, Piece, ResidualBranch
 
 
 def unique_node_names(nodes: Iterable[tuple[str, str]]) -> list[str]:
@@ -53,13 +53,23 @@ class AnalysisOptions:
     """Structures the analysis may offer beyond the exact ones.
 
     ``hidden_size``: a transformer's residual stream (embeddings, every residual Add, every
-    LayerNormalization's scale and bias, the output head) is one group. A LayerNormalization over
-    a pruned width takes its mean and variance over the kept channels only, where the masked
-    model also averages the removed (zero) channels, so the result is close but not equal;
-    such groups carry ``ChannelGroup.approximate`` (docs/transformers.md gives the error).
+    LayerNormalization's scale and bias, the output head) is one group. In the masked model a
+    LayerNormalization still averages the removed channels, as zeros: mean S/D and variance
+    Q/D - (S/D)^2 over the full width D. ``hidden_norm`` says how the pruned model matches it:
+
+    ``"pad"``     exact: the kept channels are padded back to D with zeros before each
+                  LayerNormalization (scale and bias padded too) and sliced after it
+    ``"narrow"``  the LayerNormalization runs over the kept width D' (mean S/D', variance
+                  over D'); not exact (about 5% relative output error per 1/16 of the width
+                  removed, docs/transformers.md), the groups carry ``ChannelGroup.approximate``
     """
 
     hidden_size: bool = False
+    hidden_norm: str = "pad"
+
+    def __post_init__(self) -> None:
+        if self.hidden_norm not in ("pad", "narrow"):
+            raise ValueError(f"hidden_norm must be 'pad' or 'narrow', not {self.hidden_norm!r}")
 
 
 @dataclasses.dataclass
@@ -72,6 +82,7 @@ class GroupAnalysis:
     int_edits: list[IntEdit]
     input_shapes: dict[str, tuple[int, ...]]
     options: AnalysisOptions = dataclasses.field(default_factory=AnalysisOptions)
+    padded_norms: list[PaddedNorm] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._groups = {g.id: g for g in self.groups}

@@ -1,6 +1,7 @@
 """``apply_plan``: run the passes in order on a copy of the model and verify the result.
 
     1. PruneChannelsPass       plan.kept; constants a removed channel leaves come from the masked reference
+       PadNormsPass            LayerNormalizations over a pruned hidden size padded to their full width
     2. RemoveBranchesPass      plan.dropped_branches; branches of emptied groups become constants
     3. CleanupPass             unused nodes and weights
     4. DeadStructurePass       all-zero channels (constants folded), then cleanup again
@@ -22,6 +23,7 @@ from onnxprune.passes.cleanup import CleanupPass, checked_proto
 from onnxprune.passes.dead_structure import DeadStructurePass
 from onnxprune.passes.groups import GroupAnalysis, analyze
 from onnxprune.passes.masking import masked_reference
+from onnxprune.passes.pad_norms import PadNormsPass
 from onnxprune.passes.plan import PlanError, PruningPlan
 from onnxprune.passes.probe import probe_values
 from onnxprune.passes.prune_channels import PruneChannelsPass
@@ -34,8 +36,8 @@ log = logging.getLogger(__name__)
 def apply_plan(model: onnx.ModelProto, plan: PruningPlan, input_shapes: dict[str, tuple[int, ...]] | None = None,
                *, dead_structure: bool = True, analysis: GroupAnalysis | None = None) -> onnx.ModelProto:
     """The physically pruned model: equal to ``masked_reference(model, plan)`` on onnxruntime
-    (close to it where the plan opts in to a transformer's hidden size, ``meta["hidden_size"]``:
-    LayerNormalization over a pruned width is not exact, see AnalysisOptions)."""
+    (a plan that prunes a transformer's hidden size opts in with ``meta["hidden_size"]``, see
+    AnalysisOptions)."""
     analysis = analysis or analyze(model, input_shapes, hidden_size=bool(plan.meta.get("hidden_size", False)))
     analysis.validate(plan)
     kept = {g: k for g, k in plan.kept.items() if len(k) < analysis.group(g).size}
@@ -43,8 +45,10 @@ def apply_plan(model: onnx.ModelProto, plan: PruningPlan, input_shapes: dict[str
     needed = [site.value for g, k in kept.items() if k for site in analysis.group(g).folds if site.gate != State.ZERO]
     needed += [analysis.branch(b).branch_output for b in emptied]
     values = probe_values(masked_reference(model, plan, analysis), needed, analysis.input_shapes) if needed else [{}]
+    removed = {g: sorted(set(range(analysis.group(g).size)) - set(k)) for g, k in kept.items() if k}
     passes = [
         PruneChannelsPass(analysis, kept, values[0]),
+        PadNormsPass(analysis, removed),
         RemoveBranchesPass(analysis, plan.dropped_branches,
                            {b: _branch_constant(analysis, b, kept, values) for b in emptied}),
         CleanupPass(),

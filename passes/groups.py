@@ -35,6 +35,7 @@ from onnxprune.passes.structures import (
     FoldSite,
     IntEdit,
     MacTerm,
+    PaddedNorm,
     Piece,
     ResidualBranch,
     State,
@@ -83,6 +84,7 @@ class _Builder(RuleContext):
         self.mac_in: dict[str, tuple[Piece, ...]] = {}
         self.mac_out: dict[str, tuple[Piece, ...]] = {}
         self.depthwise: set[str] = set()
+        self.norm_pads: list[PaddedNorm] = []
         self._touched: set[str] = set()
         self._outputs = {v.name for v in graph.outputs}
 
@@ -256,7 +258,12 @@ class _Builder(RuleContext):
             self.space(seg.space).nodes.append(self.node.name)
 
     def option(self, name):
-        return bool(getattr(self.options, name))
+        return getattr(self.options, name)
+
+    def pad_norm(self, layout):
+        """This LayerNormalization keeps the full width: its input is padded with zeros."""
+        pieces = tuple(Piece(str(s.space), 0, s.size) for s in layout.segments)
+        self.norm_pads.append(PaddedNorm(self.node.name, layout.rank, pieces))
 
     def approximate(self, reason, layout):
         """Removing these channels is allowed (an option asked for it) but not exact."""
@@ -645,7 +652,8 @@ def _finish(builder: _Builder, graph: ir.Graph, branches, cost, input_shapes, op
                 for b in branches]
     log.info("analysis: %d groups (%d prunable), %d residual branches", len(groups),
              sum(g.prunable for g in groups), len(branches))
-    return GroupAnalysis(groups, branches, terms, edits, dict(input_shapes), options)
+    pads = [dataclasses.replace(p, pieces=remap(p.pieces)) for p in builder.norm_pads]
+    return GroupAnalysis(groups, branches, terms, edits, dict(input_shapes), options, pads)
 
 
 def _freeze_conflicting_edits(builder: _Builder) -> None:

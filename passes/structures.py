@@ -73,6 +73,17 @@ class IntEdit:
 
 
 @dataclasses.dataclass(frozen=True)
+class PaddedNorm:
+    """A LayerNormalization over the last axis whose channels (``pieces``, in order) may be pruned:
+    its input is padded back to the full width with zeros so its statistics stay those of the
+    masked model (``hidden_norm="pad"``)."""
+
+    node: str
+    rank: int
+    pieces: tuple[Piece, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class FoldSite:
     """A consumer whose input ``value`` may carry a constant for a removed channel.
 

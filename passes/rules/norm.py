@@ -14,7 +14,10 @@ is marked approximate. With r of D channels removed, the masked model normalizes
     y_i = g_i (x_i - S/D) / sqrt(Q/D - (S/D)^2 + eps) + b_i      (S, Q: sums of x, x^2 over kept i)
 
 while the pruned one divides by D - r: a shift of the mean that depends on the input, which no
-constant can undo, so this is never exact (docs/transformers.md measures the error).
+constant can undo. So by default (``hidden_norm="pad"``) the pruned LayerNormalization gets its
+input padded back to D with zeros and its output sliced to the kept channels, which gives the
+masked statistics exactly; ``hidden_norm="narrow"`` leaves it narrow and marks the group
+approximate (docs/transformers.md measures the error).
 """
 
 from __future__ import annotations
@@ -71,6 +74,9 @@ def _hidden(node, ctx, layout, axis: int) -> bool:
             or any(o.uses() or o.is_graph_output() for o in node.outputs[1:])):
         return False
     sliced = [ctx.follow(layout, v.name, 0) for v in params]
-    ctx.approximate(f"LayerNormalization {node.name!r} normalizes over a pruned width", layout)
+    if ctx.option("hidden_norm") == "narrow":
+        ctx.approximate(f"LayerNormalization {node.name!r} normalizes over a pruned width", layout)
+    else:
+        ctx.pad_norm(layout)  # exact: zeros stand in for the removed channels in mean and variance
     ctx.set_layout(node.outputs[0], layout.reset([tuple(s[k] for s in sliced) for k in range(len(layout.segments))]))
     return True
