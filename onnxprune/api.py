@@ -86,10 +86,10 @@ def prune(model: PathLike, out: PathLike | None = None, *, method: str, calib: s
     run = {k: values.pop(k) for k in _RUN if k in values}
     images = {"mean": 0.0, "std": 1.0, "channel_order": "rgb", "layout": "auto",
               **{k: values.pop(k) for k in _IMAGES if k in values}}
-    own = {o.name for o in methods[method].options}
+    own = methods[method].option_names()
     unknown = sorted(set(values) - own)
     if unknown:
-        others = {name: sorted(m for m, cls in methods.items() if name in {o.name for o in cls.options})
+        others = {name: sorted(m for m, cls in methods.items() if name in cls.option_names())
                   for name in unknown}
         said = [f"{name} (an option of {', '.join(others[name])})" if others[name] else name for name in unknown]
         raise OnnxPruneError(f"prune(method={method!r}): unknown option(s) {', '.join(said)}; "

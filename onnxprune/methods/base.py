@@ -42,8 +42,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-import click
 import torch
+
+from onnxprune.methods.options import MethodOptions
 
 
 @dataclasses.dataclass
@@ -72,31 +73,32 @@ class TrainContext:
     lr_probe: Any = None  # without --lr: the probe's chosen rate and losses (onnxprune.training.lr_probe)
 
 
-# Options several methods read: declaring them by these objects makes the prune command's merge
-# (which requires identical opts, type, default and flags) hold by construction.
-SPARSITY_OPTION = click.Option(
-    ["--sparsity"], type=float, default=None,
-    help="Target fraction of weights (or channels) removed.",
-)
-# methods that prune weights or, on request, whole channels (LC, LTP)
-GRANULARITY_OPTION = click.Option(
-    ["--granularity"], type=click.Choice(["weight", "channel"]), default="weight",
-    help="weight: zeros (smaller file with --sparse-storage); channel: channels removed (faster).",
-)
-
-
 class PruningMethod:
-    """Base class: every hook is a no-op, so a method overrides only what it needs."""
+    """Base class: every hook is a no-op, so a method overrides only what it needs.
+
+    ``Options`` is the method's frozen options dataclass (:mod:`onnxprune.methods.options`);
+    ``PruningMethod(**values)`` builds and checks it once, and the hooks read ``self.options``.
+    The prune command and the API take their option names, defaults and checks from it."""
 
     name: ClassVar[str] = ""
     help: ClassVar[str] = ""
     granularities: ClassVar[tuple[str, ...]] = ("weight",)
-    # click options this method reads; the prune command merges all methods' options
-    # (an option shared by several methods must be declared identically).
-    options: ClassVar[list[click.Option]] = []
+    Options: ClassVar[type[MethodOptions] | None] = None
+    # click options of a method not yet declaring ``Options`` (read by the prune command)
+    options: ClassVar[list[Any]] = []
 
     def __init__(self, **options: Any) -> None:
-        self.config = options
+        if self.Options is not None:
+            self.options = self.Options.build(options)
+            self.config = self.options.to_dict()
+        else:
+            self.config = options
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        if cls.Options is not None:
+            return {field.name for field in dataclasses.fields(cls.Options)}
+        return {option.name for option in cls.options}
 
     def setup(self, ctx: TrainContext) -> None:
         pass

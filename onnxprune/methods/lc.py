@@ -34,23 +34,22 @@ whose removal by the passes is then exact.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-from typing import ClassVar
 
-import click
 import torch
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.methods._support import projections
 from onnxprune.methods._support import threshold_masks as masking
-from onnxprune.methods._support.resource import CHANNEL_MULTIPLE_OPTION
-from onnxprune.methods.base import (
-    GRANULARITY_OPTION,
-    SPARSITY_OPTION,
-    PruningMethod,
-    TrainContext,
-    register,
+from onnxprune.methods.base import PruningMethod, TrainContext, register
+from onnxprune.methods.options import (
+    MethodOptions,
+    channel_multiple_option,
+    granularity_option,
+    option,
+    sparsity_option,
 )
 
 log = logging.getLogger(__name__)
@@ -58,44 +57,45 @@ log = logging.getLogger(__name__)
 FORMS = ("l0-constraint", "l1-constraint", "l0-penalty", "l1-penalty")
 
 
+@dataclasses.dataclass(frozen=True)
+class LCOptions(MethodOptions):
+    method = "lc"
+    sparsity: float | None = sparsity_option()
+    granularity: str = granularity_option()
+    channel_multiple: int = channel_multiple_option()
+    lc_form: str = option("l0-constraint", "LC: the compression set (C step).", choices=FORMS)
+    mu0: float = option(1e-2, "LC: first penalty weight μ0.", min=0, min_open=True)
+    mu_factor: float = option(1.3, "LC: μ grows by this factor per LC step.", min=1)
+    lc_steps: int = option(20, "LC: number of L/C steps.", min=1)
+    lc_alpha: float = option(1e-6, "LC: penalty weight α (penalty forms).", min=0)
+    lc_radius: float = option(0.2, "LC: ℓ1-ball radius as a fraction of the original weights' ℓ1 norm "
+                                   "(l1-constraint).", min=0, min_open=True)
+    lc_channel_norm: str = option("plain", "LC, --granularity channel: plain ℓ2 norms with the unweighted penalty, "
+                                           "or norms relative to the layer's mean with the penalty weighted the same "
+                                           "way (each C step is the exact projection for its penalty).",
+                                  choices=("plain", "relative"))
+    lc_finetune: float = option(0.3, "LC: fraction of steps fine-tuned with θ's mask fixed after the last C step.",
+                                min=0, max=1, max_open=True)
+
+
 @register
 class LC(PruningMethod):
     name = "lc"
     help = "Learning-Compression: augmented-Lagrangian pruning with one global budget."
     granularities = ("weight", "channel")
-    options: ClassVar[list[click.Option]] = [
-        SPARSITY_OPTION,
-        GRANULARITY_OPTION,
-        CHANNEL_MULTIPLE_OPTION,
-        click.Option(["--lc-form"], type=click.Choice(FORMS), default="l0-constraint",
-                     help="LC: the compression set (C step)."),
-        click.Option(["--mu0"], type=float, default=1e-2, help="LC: first penalty weight μ0."),
-        click.Option(["--mu-factor"], type=float, default=1.3, help="LC: μ grows by this factor per LC step."),
-        click.Option(["--lc-steps"], type=int, default=20, help="LC: number of L/C steps."),
-        click.Option(["--lc-alpha"], type=float, default=1e-6, help="LC: penalty weight α (penalty forms)."),
-        click.Option(["--lc-radius"], type=float, default=0.2,
-                     help="LC: ℓ1-ball radius as a fraction of the original weights' ℓ1 norm (l1-constraint)."),
-        click.Option(["--lc-channel-norm"], type=click.Choice(("plain", "relative")), default="plain",
-                     help="LC, --granularity channel: plain ℓ2 norms with the unweighted penalty, or norms "
-                          "relative to the layer's mean with the penalty weighted the same way (each C step "
-                          "is the exact projection for its penalty)."),
-        click.Option(["--lc-finetune"], type=float, default=0.3,
-                     help="LC: fraction of steps fine-tuned with θ's mask fixed after the last C step."),
-    ]
+    Options = LCOptions
 
     def setup(self, ctx: TrainContext) -> None:
-        cfg = {o.name: o.default for o in self.options} | self.config
-        self.cfg, self.form = cfg, cfg["lc_form"]
-        self.channel = cfg["granularity"] == "channel"
-        if self.form == "l0-constraint" and cfg["sparsity"] is None:
+        o = self.options
+        self.form = o.lc_form
+        self.channel = o.granularity == "channel"
+        if self.form == "l0-constraint" and o.sparsity is None:
             raise OnnxPruneError("--method lc --lc-form l0-constraint needs --sparsity")
-        if cfg["sparsity"] is not None and not 0.0 <= cfg["sparsity"] < 1.0:
-            raise OnnxPruneError(f"--sparsity {cfg['sparsity']}: must be in [0, 1)")
         if self.channel and self.form != "l0-constraint":
             raise OnnxPruneError(f"--granularity channel supports --lc-form l0-constraint only, not {self.form}")
         if self.channel:
             self.groups, self.vars = self._channel_variables(ctx)
-            self.relative = cfg.get("lc_channel_norm", "plain") == "relative"
+            self.relative = o.lc_channel_norm == "relative"
             self.channel_weight = self._layer_normalization() if self.relative else None
             self.penalty_weight = self._penalty_weights() if self.relative else None
             count = len(self.groups)
@@ -103,13 +103,13 @@ class LC(PruningMethod):
             self.groups, self.vars = None, dict(ctx.weights)
             self.penalty_weight = None
             count = sum(w.numel() for w in self.vars.values())
-        self.kappa = round((1.0 - (cfg["sparsity"] or 0.0)) * count)
-        self.radius = cfg["lc_radius"] * float(sum(w.detach().abs().sum() for w in self.vars.values()))
+        self.kappa = round((1.0 - (o.sparsity or 0.0)) * count)
+        self.radius = o.lc_radius * float(sum(w.detach().abs().sum() for w in self.vars.values()))
         total = ctx.epochs * ctx.steps_per_epoch
-        lc_total = total - round(cfg["lc_finetune"] * total)
-        self.lc_steps = max(1, min(cfg["lc_steps"], lc_total))
+        lc_total = total - round(o.lc_finetune * total)
+        self.lc_steps = max(1, min(o.lc_steps, lc_total))
         self.l_length = max(1, lc_total // self.lc_steps)
-        self.mu, self.j, self.gaps = cfg["mu0"], 0, []
+        self.mu, self.j, self.gaps = o.mu0, 0, []
         self.lam = {n: torch.zeros_like(w) for n, w in self.vars.items()}
         self.theta = self._project({n: w.detach() for n, w in self.vars.items()})  # direct compression
         self.mask: dict[str, torch.Tensor] | None = None
@@ -163,8 +163,8 @@ class LC(PruningMethod):
         if self.form == "l1-constraint":
             return projections.l1_ball(values, self.radius)
         if self.form == "l0-penalty":
-            return projections.l0_penalty(values, self.cfg["lc_alpha"], self.mu)
-        return projections.l1_penalty(values, self.cfg["lc_alpha"], self.mu)
+            return projections.l0_penalty(values, self.options.lc_alpha, self.mu)
+        return projections.l1_penalty(values, self.options.lc_alpha, self.mu)
 
     def _keep_channels(self, values: dict[str, torch.Tensor], align: bool = False) -> torch.Tensor:
         """The exact projection's channels: each group's largest, then the top ones up to κ, by
@@ -185,7 +185,7 @@ class LC(PruningMethod):
         if not align:
             return keep
         for gid, index in self.group_index.items():  # runtime-friendly channel counts
-            keep[index] = masking.align_kept(keep[index], sq[index], self.cfg["channel_multiple"])
+            keep[index] = masking.align_kept(keep[index], sq[index], self.options.channel_multiple)
         return keep
 
     def penalty(self, ctx: TrainContext) -> torch.Tensor | None:
@@ -219,7 +219,7 @@ class LC(PruningMethod):
                 self.lam[n] -= self.mu * (w.detach() - self.theta[n])  # multiplier update
         self.j += 1
         self._log(ctx)
-        self.mu *= self.cfg["mu_factor"]
+        self.mu *= self.options.mu_factor
         if self.j == self.lc_steps:
             self._output_theta()
 

@@ -27,23 +27,23 @@ as hard masks while the remaining weights fine-tune.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
 from pathlib import Path
-from typing import ClassVar
 
-import click
 import torch
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.methods._support import threshold_masks as masking
-from onnxprune.methods._support.resource import CHANNEL_MULTIPLE_OPTION, TRAIL_OPTION
-from onnxprune.methods.base import (
-    GRANULARITY_OPTION,
-    SPARSITY_OPTION,
-    PruningMethod,
-    TrainContext,
-    register,
+from onnxprune.methods.base import PruningMethod, TrainContext, register
+from onnxprune.methods.options import (
+    MethodOptions,
+    channel_multiple_option,
+    granularity_option,
+    option,
+    sparsity_option,
+    trail_option,
 )
 
 log = logging.getLogger(__name__)
@@ -77,61 +77,62 @@ class _Layer:
             return self.score() > self.tau()
 
 
+@dataclasses.dataclass(frozen=True)
+class LTPOptions(MethodOptions):
+    method = "ltp"
+    sparsity: float | None = sparsity_option()
+    granularity: str = granularity_option()
+    trail: str | None = trail_option()
+    channel_multiple: int = channel_multiple_option()
+    l0_weight: float | None = option(None, "LTP: weight λ of the L0 term (start value with --sparsity).", min=0)
+    lr_threshold: float | None = option(None, "LTP: learning rate of the thresholds [default: 8 / steps of the "
+                                              "LTP phase].", min=0, min_open=True)
+    ltp_t0: float = option(1e-1, "LTP: temperature factor T0 in T = T0·Var(|w|).", min=0, min_open=True)
+    ltp_exact_mask_gradient: bool = option(
+        False, "LTP: the masked weight v = w·m gets the exact ∂v/∂w = m + 2w²σ'/T instead of the simplified "
+               "∂v/∂w ≈ m (the L0 term's own gradient is --ltp-l0-weight-gradient).",
+        flags=("--ltp-exact-gradient",), negatable=False)
+    ltp_l0_weight_gradient: bool = option(
+        False, "LTP: give the weights the L0 term's gradient (2w/T)·σ', which pushes small weights under the "
+               "threshold (the paper's choice). Off by default: on the validation split it lost 0.45 points at "
+               "95% sparsity on the digits MLP (docs/methods-lc-ltp.md).")
+    ltp_finetune: float = option(0.2, "LTP: fraction of steps fine-tuned with frozen hard masks.",
+                                 min=0, max=1, max_open=True)
+    trail_step: float = option(0.05, "LTP: sparsity step between trail models.", min=0, max=1, min_open=True)
+
+
 @register
 class LTP(PruningMethod):
     name = "ltp"
     help = "Learned Threshold Pruning: one learned threshold per layer, soft masks, L0 penalty."
     granularities = ("weight", "channel")
-    options: ClassVar[list[click.Option]] = [
-        SPARSITY_OPTION,
-        GRANULARITY_OPTION,
-        TRAIL_OPTION,
-        CHANNEL_MULTIPLE_OPTION,
-        click.Option(["--l0-weight"], type=float, default=None, help="LTP: weight λ of the L0 term (start value with --sparsity)."),
-        click.Option(["--lr-threshold"], type=float, default=None,
-                     help="LTP: learning rate of the thresholds [default: 8 / steps of the LTP phase]."),
-        click.Option(["--ltp-t0"], type=float, default=1e-1, help="LTP: temperature factor T0 in T = T0·Var(|w|)."),
-        click.Option(["--ltp-exact-mask-gradient", "--ltp-exact-gradient", "ltp_exact_mask_gradient"],
-                     is_flag=True, default=False,
-                     help="LTP: the masked weight v = w·m gets the exact ∂v/∂w = m + 2w²σ'/T instead of the "
-                          "simplified ∂v/∂w ≈ m (the L0 term's own gradient is --ltp-l0-weight-gradient)."),
-        click.Option(["--ltp-l0-weight-gradient/--no-ltp-l0-weight-gradient", "ltp_l0_weight_gradient"],
-                     default=False,
-                     help="LTP: give the weights the L0 term's gradient (2w/T)·σ', which pushes small weights "
-                          "under the threshold (the paper's choice). Off by default: on the validation split it "
-                          "lost 0.45 points at 95% sparsity on the digits MLP (docs/methods-lc-ltp.md)."),
-        click.Option(["--ltp-finetune"], type=float, default=0.2, help="LTP: fraction of steps fine-tuned with frozen hard masks."),
-        click.Option(["--trail-step"], type=float, default=0.05, help="LTP: sparsity step between trail models."),
-    ]
+    Options = LTPOptions
 
     def setup(self, ctx: TrainContext) -> None:
-        cfg = {o.name: o.default for o in self.options} | self.config
-        self.target = cfg.get("sparsity")
-        if self.target is None and cfg.get("l0_weight") is None:
+        o = self.options
+        self.target = o.sparsity
+        if self.target is None and o.l0_weight is None:
             raise OnnxPruneError("--method ltp needs --sparsity (a target) or --l0-weight")
-        if self.target is not None and not 0.0 <= self.target < 1.0:
-            raise OnnxPruneError(f"--sparsity {self.target}: must be in [0, 1)")
-        self.l0_weight = 1.0 if cfg.get("l0_weight") is None else cfg["l0_weight"]
-        self.t0 = cfg["ltp_t0"]
+        self.l0_weight = 1.0 if o.l0_weight is None else o.l0_weight
+        self.t0 = o.ltp_t0
         # two separate gradient choices (METHODS.md §3): the masked weight's ∂v/∂w (simplified by
         # default) and the L0 regulariser's gradient with respect to the weights (the paper keeps
         # it; off by default here, measured on the validation split: docs/methods-lc-ltp.md)
-        self.simplified = not (cfg.get("ltp_exact_mask_gradient") or cfg.get("ltp_exact_gradient", False))
-        self.l0_weight_gradient = bool(cfg["ltp_l0_weight_gradient"])
+        self.simplified = not o.ltp_exact_mask_gradient
+        self.l0_weight_gradient = bool(o.ltp_l0_weight_gradient)
         self.sparsity_before_calibration: float | None = None
         self.calibration_factor = 1.0
-        self.channel = cfg["granularity"] == "channel"
+        self.channel = o.granularity == "channel"
         self.layers = self._channel_layers(ctx) if self.channel else self._weight_layers(ctx)
         for layer in self.layers:
             self._attach(ctx, layer)
         self.count = sum(int(layer.hard().numel()) for layer in self.layers)
         total = ctx.epochs * ctx.steps_per_epoch
-        self.finetune_from = total - round(cfg["ltp_finetune"] * total)
+        self.finetune_from = total - round(o.ltp_finetune * total)
         self.check_every = max(1, ctx.steps_per_epoch // 4)
         self.frozen = False
-        self.trail = Path(cfg["trail"]) if cfg["trail"] else None
-        self.cfg = cfg
-        self.trail_step, self.trail_level, self.trail_rows = cfg["trail_step"], 0, []
+        self.trail = Path(o.trail) if o.trail else None
+        self.trail_step, self.trail_level, self.trail_rows = o.trail_step, 0, []
         if self.trail is not None and ctx.is_main_process:
             self.trail.mkdir(parents=True, exist_ok=True)
 
@@ -167,7 +168,7 @@ class LTP(PruningMethod):
         # t is in units of the layer's mean score, so with Adam it can travel ~8 (prune weights
         # up to ~2.8x the layer's rms) over the LTP phase, however long the run is; faster makes
         # L0 dominate so every t moves at the same Adam pace and the per-layer allocation is lost
-        lr = self.cfg["lr_threshold"] or 8.0 / max(1, self.finetune_from)
+        lr = self.options.lr_threshold or 8.0 / max(1, self.finetune_from)
         return [{"params": [layer.t for layer in self.layers], "lr": lr, "weight_decay": 0.0}]
 
     def penalty(self, ctx: TrainContext) -> torch.Tensor | None:
@@ -211,7 +212,7 @@ class LTP(PruningMethod):
         for layer in self.layers:
             keep = layer.hard()
             if self.channel:  # runtime-friendly channel counts
-                keep = masking.align_kept(keep, layer.score().detach(), self.cfg["channel_multiple"])
+                keep = masking.align_kept(keep, layer.score().detach(), self.options.channel_multiple)
             layer.frozen = keep
         self.frozen = True
         ctx.metrics["sparsity"] = self.sparsity()

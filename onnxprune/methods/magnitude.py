@@ -17,12 +17,14 @@ elimination removes channels that died entirely.
 
 from __future__ import annotations
 
-import click
+import dataclasses
+
 import torch
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.methods._support.projections import global_topk_mask
-from onnxprune.methods.base import SPARSITY_OPTION, PruningMethod, TrainContext, register
+from onnxprune.methods.base import PruningMethod, TrainContext, register
+from onnxprune.methods.options import MethodOptions, option, sparsity_option
 from onnxprune.passes.plan import PruningPlan
 
 # a global sort per update costs O(P log P); cap the number of updates for large models
@@ -36,27 +38,29 @@ def cubic_sparsity(step: int, ramp_steps: int, final: float) -> float:
     return final * (1.0 - (1.0 - step / ramp_steps) ** 3)
 
 
+@dataclasses.dataclass(frozen=True)
+class MagnitudeOptions(MethodOptions):
+    method = "magnitude"
+    sparsity: float | None = sparsity_option()
+    prune_ramp: float = option(0.75, "magnitude: fraction of training steps over which sparsity ramps up.", min=0, max=1)
+
+
 @register
 class Magnitude(PruningMethod):
     name = "magnitude"
     help = "Global magnitude pruning, gradual cubic schedule, distillation fine-tuning (baseline)."
     granularities = ("weight",)
-    options = [
-        SPARSITY_OPTION,
-        click.Option(["--prune-ramp"], type=click.FloatRange(0.0, 1.0), default=0.75, show_default=True,
-                     help="magnitude: fraction of training steps over which sparsity ramps up."),
-    ]
+    Options = MagnitudeOptions
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
-        sparsity = options.get("sparsity")
-        if sparsity is None or not 0.0 <= sparsity < 1.0:
-            raise OnnxPruneError(f"--method magnitude needs --sparsity in [0, 1), got {sparsity}")
-        self.target = float(sparsity)
+        if self.options.sparsity is None:
+            raise OnnxPruneError("--method magnitude needs --sparsity in [0, 1)")
+        self.target = self.options.sparsity
 
     def setup(self, ctx: TrainContext) -> None:
         total_steps = self.total_epochs(ctx) * ctx.steps_per_epoch
-        self.ramp_steps = int(round(float(self.config.get("prune_ramp", 0.75)) * total_steps))
+        self.ramp_steps = int(round(self.options.prune_ramp * total_steps))
         self.update_every = max(1, -(-self.ramp_steps // _MAX_UPDATES))
         self.masks = {name: torch.ones_like(w, dtype=torch.bool) for name, w in ctx.weights.items()}
         self._update(ctx, cubic_sparsity(0, self.ramp_steps, self.target))

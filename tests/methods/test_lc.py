@@ -66,7 +66,7 @@ def test_multiplier_sign_is_minus_mu_times_gap():
 
 def test_lc_is_registered_with_shared_options():
     assert registry()["lc"] is LC
-    names = {o.name for o in LC.options}
+    names = LC.option_names()
     assert {"sparsity", "granularity", "mu0", "mu_factor", "lc_steps", "lc_form"} <= names
 
 
@@ -144,17 +144,16 @@ def test_lc_channel_granularity_removes_channels_physically(tmp_path, sample_mod
     from onnxprune.run import pipeline
     from onnxprune.training.loop import TrainConfig
 
-    out = tmp_path / "vgg_lc.onnx"
     result = pipeline.run(pipeline.PruneConfig(
-        model=sample_models_dir / "vgg.onnx", out=out, method="lc",
+        model=sample_models_dir / "vgg.onnx", out=None, method="lc",
         method_options={"sparsity": 0.5, "granularity": "channel", "lc_steps": 4},
         calib=str(sample_models_dir / "digits_train.npz"),
         train=TrainConfig(epochs=2, lr=3e-3, quiet=True)))
     assert result.plan.kept and min(result.plan.meta["layer_density"].values()) < 1.0
     original = onnx.load(sample_models_dir / "vgg.onnx")
     size = lambda m: sum(int(np.prod(t.dims)) for t in m.graph.initializer)
-    assert size(onnx.load(out)) < 0.6 * size(original)
-    onnx.checker.check_model(onnx.load(out), full_check=True)
+    assert size(result.model) < 0.6 * size(original)
+    onnx.checker.check_model(result.model, full_check=True)
 
 
 def _channel_lc(norm: str, sizes=(3, 4), kappa=4, scales=(1.0, 0.1)) -> tuple[LC, dict]:
@@ -168,7 +167,6 @@ def _channel_lc(norm: str, sizes=(3, 4), kappa=4, scales=(1.0, 0.1)) -> tuple[LC
             groups.append([(f"t{g}", 0, k)])
             ids.append((f"g{g}", k))
     method = LC(sparsity=0.5, granularity="channel", lc_channel_norm=norm)
-    method.cfg = {o.name: o.default for o in LC.options} | method.config
     method.vars, method.groups, method.group_ids, method.kappa = values, groups, ids, kappa
     method.group_index = {f"g{g}": torch.tensor([i for i, (gid, _) in enumerate(ids) if gid == f"g{g}"])
                           for g in range(len(sizes))}
