@@ -22,7 +22,9 @@ approximate (docs/transformers.md measures the error).
 
 from __future__ import annotations
 
-from onnxprune.passes.rules.core import State, register
+import dataclasses
+
+from onnxprune.passes.rules.core import Gates, State, register
 
 
 def _per_channel(node, ctx, params: tuple[int, ...], gates: tuple[int, ...]) -> None:
@@ -73,10 +75,18 @@ def _hidden(node, ctx, layout, axis: int) -> bool:
             or not all(ctx.is_param(v) for v in params)
             or any(o.uses() or o.is_graph_output() for o in node.outputs[1:])):
         return False
+    narrow = ctx.option("hidden_norm") == "narrow"
+    if not narrow and any(s.gate != State.ZERO for s in layout.segments):
+        ctx.freeze(f"LayerNormalization {node.name!r} reads a removed channel as a nonzero value", layout)
+        return True
     sliced = [ctx.follow(layout, v.name, 0) for v in params]
-    if ctx.option("hidden_norm") == "narrow":
+    if narrow:
         ctx.approximate(f"LayerNormalization {node.name!r} normalizes over a pruned width", layout)
-    else:
-        ctx.pad_norm(layout)  # exact: zeros stand in for the removed channels in mean and variance
-    ctx.set_layout(node.outputs[0], layout.reset([tuple(s[k] for s in sliced) for k in range(len(layout.segments))]))
+        ctx.set_layout(node.outputs[0], layout.reset([tuple(s[k] for s in sliced) for k in range(len(layout.segments))]))
+        return True
+    ctx.pad_norm(layout)  # exact: zeros stand in for the removed channels in mean and variance
+    # the statistics read the input: its gates stay (the removed channels must be zeros there)
+    segments = tuple(dataclasses.replace(seg, gates=Gates(tuple(s[k] for s in sliced), (seg.gates,)))
+                     for k, seg in enumerate(layout.segments))
+    ctx.set_layout(node.outputs[0], dataclasses.replace(layout, segments=segments))
     return True

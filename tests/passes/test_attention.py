@@ -1,0 +1,173 @@
+"""Transformers: attention heads, the hidden size and whole sublayers, pruned and verified.
+
+A tiny BERT-style encoder (2 heads, 2 layers, tests/support/encoders.py) and torchvision's
+VisionTransformer at 32x32, each through both exporters: every plan is applied physically and
+onnxruntime on the result must equal the masked ONNX reference (atol 1e-5, rtol 1e-4), and for
+the encoder also torch with the same heads, units and sublayers zeroed.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from onnxprune.importing.normalize import normalize
+from onnxprune.passes.analysis import AnalysisOptions
+from onnxprune.passes.groups import analyze
+from onnxprune.passes.plan import PruningPlan
+from onnxprune.passes.testing import ATOL, RTOL, check_exact, random_feeds, run
+from tests.support.encoders import export_bert, tiny_bert, tiny_vit, token_feeds
+from tests.support.torch_models import export
+
+EXPORTERS = ["torchscript", "dynamo"]
+
+
+@pytest.fixture(scope="module")
+def bert_models():
+    model = tiny_bert()
+    return model, {name: normalize(export_bert(model, name == "dynamo")) for name in EXPORTERS}
+
+
+@pytest.fixture(scope="module")
+def vit_models():
+    model = tiny_vit()
+    x = torch.randn(1, 3, 32, 32)
+    return model, {name: normalize(export(model, x, name == "dynamo", None)) for name in EXPORTERS}
+
+
+def _heads(analysis):
+    return [g for g in analysis.groups if g.prunable and any(t.block > 1 for t in g.gate_tensors)]
+
+
+def _ffn(analysis):
+    return [g for g in analysis.prunable_groups if g not in _heads(analysis) and g.size > 16]
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_bert_heads_ffn_and_sublayers_match_masked_torch(bert_models, exporter):
+    torch_model, models = bert_models
+    model = models[exporter]
+    analysis = analyze(model)
+    heads, ffn = _heads(analysis), _ffn(analysis)
+    assert [g.size for g in heads] == [2, 2] and [g.size for g in ffn] == [32, 32]
+    for group in heads:  # V's columns and bias, d = 8 per head; Q and K are sliced, not gated
+        assert {t.block for t in group.gate_tensors} == {8} and len(group.gate_tensors) == 2
+        assert sum(t.block == 8 for t in group.producers) == 6 and group.consumers[0].block == 8
+    branches = sorted(analysis.residual_branches, key=lambda b: -b.macs)
+    assert len(branches) == 4  # LN(x + Attn(x)) and LN(h + FFN(h)) in each layer (post-LN)
+    # layer 0 keeps head 1, layer 1 head 0; FFN keeps 10 units; layer 1's FFN sublayer is dropped
+    ffn_branch = analysis.branch(ffn[1].branch)
+    plan = PruningPlan(kept={heads[0].id: (1,), heads[1].id: (0,), ffn[0].id: tuple(range(0, 30, 3))},
+                       dropped_branches=(ffn_branch.id,))
+    feeds = token_feeds()
+    checked = check_exact(model, plan, analysis=analysis, feeds=feeds)
+    assert checked.macs == checked.predicted_macs < analysis.total_macs
+    # attention's QK^T and AV MACs scale with the kept heads
+    qk = [t for t in analysis.mac_terms if t.inputs and not t.outputs]
+    assert len(qk) == 4 and all(p.group in {h.id for h in heads} for t in qk for p in t.inputs)
+
+    masked = copy.deepcopy(torch_model)
+    with torch.no_grad():
+        for layer, keep in zip(masked.layers, (1, 0)):
+            drop = slice(8 * (1 - keep), 8 * (2 - keep))
+            layer.attention.value.weight[drop] = 0
+            layer.attention.value.bias[drop] = 0
+        removed = sorted(set(range(32)) - set(range(0, 30, 3)))
+        masked.layers[0].intermediate.weight[removed] = 0
+        masked.layers[0].intermediate.bias[removed] = 0
+        masked.layers[1].output.weight.zero_()
+        masked.layers[1].output.bias.zero_()
+        expected = masked(*(torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask"))).numpy()
+    np.testing.assert_allclose(run(checked.pruned, feeds)[0], expected, atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_bert_hidden_size_is_exact_with_padded_layernorms(bert_models, exporter):
+    model = bert_models[1][exporter]
+    default = analyze(model)
+    stream = next(g for g in default.groups if g.size == 16 and "LayerNormalization" in g.reason)
+    assert not stream.prunable  # off by default: behaviour unchanged
+    analysis = analyze(model, hidden_size=True)
+    stream = next(g for g in analysis.groups if g.id == stream.id)
+    assert stream.prunable and not stream.approximate and len(analysis.padded_norms) == 5
+    heads = _heads(analysis)
+    plan = PruningPlan(kept={stream.id: (0, 2, 3, 5, 7, 8, 11, 12, 13, 15), heads[0].id: (0,)},
+                       meta={"hidden_size": True})
+    feeds = token_feeds(seed=1)
+    checked = check_exact(model, plan, analysis=analysis, feeds=feeds)
+    assert checked.macs == checked.predicted_macs
+    ops = [n.op_type for n in checked.pruned.graph.node]
+    assert ops.count("Pad") == 5 and ops.count("LayerNormalization") == 5
+
+    # 'narrow' keeps the LayerNormalizations narrow: approximate, and the group says so
+    narrow = analyze(model, options=AnalysisOptions(hidden_size=True, hidden_norm="narrow"))
+    assert not narrow.padded_norms and "pruned width" in narrow.group(stream.id).approximate
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_vit_heads_hidden_and_sublayers(vit_models, exporter):
+    model = vit_models[1][exporter]
+    analysis = analyze(model, hidden_size=True)
+    heads = _heads(analysis)  # the packed in_proj cut into Q, K and V: one group of 2 heads per layer
+    assert [g.size for g in heads] == [2, 2]
+    assert all(sum(t.block == 16 for t in g.producers) == 6 for g in heads)
+    stream = next(g for g in analysis.prunable_groups if g.size == 32)
+    names = {t.name for t in (*stream.producers, *stream.consumers)}
+    assert {"encoder.pos_embedding", "heads.head.weight"} <= names and names & {"class_token", "expand"}
+    mlp = [g for g in analysis.prunable_groups if g.size == 64]
+    assert len(analysis.residual_branches) == 4  # x + Attn(LN(x)) and x + MLP(LN(x)) (pre-LN)
+    # layer 0's attention sublayer dropped; layer 1 keeps head 1 and half its MLP; 18 of 32 hidden
+    plan = PruningPlan(kept={heads[1].id: (1,), mlp[1].id: tuple(range(0, 64, 2)),
+                             stream.id: tuple(range(0, 32, 4)) + tuple(range(1, 32, 4)) + (2, 3)},
+                       dropped_branches=(heads[0].branch,), meta={"hidden_size": True})
+    feeds = random_feeds(model, analysis.input_shapes)
+    checked = check_exact(model, plan, analysis=analysis, feeds=feeds)
+    assert checked.macs == checked.predicted_macs < 0.8 * analysis.total_macs
+
+
+def test_end_to_end_lagrangian_on_the_encoder(bert_models, tmp_path):
+    from onnxprune.cli.main import main
+
+    path, calib, out = tmp_path / "bert.onnx", tmp_path / "tokens.npz", tmp_path / "out.onnx"
+    onnx.save(export_bert(bert_models[0], dynamo=False), str(path))
+    rng = np.random.default_rng(0)
+    mask = np.ones((48, 8), np.int64)
+    mask[:, 6:] = 0
+    np.savez(calib, input_ids=rng.integers(0, 50, (48, 8)).astype(np.int64), attention_mask=mask)
+    code = main(["prune", str(path), "--method", "lagrangian", "--target-macs", "0.5", "--calib", str(calib),
+                 "--out", str(out), "--epochs", "2", "--batch-size", "16", "--quiet", "--device", "cpu",
+                 "--channel-multiple", "1"])
+    assert code == 0  # the pipeline verified the pruned model against the trained torch model
+    from onnxprune.graph.macs import count_macs
+
+    before, after = count_macs(onnx.load(str(path))).total_macs, count_macs(onnx.load(str(out))).total_macs
+    assert after <= 0.5 * before
+    assert run(onnx.load(str(out)), token_feeds())[0].shape == (1, 3)
+
+
+FUSED = """
+<ir_version: 8, opset_import: ["" : 17, "com.microsoft" : 1]>
+g (float[1,4,8] x) => (float[1,4,8] y)
+<float[8,8] w0, float[8,24] qkv, float[24] b, float[8,8] w1>
+{
+  h = MatMul (x, w0)
+  a = com.microsoft.Attention <num_heads=2> (h, qkv, b)
+  y = MatMul (a, w1)
+}
+"""
+
+
+def test_fused_attention_is_frozen_with_its_name():
+    model = onnx.parser.parse_model(FUSED)
+    rng = np.random.default_rng(0)
+    for info in list(model.graph.value_info):
+        shape = [d.dim_value for d in info.type.tensor_type.shape.dim]
+        model.graph.initializer.append(onnx.numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32),
+                                                                    info.name))
+    model.graph.ClearField("value_info")
+    group = next(g for g in analyze(model).groups if g.id == "w0")
+    assert not group.prunable and "no rule for op Attention" in group.reason
