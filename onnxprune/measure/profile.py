@@ -160,7 +160,8 @@ def single_layer_model(layer: Layer, k_out: int, k_in: int, opset: int) -> tuple
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = min(model.ir_version, 10)
-    return model, tuple(x_shape)
+    # the output's shape from inference: a valid model (onnx.checker) without computing it here
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True), tuple(x_shape)
 
 
 def cpu_model() -> str:
@@ -280,7 +281,8 @@ def _profile_layer(layer: Layer, model, whole_feeds, opset, provider, batch, thr
         feeds.append({"x": rng.standard_normal(x_shape).astype(np.float32)})
         names.append(f"{side}{k_out}x{k_in}")
     stats = measure_latency(models, feeds, provider=provider, threads=threads, batch=batch, seconds=seconds,
-                            min_runs=min_runs, warmup=warmup, memory_runs=0, names=names)
+                            min_runs=min_runs, warmup=warmup, memory_runs=0, names=names,
+                            block_seconds=min(0.05, seconds / (4 * len(models))))  # >= 4 interleaved rounds
     sweeps: dict[str, list[dict[str, Any]]] = {"out": [], "in": []}
     for (side, k_out, k_in), s in zip(plan, stats[1:]):
         kept = k_out if side == "out" else k_in

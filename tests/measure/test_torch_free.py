@@ -1,4 +1,4 @@
-"""A torch-free install runs `onnxprune bench` (issue 19, item 1; docs/target-install.md).
+"""A torch-free install runs `onnxprune bench` and `onnxprune profile` (issue 19, items 1-2; docs/target-install.md).
 
 The fast checks run here, in the development venv: `onnxprune.cli.main`, `--help`, `bench --help`
 and a bench run import none of torch, torchvision, onnx2torch, matplotlib, onnx-ir; with torch
@@ -36,7 +36,10 @@ import onnxprune.cli.main
 from onnxprune.cli.main import main
 out = {{"after_import": sorted(m for m in {heavy!r} if sys.modules.get(m) is not None)}}
 for key, argv in [("help", ["--help"]), ("bench_help", ["bench", "--help"]),
-                  ("bench", ["bench", {mlp!r}, {mlp!r}, "--seconds", "0.1", "--min-runs", "5", "--json"])]:
+                  ("bench", ["bench", {mlp!r}, {mlp!r}, "--seconds", "0.1", "--min-runs", "5", "--json"]),
+                  ("profile_help", ["profile", "--help"]),
+                  ("profile", ["profile", {mlp!r}, "--seconds", "0.05", "--min-runs", "3", "--warmup", "1",
+                               "--out", sys.argv[2] + "-latency.json"])]:
     out[key] = main(argv)
 if block:
     out["prune"] = main([{mlp!r}, "--method", "magnitude", "--calib", "synthetic", "--out", "x.onnx"])
@@ -62,13 +65,14 @@ def _probe(tmp_path: Path, mode: str) -> tuple[dict, str]:
 def test_cli_and_bench_import_no_torch(tmp_path):
     out, _ = _probe(tmp_path, "full")
     assert out["after_import"] == []
-    assert (out["help"], out["bench_help"], out["bench"]) == (0, 0, 0)
-    assert out["heavy"] == [], f"bench imported {out['heavy']}"
+    assert (out["help"], out["bench_help"], out["bench"], out["profile_help"], out["profile"]) == (0, 0, 0, 0, 0)
+    assert out["heavy"] == [], f"bench or profile imported {out['heavy']}"
 
 
 def test_bench_runs_with_torch_blocked(tmp_path):
     out, stderr = _probe(tmp_path, "block")
-    assert (out["help"], out["bench_help"], out["bench"]) == (0, 0, 0)
+    assert (out["help"], out["bench_help"], out["bench"], out["profile_help"], out["profile"]) == (0, 0, 0, 0, 0)
+    assert json.loads((tmp_path / "images-latency.json").read_text())["profiles"][0]["layers"]
     assert out["heavy"] == []
     # the commands that need torch say so in one line, no traceback
     assert out["prune"] != 0 and out["images"] != 0 and out["inspect"] != 0
@@ -153,6 +157,11 @@ def test_clean_venv_runs_bench(tmp_path):
     assert as_json.returncode == 0, as_json.stderr[-3000:]
     row = json.loads(as_json.stdout)["results"][0]
     assert row["provider"] == "cpu" and row["p50_ms"] > 0 and row["runs"] >= 20
+    table_path = tmp_path / "latency.json"
+    profile = _run([onnxprune, "profile", MLP, "--seconds", "0.05", "--out", table_path], env, tmp_path)
+    assert profile.returncode == 0, profile.stderr[-3000:]
+    table = json.loads(table_path.read_text())
+    assert [e["node"] for e in table["profiles"][0]["layers"]] and table["versions"]["onnxruntime"]
 
     probe = _run([python, "-c", "import sys, onnxprune.cli.main; from onnxprune.cli.main import main; "
                   f"rc = main(['bench', {str(MLP)!r}, '--seconds', '0.1']); "

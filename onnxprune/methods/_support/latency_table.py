@@ -10,8 +10,10 @@ already computes from the gates (linear in them), the predicted latency is
     lat_t(f_in, f_out) = P_out,t(f_out) * P_in,t(f_in) / L_t        (separable)
 
 where ``P`` is the piecewise-linear interpolation of a sweep in the kept fraction k / C (the
-sweep made monotone non-decreasing first, by isotonic regression: a noisy or odd-count bump must
-not reward keeping *more* channels in the gradient), extended below the smallest measured width
+sweep made non-decreasing first by a suffix minimum, m(k) = min over k' >= k of L(k'): an odd-count
+bump -- on onnxruntime's CPU a conv with 13 of 16 input channels ran 2.5x slower than with all 16 --
+must not reward keeping *more* channels in the gradient, and the width rounding below moves a count
+off such a bump to the no-slower larger one, which is what m(k) assumes), extended below the smallest measured width
 along its first segment and clipped at 0. A depthwise layer has only ``P_out`` (its inputs are its
 outputs). ``remainder`` = the whole model's p50 minus the layers' full-width sum (what the one-node
 models do not see: activations, pooling, additions, minus their own per-call overheads), held
@@ -46,16 +48,11 @@ from onnxprune.methods._support.resource import Resource, Term
 log = logging.getLogger(__name__)
 
 
-def isotonic(y: Sequence[float]) -> np.ndarray:
-    """Non-decreasing least-squares fit of ``y`` (pool adjacent violators)."""
-    blocks: list[list[float]] = []  # [sum, count]
-    for v in y:
-        blocks.append([float(v), 1.0])
-        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
-            s, c = blocks.pop()
-            blocks[-1][0] += s
-            blocks[-1][1] += c
-    return np.concatenate([np.full(int(c), s / c) for s, c in blocks])
+def suffix_min(y: Sequence[float]) -> np.ndarray:
+    """``m_i = min_{j >= i} y_j``: the latency of i channels is taken as no more than that of any
+    larger count (which the width rounding can always choose instead); the full width keeps its
+    measured value, and the curve becomes non-decreasing."""
+    return np.minimum.accumulate(np.asarray(y, dtype=np.float64)[::-1])[::-1]
 
 
 class Curve:
@@ -66,7 +63,7 @@ class Curve:
         x = np.asarray(kept, dtype=np.float64)[order] / full
         y = np.asarray(ms, dtype=np.float64)[order]
         if monotone:
-            y = isotonic(y)
+            y = suffix_min(y)
         if x[0] > 0:  # extend the first segment down to 0 channels (clipped at 0 below)
             slope = (y[1] - y[0]) / (x[1] - x[0]) if len(x) > 1 else y[0] / x[0]
             x, y = np.concatenate([[0.0], x]), np.concatenate([[max(y[0] - slope * x[0], 0.0)], y])
@@ -132,14 +129,16 @@ class _LayerModel:
 class LatencyResource(Resource):
     """:class:`Resource` whose "macs" are the table's predicted latency in ms (params unchanged)."""
 
-    def __init__(self, terms: Sequence[Term], nodes: Sequence[str], groups: Mapping[str, int],
+    def __init__(self, terms: Sequence[Term], nodes: Sequence[str | tuple[str, ...]], groups: Mapping[str, int],
                  branches: Sequence[str], table: LatencyTable) -> None:
         super().__init__(terms, groups, branches)
         self.table = table
-        matched = [table.layers.get(n) for n in nodes]
+        # a term's node by its name, else (an unnamed node: the analysis names it) by its output
+        matched = [next((table.layers[k] for k in ([n] if isinstance(n, str) else n) if k in table.layers), None)
+                   for n in nodes]
         known = [(e, t) for e, t in zip(matched, terms) if e is not None and t.macs > 0]
         rate = float(np.median([e["full_p50_ms"] / t.macs for e, t in known])) if known else 0.0
-        self.unmatched = [n for n, e in zip(nodes, matched) if e is None]
+        self.unmatched = [n if isinstance(n, str) else n[0] for n, e in zip(nodes, matched) if e is None]
         if self.unmatched:
             log.warning("latency table %s lists %d of %d MAC-bearing nodes; the others (%s) cost their MACs at "
                         "%.3g ms per GMAC", table.path, len(terms) - len(self.unmatched), len(terms),
@@ -210,7 +209,53 @@ def latency_resource(structure, ctx, path: str, provider: str | None = None, bat
 
     table = LatencyTable(path, provider, batch)
     terms = terms_from_analysis(ctx.analysis, ctx.imported.onnx_model, structure.branches)
-    nodes = [t.node for t in ctx.analysis.mac_terms]
+    from onnxprune.passes.analysis import unique_node_names
+
+    graph_nodes = list(ctx.imported.onnx_model.graph.node)
+    output_of = dict(zip(unique_node_names((n.name, n.op_type) for n in graph_nodes),
+                         (n.output[0] for n in graph_nodes)))
+    nodes = [(t.node, output_of.get(t.node, t.node)) for t in ctx.analysis.mac_terms]
     resource = LatencyResource(terms, nodes, structure.groups, list(structure.branches), table)
     log.info("latency table %s (%s): predicted %.4g ms at full width", path, table.describe(), resource.total_ms)
     return resource
+
+
+def layer_widths(model) -> dict[str, tuple[int, int]]:
+    """Node name (and output name) -> (kept inputs, kept outputs) of every Conv, Gemm and MatMul
+    with a constant weight in an ONNX model (a pruned one: its weights' shapes say what is kept)."""
+    from onnx import helper
+
+    weights = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2 or node.input[1] not in weights:
+            continue
+        shape = weights[node.input[1]]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Conv":
+            widths = (shape[1] * int(attrs.get("group", 1)), shape[0])
+        elif node.op_type == "Gemm":
+            widths = (shape[1], shape[0]) if attrs.get("transB", 0) else (shape[0], shape[1])
+        elif len(shape) == 2:
+            widths = (shape[0], shape[1])
+        else:
+            continue
+        for key in (node.name, node.output[0]):
+            out.setdefault(key, widths)
+    return out
+
+
+def predict_model_latency(table: LatencyTable, model, monotone: bool = True) -> float:
+    """The table's latency (ms) of an ONNX model pruned from the profiled one: each listed layer
+    at the widths its weight now has (0 when the pruning removed it), plus the remainder."""
+    widths = layer_widths(model)
+    total = table.remainder
+    for entry in table.profile["layers"]:
+        name = entry["node"] if entry["node"] in widths else entry["output"]
+        if name not in widths:
+            continue  # removed with its residual branch
+        k_in, k_out = widths[name]
+        lat = _LayerModel(entry, monotone)
+        f_in = 1.0 if entry["depthwise"] else torch.tensor(k_in / entry["full_in"], dtype=torch.float64)
+        total += float(lat(f_in, torch.tensor(k_out / entry["full_out"], dtype=torch.float64)))
+    return total
