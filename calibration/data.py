@@ -146,8 +146,9 @@ def data_input_shapes(source: str | Path | None, model: onnx.ModelProto, overrid
         return shapes
     path = Path(str(source))
     if text.is_text_source(path):
-        if seq_len is not None:
-            shapes.update({s.name: (1, seq_len) for s in needed if len(s.dims) == 2})
+        if seq_len is None:  # before the shape error that would otherwise name --input-shape
+            raise CalibrationError(f"--calib {path}: text calibration needs --seq-len N (tokens per sample)")
+        shapes.update({s.name: (1, seq_len) for s in needed if len(s.dims) == 2})
         return shapes
     if path.suffix not in (".npz", ".npy") or not path.is_file():
         return shapes
