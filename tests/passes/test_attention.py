@@ -161,13 +161,29 @@ g (float[1,4,8] x) => (float[1,4,8] y)
 """
 
 
-def test_fused_attention_is_frozen_with_its_name():
-    model = onnx.parser.parse_model(FUSED)
+ATTENTION_23 = """
+<ir_version: 10, opset_import: ["" : 23]>
+g (float[1,4,8] x) => (float[1,4,8] y)
+<float[8,8] wq, float[8,8] wk, float[8,8] wv, float[8,8] w1>
+{
+  q = MatMul (x, wq)
+  k = MatMul (x, wk)
+  v = MatMul (x, wv)
+  a = Attention <q_num_heads=2, kv_num_heads=2> (q, k, v)
+  y = MatMul (a, w1)
+}
+"""
+
+
+@pytest.mark.parametrize("text, weights", [(FUSED, ("w0",)), (ATTENTION_23, ("wq", "wk", "wv"))])
+def test_fused_attention_is_frozen_with_its_name(text, weights):
+    model = onnx.parser.parse_model(text)
     rng = np.random.default_rng(0)
     for info in list(model.graph.value_info):
         shape = [d.dim_value for d in info.type.tensor_type.shape.dim]
         model.graph.initializer.append(onnx.numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32),
                                                                     info.name))
     model.graph.ClearField("value_info")
-    group = next(g for g in analyze(model).groups if g.id == "w0")
-    assert not group.prunable and "no rule for op Attention" in group.reason
+    groups = {g.id: g for g in analyze(model).groups}
+    for weight in weights:
+        assert not groups[weight].prunable and "no rule for op Attention" in groups[weight].reason
