@@ -28,10 +28,13 @@ from onnxprune.graph.shapes import parse_input_shapes
 @click.option("--min-runs", type=click.IntRange(1), default=20, show_default=True, help="Timed runs per width at least.")
 @click.option("--warmup", type=click.IntRange(0), default=5, show_default=True, help="Untimed runs per width first.")
 @click.option("--input-shape", multiple=True, help="NAME=1x3x224x224 for dynamic dimensions (axis 0 is the batch).")
+@click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
+              help="wall: wall-clock time per call; cpu: the calling thread's CPU time (cpu provider, 1 thread; "
+                   "for a shared, overloaded machine: time preempted is not counted).")
 @click.option("--layers", default=None, help="Comma list of node names to profile [default: every prunable layer].")
 @click.pass_context
 def command(ctx: click.Context, model, out, providers, batches, threads, seconds, min_runs, warmup, input_shape,
-            layers) -> None:
+            clock, layers) -> None:
     """Time each prunable layer of MODEL over a grid of kept widths; write a latency table."""
     from onnxprune.cli.main import reject_non_finite
     from onnxprune.measure.compare import usable_providers
@@ -47,7 +50,7 @@ def command(ctx: click.Context, model, out, providers, batches, threads, seconds
     table = profile_model(model, providers=usable, batches=_split_list(batches, "--batch", int), threads=threads,
                           seconds=seconds, min_runs=min_runs, warmup=warmup,
                           input_shapes=parse_input_shapes(list(input_shape)),
-                          layers=_split_list(layers, "--layers") if layers else None,
+                          layers=_split_list(layers, "--layers") if layers else None, clock=clock,
                           progress=lambda line: click.echo(line, err=True))
     Path(out).write_text(json.dumps(table, indent=1) + "\n")
     for profile in table["profiles"]:

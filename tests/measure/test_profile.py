@@ -124,3 +124,18 @@ def test_profile_refuses_a_model_without_prunable_layers(tmp_path, capsys):
     # a weight that is a graph input is not constant: that layer is not profiled
     model = text_model("g (float[N, 3] x, float[3, 2] w) => (float[N, 2] y) { y = MatMul(x, w) }")
     assert find_layers(infer_static_shapes(model, {"x": (1, 3), "w": (3, 2)})) == []
+
+
+def test_cpu_clock_profile_and_its_conditions(tmp_path, capsys):
+    path = tmp_path / "m.onnx"
+    onnx.save(profile_model_proto(), path)
+    out = tmp_path / "latency.json"
+    assert main(["profile", str(path), "--clock", "cpu", "--seconds", "0.05", "--min-runs", "3", "--warmup", "1",
+                 "--layers", "conv2", "--out", str(out)]) == 0, capsys.readouterr().err
+    table = json.loads(out.read_text())
+    assert table["clock"] == "cpu" and table["threads"] == 1
+    (entry,) = table["profiles"][0]["layers"]
+    assert entry["node"] == "conv2" and all(p["p50_ms"] > 0 and p["runs"] >= 3 for p in entry["sweeps"]["out"])
+    # the thread's CPU time is the call's only with one thread on the CPU provider
+    assert main(["profile", str(path), "--clock", "cpu", "--threads", "2", "--out", str(tmp_path / "x.json")]) != 0
+    assert "--clock cpu times the calling thread" in capsys.readouterr().err
