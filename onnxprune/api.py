@@ -110,7 +110,7 @@ def apply(model: PathLike | onnx.ModelProto, plan: PathLike | Any = None, out: P
     names, and every channel whose weights are all zero, from ``model``; write ``out`` if given.
     The plan's ids refer to the normalized graph, as ``inspect`` shows them."""
     from onnxprune.graph.macs import count_macs, count_params
-    from onnxprune.graph.modelio import load_model, save_model_atomic
+    from onnxprune.graph.modelio import load_model, save_model_atomic, stores_external_data
     from onnxprune.graph.shapes import resolve_input_shapes
     from onnxprune.importing.normalize import normalize
     from onnxprune.passes import PruningPlan, analyze, apply_plan
@@ -119,6 +119,8 @@ def apply(model: PathLike | onnx.ModelProto, plan: PathLike | Any = None, out: P
     sources = [] if isinstance(model, onnx.ModelProto) else [model]
     outputs = RunOutputs(sources)
     outputs.add("--out", out)
+    if out is not None and stores_external_data(model):  # OUT.onnx.data comes beside it: checked too
+        outputs.add("--out (its external data)", f"{os.fspath(out)}.data")
     outputs.check()  # a bad output path before any work
     normalized = normalize(model if isinstance(model, onnx.ModelProto) else load_model(model))
     shapes = resolve_input_shapes(normalized, _shapes(input_shapes))
@@ -133,7 +135,8 @@ def apply(model: PathLike | onnx.ModelProto, plan: PathLike | Any = None, out: P
     written = None
     if out is not None:
         with outputs:
-            save_model_atomic(pruned, outputs.staged(out))
+            # an input with external data gives an output with external data beside it
+            save_model_atomic(pruned, outputs.staged(out), external_data=stores_external_data(model) or None)
             outputs.commit()
         written = Path(out)
     return ApplyResult(pruned, written, (before.total_macs, after.total_macs),

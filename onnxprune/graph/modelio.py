@@ -3,7 +3,8 @@
 Reading validates before anything else runs: a missing path, a directory, a truncated or
 non-ONNX file, or a graph that fails ``onnx.checker`` is one :class:`ModelLoadError` line.
 Writing is atomic (a temporary file in the destination directory, then ``os.replace``), refuses
-to overwrite the input, and switches to external data for models over protobuf's 2 GB limit.
+to overwrite the input, and writes the weights as external data (``OUT.onnx.data`` beside
+``OUT.onnx``) for models over protobuf's 2 GB limit and for inputs that stored theirs that way.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from google.protobuf.message import DecodeError
 
 from onnxprune.errors import ModelLoadError, OnnxPruneError
 from onnxprune.graph.sessions import needs_external_data
-
-# protobuf refuses to serialize messages of 2 GiB or more; keep a margin for the graph itself.
 
 
 def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProto:
@@ -37,7 +36,8 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProt
         raise ModelLoadError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None
     except OSError as exc:
         raise ModelLoadError(f"{path}: cannot read ({_first_line(exc)})") from None
-    _check_external_data(model, path)  # before reading any of it
+    external = _check_external_data(model, path)  # before reading any of it
+    _EXTERNAL[_file_key(path)] = external
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError, RuntimeError, onnx.checker.ValidationError) as exc:
@@ -55,16 +55,19 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProt
     return model
 
 
-def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
+def _check_external_data(model: onnx.ModelProto, path: Path) -> bool:
     """Every tensor stored outside the .onnx file names a regular file inside the model's folder
     (no absolute path, no ``..`` out of it, no symlink leading out), present and long enough for
-    the tensor's offset and length; one ModelLoadError line otherwise."""
+    the tensor's offset and length; one ModelLoadError line otherwise. Returns whether any
+    tensor is stored outside."""
     from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
     base = path.resolve().parent
+    external = False
     for tensor in _get_all_tensors(model):
         if not uses_external_data(tensor):
             continue
+        external = True
         info = ExternalDataInfo(tensor)
         where = f"{path}: tensor {tensor.name!r} stores its data in {info.location!r}"
         if not info.location:
@@ -82,6 +85,17 @@ def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
         if offset + int(info.length or 0) > size or offset > size:
             raise ModelLoadError(f"{where}: the file holds {size} bytes, the tensor needs bytes "
                                  f"{offset}..{offset + int(info.length or 0)} (truncated?)")
+    return external
+
+
+# whether a file load_model read stored external data, by (resolved path, mtime, size): the
+# writer asks at the end of a run without reading a large input's header a second time
+_EXTERNAL: dict[tuple[str, int, int], bool] = {}
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    info = path.stat()
+    return str(path.resolve()), info.st_mtime_ns, info.st_size
 
 
 def save_model_atomic(
@@ -93,10 +107,12 @@ def save_model_atomic(
 ) -> Path:
     """Write ``model`` to ``out_path`` atomically; never onto ``input_path``.
 
-    Models over protobuf's limit (or any model, with ``external_data=True``) go to
-    ``<out>.data`` beside the file, as ONNX external data; ``model`` itself is not changed. The
-    files are first written into a temporary directory next to the destination, so a crash
-    leaves no partial output and a reader never sees half a file.
+    The weights go to ``<out>.data`` beside the file, as ONNX external data, when
+    ``external_data`` is True, or (None) when the model is over protobuf's limit; ``model`` is
+    left as it was. (A caller whose input stored external data passes True: see
+    :func:`stores_external_data`, asked before the model is loaded.) The files are first
+    written into a temporary directory next to the destination, so a crash leaves no partial
+    output and a reader never sees half a file.
     """
     out_path = Path(out_path)
     if input_path is not None and _same_file(out_path, Path(input_path)):
@@ -110,16 +126,7 @@ def save_model_atomic(
         tmp_file = tmp_dir / out_path.name
         if external:
             data_name = out_path.name + ".data"
-            detached = onnx.ModelProto()
-            detached.CopyFrom(model)  # saving as external data rewrites the tensors in place
-            onnx.save_model(
-                detached,
-                str(tmp_file),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=data_name,
-                size_threshold=0,
-            )
+            _save_with_external_data(model, tmp_file, data_name)
             os.replace(tmp_dir / data_name, parent / data_name)
         else:
             onnx.save_model(model, str(tmp_file))
@@ -127,6 +134,60 @@ def save_model_atomic(
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return out_path
+
+
+# tensors smaller than this stay inside the .onnx file (onnx's own default threshold)
+EXTERNAL_THRESHOLD = 1024
+
+
+def _save_with_external_data(model: onnx.ModelProto, path: Path, data_name: str) -> None:
+    """Save ``model`` to ``path`` with every initializer of at least :data:`EXTERNAL_THRESHOLD`
+    bytes in ``data_name`` beside it, without copying the model: each tensor's bytes are
+    appended to the data file and cleared, the small .onnx is written, and the bytes are read
+    back into the tensors (in ``finally``, so ``model`` is whole again even when writing fails).
+    Peak extra memory is one tensor, not the model (``onnx.save_model`` on a copy doubles it)."""
+    from onnx.external_data_helper import _get_initializer_tensors, load_external_data_for_tensor
+
+    moved: list[onnx.TensorProto] = []
+    try:
+        with open(path.parent / data_name, "wb") as data:
+            for tensor in _get_initializer_tensors(model):
+                if not tensor.HasField("raw_data") or tensor.ByteSize() < EXTERNAL_THRESHOLD:
+                    continue
+                offset = data.tell()
+                data.write(tensor.raw_data)
+                length = data.tell() - offset
+                tensor.ClearField("raw_data")
+                del tensor.external_data[:]
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                for key, value in (("location", data_name), ("offset", offset), ("length", length)):
+                    tensor.external_data.add(key=key, value=str(value))
+                moved.append(tensor)
+        onnx.save_model(model, str(path))
+    finally:
+        for tensor in moved:
+            load_external_data_for_tensor(tensor, str(path.parent))
+
+
+def stores_external_data(path: str | os.PathLike | onnx.ModelProto) -> bool:
+    """Whether the .onnx file at ``path`` keeps any tensor in external data (its external weights
+    are not read; ask before loading the model, so a large inline file is not held twice);
+    False for a ModelProto or a path that cannot be read as a model."""
+    if isinstance(path, onnx.ModelProto):
+        return False
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    try:
+        known = _EXTERNAL.get(_file_key(Path(path)))
+    except OSError:
+        return False
+    if known is not None:
+        return known
+    try:
+        header = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 -- a bad input is load_model's to report
+        return False
+    return any(uses_external_data(tensor) for tensor in _get_all_tensors(header))
 
 
 def model_size_bytes(path: str | os.PathLike) -> int:

@@ -30,7 +30,7 @@ import onnx
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.batching import fixed_batch
-from onnxprune.graph.modelio import load_model, save_model_atomic
+from onnxprune.graph.modelio import load_model, model_size_bytes, save_model_atomic, stores_external_data
 from onnxprune.graph.shapes import parse_input_shapes, random_feeds, resolve_input_shapes
 from onnxprune.graph.sparse_storage import to_sparse_storage
 from onnxprune.graph.verify import assert_close, run_onnxruntime
@@ -140,6 +140,10 @@ def run_outputs(model: str | os.PathLike, out: str | os.PathLike | None, report:
     outputs.add("--out", out)
     if rejected and out is not None:
         outputs.add("--out (its rejected name)", rejected_path(out))
+    if out is not None and stores_external_data(model):  # OUT.onnx.data comes beside it: checked too
+        outputs.add("--out (its external data)", f"{os.fspath(out)}.data")
+        if rejected:
+            outputs.add("--out (its rejected name's external data)", f"{os.fspath(rejected_path(out))}.data")
     outputs.add("--report", report, report_kind(report), REPORT_FILES)
     outputs.add("--trail", trail, "dir")
     return outputs
@@ -242,8 +246,10 @@ def finish(result, config, ci: CiOptions, outputs: RunOutputs | None = None) -> 
         if outputs.target(result.written) is None:  # not declared up front: checked now, still before writing
             outputs.add("--out", result.written)
             outputs.check()
-        staged = save_model_atomic(stored, outputs.staged(result.written))
-        report["size_bytes"]["written"] = staged.stat().st_size
+        # an input with external data gives an output with external data beside it (OUT.onnx.data)
+        staged = save_model_atomic(stored, outputs.staged(result.written),
+                                   external_data=stores_external_data(config.model) or None)
+        report["size_bytes"]["written"] = model_size_bytes(staged)
     report["output"] = os.fspath(out) if accepted and out is not None else None
     if not accepted and result.written is not None:
         report["rejected_output"] = os.fspath(result.written)

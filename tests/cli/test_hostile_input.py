@@ -197,6 +197,9 @@ CASES = [
         _external(w, "m", lambda d: "../outside.data"))), "outside the model's folder"),
     Case("external data absolute path", lambda w: prune(w, model=str(
         _external(w, "m", lambda d: str(d / "mlp.data")))), "outside the model's folder"),
+    # an input with external data writes OUT.onnx.data beside OUT.onnx: that path is checked up front too
+    Case("external data output is a folder", lambda w: prune(w, model=_external_with_data_folder(w), out="out.onnx"),
+         "out.onnx.data"),
     Case("external data truncated", lambda w: prune(w, model=str(
         _external(w, "m", lambda d: "mlp.data", data_bytes=1000))), "truncated"),
     # calibration data
@@ -289,6 +292,13 @@ def _opset(version: int) -> onnx.ModelProto:
     model = onnx.load(str(SAMPLE_MODELS / "mlp.onnx"))
     model.opset_import[0].version = version
     return model
+
+
+def _external_with_data_folder(w: Work) -> str:
+    """A valid model with external data, and a folder where its output's OUT.onnx.data would go."""
+    path = _external(w, "m", lambda d: "mlp.data")
+    w.folder("out.onnx.data")
+    return str(path)
 
 
 def _missing_data(w: Work) -> Path:
