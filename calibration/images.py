@@ -26,7 +26,6 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import click
 import numpy as np
 
 from onnxprune.errors import CalibrationError
@@ -182,30 +181,3 @@ def _fit(image, height: int, width: int, F):
     if size != [h, w]:
         image = F.resize(image, size, antialias=True)
     return F.center_crop(image, [height, width])
-
-
-def _floats(ctx, param, value: str | None):
-    if value is None:
-        return None
-    try:
-        return [float(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: expected comma-separated numbers, e.g. 0.485,0.456,0.406") \
-            from None
-
-
-def image_options(func):
-    """Decorator adding the image-folder options (--mean, --std, --channel-order, --layout)."""
-    options = [
-        click.option("--mean", callback=_floats, default=None,
-                     help="Per-channel mean in [0,1] units, e.g. 0.485,0.456,0.406 [default: 0]."),
-        click.option("--std", callback=_floats, default=None,
-                     help="Per-channel std in [0,1] units, e.g. 0.229,0.224,0.225 [default: 1]."),
-        click.option("--channel-order", type=click.Choice(CHANNEL_ORDERS), default="rgb", show_default=True,
-                     help="Channel order the model expects for image folders."),
-        click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True,
-                     help="Image input layout (auto: the axis of size 1 or 3)."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from onnxprune.calibration.data import CalibrationSet
+from onnxprune.graph.batching import run_in_slices
 from onnxprune.graph.sessions import make_session
 
 log = logging.getLogger(__name__)
@@ -24,8 +25,6 @@ def teacher_outputs(
 ) -> list[np.ndarray]:
     """The model's outputs for every sample, in graph-output order, each [N, ...]; calls of
     ``batch_size`` samples, or of the model's fixed batch (``onnxprune.graph.batching``)."""
-    from onnxprune.graph.batching import run_in_slices
-
     outputs = run_in_slices(make_session(model, providers), data.inputs, chunk=batch_size)
     log.info("teacher targets: %d samples, outputs %s", len(data), [list(o.shape) for o in outputs])
     return outputs

@@ -122,7 +122,8 @@ def apply(model: PathLike | onnx.ModelProto, plan: PathLike | Any = None, out: P
     if out is not None and stores_external_data(model):  # OUT.onnx.data comes beside it: checked too
         outputs.add("--out (its external data)", f"{os.fspath(out)}.data")
     outputs.check()  # a bad output path before any work
-    normalized = normalize(model if isinstance(model, onnx.ModelProto) else load_model(model))
+    original = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    normalized = normalize(original)
     shapes = resolve_input_shapes(normalized, _shapes(input_shapes))
     if plan is None:
         plan = PruningPlan()
@@ -139,8 +140,10 @@ def apply(model: PathLike | onnx.ModelProto, plan: PathLike | Any = None, out: P
             save_model_atomic(pruned, outputs.staged(out), external_data=stores_external_data(model) or None)
             outputs.commit()
         written = Path(out)
+    # params before: the input as given (normalizing unties shared weights, which is not the
+    # user's model); after: the written model
     return ApplyResult(pruned, written, (before.total_macs, after.total_macs),
-                       (count_params(normalized), count_params(pruned)))
+                       (count_params(original), count_params(pruned)))
 
 
 def inspect(model: PathLike | onnx.ModelProto, *, input_shapes: Mapping[str, Sequence[int]] | None = None,

@@ -30,6 +30,10 @@ class CalibrationError(OnnxPruneError):
     """Calibration data has the wrong names, shapes, dtypes, or non-finite values."""
 
 
+class ConfigError(OnnxPruneError):
+    """The configuration file is missing, is not TOML, or names an option the command lacks."""
+
+
 class TrainingDivergedError(OnnxPruneError):
     """The loss became NaN or Inf; nothing is written."""
 

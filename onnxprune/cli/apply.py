@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from onnxprune import api
+from onnxprune.cli.shared_options import input_shape_option
 from onnxprune.graph.macs import format_count
 from onnxprune.graph.shapes import parse_input_shapes
 
@@ -17,10 +18,9 @@ from onnxprune.graph.shapes import parse_input_shapes
 @click.command("apply")
 @click.argument("model_path", metavar="IN.onnx", type=click.Path(dir_okay=True))
 @click.option("--plan", "plan_path", type=click.Path(), default=None,
-              help="Pruning plan JSON (see README); without it only dead structure is removed.")
+              help="Pruning plan JSON (docs/passes.md); without it only dead structure is removed.")
 @click.option("--out", "out_path", required=True, type=click.Path(), help="Where to write the pruned model.")
-@click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=DxDxD",
-              help="Static shape for an input with dynamic dims (repeatable), e.g. image=1x3x224x224.")
+@input_shape_option
 def command(model_path: str, plan_path: str | None, out_path: str, input_shape: tuple[str, ...]) -> None:
     """Physically remove what a pruning plan names (and all-zero channels) from IN.onnx."""
     applied = api.apply(model_path, plan_path, out_path, input_shapes=parse_input_shapes(input_shape))

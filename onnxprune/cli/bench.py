@@ -11,9 +11,11 @@ import json
 
 import click
 
-from onnxprune.calibration.images import image_options
 from onnxprune.cli.config_file import config_option, effective_config
+from onnxprune.cli.main import reject_non_finite
+from onnxprune.cli.shared_options import image_options, input_shape_option
 from onnxprune.errors import OnnxPruneError
+from onnxprune.graph.macs import format_count
 from onnxprune.graph.shapes import parse_input_shapes
 from onnxprune.measure.compare import MEMORY_NOTES, compare_models
 
@@ -39,7 +41,7 @@ def _split_list(text: str, option: str, convert=str) -> list:
               help="Time budget per provider and batch, shared by the models.")
 @click.option("--min-runs", type=int, default=20, show_default=True, help="Timed runs per model at least.")
 @click.option("--warmup", type=int, default=5, show_default=True, help="Untimed runs per model first.")
-@click.option("--input-shape", multiple=True, help="NAME=1x3x224x224 for dynamic dimensions.")
+@input_shape_option
 @click.option("--calib", type=click.Path(exists=False), default=None,
               help="Inputs: .npz keyed by input name, or a folder of images [default: random].")
 @image_options
@@ -49,8 +51,6 @@ def _split_list(text: str, option: str, convert=str) -> list:
 def command(ctx: click.Context, models, providers, batches, threads, seconds, min_runs, warmup,
             input_shape, calib, mean, std, channel_order, layout, seed, as_json, config) -> None:
     """Measure ONNX models side by side on onnxruntime; speedups are relative to the first."""
-    from onnxprune.cli.main import reject_non_finite
-
     reject_non_finite(ctx)  # nan / inf in any float option
     default_batch = ctx.get_parameter_source("batches") == click.core.ParameterSource.DEFAULT
     results = compare_models(
@@ -81,8 +81,6 @@ def _print_table(results: list[dict]) -> None:
     from rich.console import Console
     from rich.measure import Measurement
     from rich.table import Table
-
-    from onnxprune.graph.macs import format_count
 
     kind = results[0]["memory_kind"]
     table = Table(

@@ -14,12 +14,11 @@ It is built on click's ``default_map``: the eager ``--config`` option loads the 
 other options are parsed, so a value from the file becomes the option's default and still goes
 through the option's own type conversion and validation. :func:`effective_config` returns every
 option's final value (and :func:`parameter_sources` where each came from), which the run report
-records so that a run can be repeated with ``--config``; :func:`to_toml` writes it back.
+records so that a run can be repeated with ``--config``; :func:`onnxprune.reporting.toml.to_toml` writes it back.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import click
 import tomllib
 from click.core import ParameterSource
 
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import ConfigError
 
 CONFIG_PARAM = "config"
 _SOURCE_NAMES = {
@@ -38,10 +37,6 @@ _SOURCE_NAMES = {
     ParameterSource.DEFAULT: "default",
     ParameterSource.PROMPT: "prompt",
 }
-
-
-class ConfigError(OnnxPruneError):
-    """The configuration file is missing, is not TOML, or names an option the command lacks."""
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -167,35 +162,3 @@ def _plain(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
-
-
-def to_toml(config: dict[str, Any]) -> str:
-    """A TOML document for a flat configuration; ``None`` values (unset options) are left out,
-    so loading the result with :func:`load_config` gives back the same values."""
-    lines = []
-    for key, value in config.items():
-        if value is None:
-            continue
-        lines.append(f"{key.replace('_', '-')} = {_toml_value(value, key)}")
-    return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any, key: str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
-        return f'"{escaped}"'
-    if isinstance(value, (list, tuple)):
-        if any(v is None for v in value):
-            raise ConfigError(f"key {key!r}: a list with an unset value cannot be written as TOML")
-        return "[" + ", ".join(_toml_value(v, key) for v in value) + "]"
-    raise ConfigError(f"key {key!r}: {type(value).__name__} cannot be written as TOML")

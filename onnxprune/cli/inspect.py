@@ -13,21 +13,13 @@ import logging
 
 import click
 
+from onnxprune.cli.shared_options import input_shape_option
 from onnxprune.graph.macs import format_count
 from onnxprune.graph.modelio import load_model
 from onnxprune.graph.shapes import parse_input_shapes, resolve_input_shapes
 from onnxprune.reporting.inspection import inspection_report
 
 log = logging.getLogger(__name__)
-
-input_shape_option = click.option(
-    "--input-shape",
-    "input_shape",
-    multiple=True,
-    metavar="NAME=DxDxD",
-    help="Static shape for an input with dynamic dims (repeatable), e.g. image=1x3x224x224.",
-)
-
 
 @click.command("inspect")
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path(dir_okay=True))

@@ -11,14 +11,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import torch
 
-from onnxprune.calibration.images import image_options
 from onnxprune.calibration.losses import DISTILL_LOSSES, LOSSES
 from onnxprune.cli import gate_options
 from onnxprune.cli.config_file import config_option, effective_config, parameter_sources
+from onnxprune.cli.main import reject_non_finite
 from onnxprune.cli.method_options import merged_options
+from onnxprune.cli.shared_options import image_options, input_shape_option
 from onnxprune.methods.base import registry
+from onnxprune.reporting.run_report import summary_lines
+from onnxprune.run import acceptance as gates
 from onnxprune.run import gated as ci
+from onnxprune.run import pipeline
 from onnxprune.training.loop import DEVICES, OPTIMIZERS, TrainConfig
 
 METHOD_OPTIONS, OPTION_READERS = merged_options(registry())
@@ -40,8 +45,7 @@ METHOD_OPTIONS, OPTION_READERS = merged_options(registry())
 @click.option("--seq-len", "seq_len", type=click.IntRange(2), default=None,
               help="Tokens per sample for text calibration (truncated and padded to it); the MACs and the "
                    "latency are measured at it.")
-@click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=DxDxD",
-              help="Static shape for an input with dynamic dims (repeatable), e.g. image=1x3x224x224.")
+@input_shape_option
 @click.option("--holdout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.1,
               help="Fraction of the calibration data held out for evaluation (never trained on).")
 @click.option("--loss", type=click.Choice(LOSSES), default=None,
@@ -78,19 +82,11 @@ def command(ctx: click.Context, model: Path, method: str, out: Path, calib: str 
             quiet: bool, sparse_storage: bool, report: Path | None, config: str | None, mean: list[float] | None,
             std: list[float] | None, channel_order: str, layout: str, **method_values) -> None:
     """Prune IN.onnx with a training-based method and write a smaller OUT.onnx."""
-    from onnxprune.cli.main import reject_non_finite
-
     reject_non_finite(ctx)  # nan / inf in any float option
     if threads is not None:  # before any torch work; recorded in the report and the model's metadata
-        import torch
-
         previous = torch.get_num_threads()
         ctx.call_on_close(lambda: torch.set_num_threads(previous))
         torch.set_num_threads(threads)
-    from onnxprune.reporting.run_report import summary_lines
-    from onnxprune.run import acceptance as gates
-    from onnxprune.run import pipeline
-
     ci_options = ci.CiOptions.pop_from(method_values)  # before the method-option checks below
     sources = parameter_sources(ctx)
     for name, value in method_values.items():

@@ -26,10 +26,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.sessions import make_session
-from onnxprune.graph.shapes import graph_inputs
+from onnxprune.graph.shapes import graph_inputs, infer_static_shapes, random_feeds, static_shape_map
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +178,7 @@ def torch_batch_check(imported, batch: int, seed: int = 0) -> tuple[bool, str]:
     A Reshape or Expand constant that bakes the batch in makes the torch module fail at 2 x batch
     or mix samples; it then trains at the fixed batch.
     """
-    from onnxprune.graph.shapes import random_feeds
-    from onnxprune.importing.importer import NOISE_FACTOR, float32_noise, run_torch
+    from onnxprune.importing.importer import NOISE_FACTOR, float32_noise, run_torch  # torch: not for bench
 
     shapes = {name: (2 * batch, *shape[1:]) for name, shape in imported.input_shapes.items()}
     feeds = random_feeds(imported.onnx_model, shapes, seed)
@@ -220,10 +220,6 @@ def free_batch_constants(model: onnx.ModelProto, batch: int,
     copy's import decides whether the rewrite is enough; :func:`restore_batch_constants` puts B
     back into the pruned graph.
     """
-    from onnx import numpy_helper
-
-    from onnxprune.graph.shapes import infer_static_shapes, static_shape_map
-
     try:
         shapes = static_shape_map(infer_static_shapes(model, input_shapes))
     except Exception:  # noqa: BLE001 -- no shapes: no rewrite (the fixed batch is used)
@@ -269,8 +265,6 @@ def restore_batch_constants(model: onnx.ModelProto, outputs: Sequence[str], batc
     """Undo :func:`free_batch_constants` in ``model`` (in place, returned): the targets of the
     Reshapes producing ``outputs`` that start with 0 start with ``batch`` again (under whatever
     name the passes gave an edited target)."""
-    from onnx import numpy_helper
-
     wanted = set(outputs)
     reshapes = [node for node in model.graph.node
                 if node.op_type == "Reshape" and node.output and node.output[0] in wanted and len(node.input) > 1]

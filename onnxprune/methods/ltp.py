@@ -35,6 +35,8 @@ from pathlib import Path
 import torch
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.graph.modelio import save_model_atomic
+from onnxprune.importing.writeback import write_back
 from onnxprune.methods._support import threshold_masks as masking
 from onnxprune.methods.base import PruningMethod, TrainContext, register
 from onnxprune.methods.options import (
@@ -255,9 +257,6 @@ class LTP(PruningMethod):
         return values
 
     def _write_trail(self, ctx: TrainContext, sparsity: float) -> None:
-        from onnxprune.graph.modelio import save_model_atomic
-        from onnxprune.importing.writeback import write_back
-
         masks = [m for layer in self.layers for m in layer.masks]
         with masking.substituted(self.hard_values(), masks):
             scores = ctx.evaluate() if ctx.evaluate is not None else {}

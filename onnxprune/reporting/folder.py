@@ -33,7 +33,8 @@ from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.macs import PRUNABLE_OPS as WIDTH_OPS
 from onnxprune.graph.macs import format_count
 from onnxprune.reporting import run_report as run_report
-from onnxprune.reporting.plots import plot_layer_widths, plot_trail
+from onnxprune.reporting.plots import plot_latency_curve, plot_layer_widths, plot_trail
+from onnxprune.reporting.toml import to_toml
 from onnxprune.run.outputs import fault_point
 
 log = logging.getLogger(__name__)
@@ -177,8 +178,6 @@ def _plots(report: Mapping[str, Any], folder: Path) -> list[Path]:
                                   title=f"{report.get('method')} trail: {len(trail)} models (not fine-tuned)"))
     curve = (report.get("latency_target") or {}).get("curve")
     if curve:
-        from onnxprune.run.latency_search import plot_latency_curve
-
         target = report["latency_target"]
         written.append(plot_latency_curve(curve, target["target_ms"], folder / "latency.png", target.get("original_ms"),
                                           (report.get("macs") or {}).get("before"), target.get("batch", 1)))
@@ -372,8 +371,6 @@ def _repeat(report: Mapping[str, Any]) -> list[str]:
     options = {k: v for k, v in (report.get("options") or {}).items() if sources.get(k, "default") != "default"}
     if not options:
         return []
-    from onnxprune.cli.config_file import to_toml
-
     return ["## Repeat this run", "", "Save as `run.toml` and run `onnxprune IN.onnx --config run.toml`:", "",
             "```toml", to_toml(options).rstrip(), "```", ""]
 

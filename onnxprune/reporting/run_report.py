@@ -1,5 +1,5 @@
 """The run report: what a prune run did, as one JSON document (``--report run.json``) and a
-short printed summary. Field meanings are documented in the README (section "The run report").
+short printed summary. Field meanings are documented in docs/usage.md ("The run report").
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune import __version__
-from onnxprune.graph.macs import PRUNABLE_OPS
+from onnxprune.graph.macs import PRUNABLE_OPS, format_count
 
 REPORT_VERSION = 1
 
@@ -137,8 +137,6 @@ def write_report_json(report: dict[str, Any], path: str | os.PathLike) -> None:
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """The short summary the prune command prints."""
-    from onnxprune.graph.macs import format_count
-
     m, p, w = report["macs"], report["params"], report["prunable_weights"]
     pruned, orig = report["pruned"], report["original"]
 

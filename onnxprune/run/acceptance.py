@@ -38,6 +38,7 @@ from typing import Any
 import onnx
 
 from onnxprune.errors import GateFailedError, OnnxPruneError
+from onnxprune.measure.latency import measure_latency
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +190,6 @@ def measure_before_after(
     ``before`` and ``after`` (each a LatencyStats dict: p50_ms, p90_ms, mean_ms, ...) and
     ``speedup`` = before p50 / after p50.
     """
-    from onnxprune.measure.latency import measure_latency
-
     before, after = measure_latency([original, pruned], feeds, provider=provider, threads=threads,
                                     batch=batch, seconds=seconds, min_runs=min_runs,
                                     names=["original", "pruned"])

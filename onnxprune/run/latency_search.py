@@ -41,6 +41,8 @@ from typing import Any, Generic, TypeVar
 
 import onnx
 
+from onnxprune.measure.latency import measure_latency
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -212,8 +214,6 @@ def latency_meter(feeds: Mapping[str, Any], provider: str = "cpu", threads: int 
                   seconds: float = 1.0, min_runs: int = 20,
                   batch: int = 1) -> Callable[[onnx.ModelProto | str | os.PathLike], float]:
     """``measure(model) -> p50 ms`` of one call with ``batch`` rows on ``provider`` via onnxruntime.latency."""
-    from onnxprune.measure.latency import measure_latency
-
     def measure(model: onnx.ModelProto | str | os.PathLike) -> float:
         (stats,) = measure_latency([model], feeds, provider=provider, threads=threads, batch=batch,
                                    seconds=seconds, min_runs=min_runs)
@@ -233,8 +233,6 @@ class PairedMeter:
         self.originals: list[float] = []  # the original's p50, one per call
 
     def __call__(self, model: onnx.ModelProto | str | os.PathLike) -> float:
-        from onnxprune.measure.latency import measure_latency
-
         before, after = measure_latency([self.original, model], self.feeds, provider=self.provider,
                                         threads=self.threads, batch=self.batch, seconds=self.seconds,
                                         min_runs=self.min_runs, names=["original", "candidate"])
@@ -243,8 +241,6 @@ class PairedMeter:
 
     def original_ms(self) -> float:
         """The median of the original's timings so far (the first one alone before any candidate)."""
-        from onnxprune.measure.latency import measure_latency
-
         if not self.originals:
             (stats,) = measure_latency(
                 [self.original], self.feeds, provider=self.provider, threads=self.threads, batch=self.batch,
@@ -285,47 +281,3 @@ def search_runs(
         log.warning("--target-latency-ms %.4g: not met in %d rounds; keeping the fastest model (%.4g ms)",
                     target_ms, len(search.curve), search.curve[search.chosen]["latency_ms"])
     return chosen, search
-
-
-def plot_latency_curve(curve: Sequence[Mapping[str, Any]], target_ms: float, path: str | os.PathLike,
-                       original_ms: float | None = None, original_macs: int | None = None, batch: int = 1) -> Path:
-    """Measured latency against MACs (or the MAC fraction when MACs are unknown), the target as a
-    dashed line; candidates that met it filled, the others hollow, the original (when given) as
-    a black square at the right end of the line."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import EngFormatter
-
-    use_macs = all(c.get("macs") is not None for c in curve)
-    x_key = "macs" if use_macs else "mac_fraction"
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    line = [(c[x_key], c["latency_ms"]) for c in curve]
-    if original_ms is not None and (original_macs is not None or not use_macs):
-        anchor = original_macs if use_macs else 1.0
-        line.append((anchor, original_ms))
-        ax.scatter([anchor], [original_ms], marker="s", color="black", zorder=3, label=f"original {original_ms:.3g} ms")
-    line.sort()
-    ax.plot([x for x, _ in line], [y for _, y in line], color="#08519c", alpha=0.5)
-    for met, style in ((True, {"color": "#2ca02c", "label": "meets target"}),
-                       (False, {"facecolors": "none", "edgecolors": "#d62728", "label": "too slow"})):
-        pts = [c for c in curve if c["met"] == met]
-        if pts:
-            ax.scatter([c[x_key] for c in pts], [c["latency_ms"] for c in pts], zorder=3, **style)
-    for c in curve:
-        ax.annotate(str(c.get("round", "")), (c[x_key], c["latency_ms"]), xytext=(4, 4), textcoords="offset points",
-                    fontsize=7)
-    ax.axhline(target_ms, linestyle="--", color="gray", label=f"target {target_ms:.3g} ms")
-    ax.set_xlabel("MACs per sample" if use_macs else "fraction of the original MACs")
-    if use_macs:
-        ax.xaxis.set_major_formatter(EngFormatter())
-    ax.set_ylabel(f"latency p50 (ms per call, batch {batch})")
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(f"latency search: {len(curve)} models measured")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.savefig(path, format="png", dpi=100)
-    return path

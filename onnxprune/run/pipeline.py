@@ -54,6 +54,7 @@ from onnxprune.importing.importer import import_model
 from onnxprune.importing.writeback import write_back
 from onnxprune.methods.base import PruningMethod, registry
 from onnxprune.passes import apply_plan
+from onnxprune.passes.groups import analyze
 from onnxprune.reporting.run_report import add_layers, build_run_report, nonzero_weights
 from onnxprune.training.loop import Replica, TrainConfig, TrainData, distributed, prunable_weights, train
 
@@ -318,6 +319,4 @@ def _analysis(method: PruningMethod, model: onnx.ModelProto, shapes):
     """Channel groups for structured methods; weight-level methods do not need them."""
     if set(method.granularities) <= {"weight"}:
         return None
-    from onnxprune.passes.groups import analyze
-
     return analyze(model, shapes)

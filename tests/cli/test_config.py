@@ -10,14 +10,14 @@ import tomllib
 from click.testing import CliRunner
 
 from onnxprune.cli.config_file import (
-    ConfigError,
     config_option,
     effective_config,
     load_config,
     parameter_sources,
-    to_toml,
 )
 from onnxprune.cli.main import main
+from onnxprune.errors import ConfigError
+from onnxprune.reporting.toml import to_toml
 
 
 @click.command()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from onnxprune.calibration import TaskLoss
 
+from onnxprune.calibration import TaskLoss
 from onnxprune.errors import OnnxPruneError
 from onnxprune.methods.base import registry
 from onnxprune.methods.magnitude import Magnitude, cubic_sparsity
@@ -74,6 +74,10 @@ def test_budget_is_global_not_per_layer():
 
 def test_registered_and_validates_sparsity():
     assert registry()["magnitude"] is Magnitude
-    for bad in (None, 1.0, -0.1):
-        with pytest.raises(OnnxPruneError, match="--method magnitude needs --sparsity"):
+    with pytest.raises(OnnxPruneError, match="--method magnitude needs --sparsity"):
+        Magnitude()
+    for bad in (1.0, -0.1, "half", float("nan")):  # checked once, by the typed options
+        with pytest.raises(OnnxPruneError, match="--sparsity"):
             Magnitude(sparsity=bad)
+    with pytest.raises(OnnxPruneError, match="unknown option.*sparsty"):
+        Magnitude(sparsty=0.5)

@@ -20,10 +20,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.graph.macs import count_macs, format_count
 from onnxprune.passes import PruningPlan, analyze, apply_plan
+from onnxprune.reporting.plots import plot_latency_curve
 from onnxprune.run.latency_search import (
     latency_meter,
     pick_from_trail,
-    plot_latency_curve,
     prune_to_latency,
     search_runs,
     trail_candidates,
