@@ -25,18 +25,21 @@ from torch import nn
 class BertLayer(nn.Module):
     def __init__(self, hidden: int, heads: int, intermediate: int, eps: float) -> None:
         super().__init__()
-        self.heads = heads
+        # Python ints, as in BertSelfAttention: a width read from x.shape would be exported as
+        # Shape/Gather arithmetic, and the Reshape targets into and out of the heads would be
+        # computed instead of constant in their last dims
+        self.heads, self.head_size = heads, hidden // heads
         self.query, self.key, self.value = (nn.Linear(hidden, hidden) for _ in range(3))
         self.attn_out, self.attn_norm = nn.Linear(hidden, hidden), nn.LayerNorm(hidden, eps=eps)
         self.ffn_in, self.ffn_out = nn.Linear(hidden, intermediate), nn.Linear(intermediate, hidden)
         self.ffn_norm = nn.LayerNorm(hidden, eps=eps)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        b, t, h = x.shape
-        split = lambda y: y.reshape(b, t, self.heads, h // self.heads).transpose(1, 2)  # noqa: E731
+        split = lambda y: y.view(*y.size()[:-1], self.heads, self.head_size).permute(0, 2, 1, 3)  # noqa: E731
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(h // self.heads) + bias
-        context = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, h)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_size) + bias
+        context = (scores.softmax(-1) @ v).permute(0, 2, 1, 3).contiguous()
+        context = context.view(*context.size()[:-2], self.heads * self.head_size)
         x = self.attn_norm(x + self.attn_out(context))
         return self.ffn_norm(x + self.ffn_out(F.gelu(self.ffn_in(x))))
 

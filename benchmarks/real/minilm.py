@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     calib = run_dir / "calibration.txt"
     calib.write_text("".join(text + "\n" for text, _, _ in train), encoding="utf-8")
     out, report = run_dir / "pruned.onnx", run_dir / "report.json"
-    for stale in (out, report):
+    for stale in (out, report, out.with_name(out.stem + ".rejected.onnx")):
         stale.unlink(missing_ok=True)
     command = [sys.executable, "-m", "onnxprune", "prune", str(model_path), "--method", args.method,
                "--out", str(out), "--report", str(report), "--calib", str(calib), "--tokenizer", str(tokenizer),
@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
     from onnxprune.graph.macs import count_macs
     from onnxprune.measure.latency import measure_latency
 
+    if not out.exists():  # a missed gate (the collapse check) writes OUT.rejected.onnx: measure it anyway
+        out = out.with_name(out.stem + ".rejected.onnx")
     original, pruned = onnx.load(str(model_path)), onnx.load(str(out))
     shapes = {name: (1, args.seq_len) for name in assets.MINILM_INPUTS}
     macs0, macs1 = count_macs(original, shapes).total_macs, count_macs(pruned, shapes).total_macs
@@ -135,7 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
         "params_original": count_macs(original, shapes).total_params, "params_pruned": count_macs(pruned, shapes).total_params,
         "mean_cosine": float(cosine.mean()), "min_cosine": float(cosine.min()), "nn_agreement": nn_agreement(e0, e1),
         "latency_p50_ms": {s.name: s.p50_ms for s in stats}, "latency_ratio": stats[0].p50_ms / stats[1].p50_ms,
-        "prune_seconds": round(seconds, 1), "threads": args.threads,
+        "prune_seconds": round(seconds, 1), "threads": args.threads, "rejected_by_gate": done.returncode == 3,
+        "run_report": json.loads(report.read_text()) if report.exists() else None,
     }
     (run_dir / "figures.json").write_text(json.dumps(result, indent=2))
     print(f"MACs        {macs0 / 1e6:.1f}M -> {macs1 / 1e6:.1f}M ({macs1 / macs0:.1%}) at seq {args.seq_len}")
