@@ -128,10 +128,13 @@ def main() -> None:
     parser.add_argument("--magnitude", action="store_true",
                         help="also a 1-epoch (weight-level) magnitude prune (SGD, lr 1e-4, 8 random samples)")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
+    parser.add_argument("--reuse", action="store_true", help="reuse a model --keep left in --folder")
     args = parser.parse_args()
 
     started = time.perf_counter()
-    model = build(args.folder / "in", args.layers, args.wide, args.narrow)
+    model = args.folder / "in" / "mlp.onnx"
+    if not (args.reuse and model.exists()):
+        model = build(args.folder / "in", args.layers, args.wide, args.narrow)
     size = size_on_disk(model)
     print(f"model      {model} + {model.name}.data: {size / 2**30:.3f} GiB on disk "
           f"(built in {time.perf_counter() - started:.0f} s)")

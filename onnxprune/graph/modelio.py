@@ -141,32 +141,65 @@ EXTERNAL_THRESHOLD = 1024
 
 
 def _save_with_external_data(model: onnx.ModelProto, path: Path, data_name: str) -> None:
-    """Save ``model`` to ``path`` with every initializer of at least :data:`EXTERNAL_THRESHOLD`
-    bytes in ``data_name`` beside it, without copying the model: each tensor's bytes are
-    appended to the data file and cleared, the small .onnx is written, and the bytes are read
-    back into the tensors (in ``finally``, so ``model`` is whole again even when writing fails).
-    Peak extra memory is one tensor, not the model (``onnx.save_model`` on a copy doubles it)."""
-    from onnx.external_data_helper import _get_initializer_tensors, load_external_data_for_tensor
-
-    moved: list[onnx.TensorProto] = []
-    try:
-        with open(path.parent / data_name, "wb") as data:
-            for tensor in _get_initializer_tensors(model):
-                if not tensor.HasField("raw_data") or tensor.ByteSize() < EXTERNAL_THRESHOLD:
-                    continue
+    """Save ``model`` to ``path`` with every main-graph initializer of at least
+    :data:`EXTERNAL_THRESHOLD` bytes in ``data_name`` beside it, without copying the model and
+    without touching it: each tensor's bytes are appended to the data file (one tensor in memory
+    at a time) and a header model whose tensors point into that file is saved. (``onnx.save_model``
+    on a copy doubles the memory; moving the bytes out of the tensors and back grows protobuf's
+    arena by the model's size, since a cleared field's memory is not returned.)"""
+    offsets: dict[str, tuple[int, int]] = {}
+    with open(path.parent / data_name, "wb") as data:
+        for tensor in model.graph.initializer:
+            if _is_large(tensor):
                 offset = data.tell()
-                data.write(tensor.raw_data)
-                length = data.tell() - offset
-                tensor.ClearField("raw_data")
-                del tensor.external_data[:]
-                tensor.data_location = onnx.TensorProto.EXTERNAL
-                for key, value in (("location", data_name), ("offset", offset), ("length", length)):
-                    tensor.external_data.add(key=key, value=str(value))
-                moved.append(tensor)
-        onnx.save_model(model, str(path))
-    finally:
-        for tensor in moved:
-            load_external_data_for_tensor(tensor, str(path.parent))
+                data.write(tensor.raw_data)  # one tensor's bytes, freed after the write
+                offsets[tensor.name] = (offset, data.tell() - offset)
+    header = weightless_header(model, lambda tensor: offsets.get(tensor.name) is not None)
+    for tensor in header.graph.initializer:
+        if tensor.name in offsets:
+            offset, length = offsets[tensor.name]
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", data_name), ("offset", offset), ("length", length)):
+                tensor.external_data.add(key=key, value=str(value))
+    onnx.save_model(header, str(path))
+
+
+def _is_large(tensor: onnx.TensorProto) -> bool:
+    return tensor.HasField("raw_data") and tensor.ByteSize() >= EXTERNAL_THRESHOLD
+
+
+def _copy_fields(source, dest, skip: str) -> None:
+    """Copy every set field of one protobuf message into another, but ``skip``."""
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if hasattr(value, "extend"):  # a repeated field
+            getattr(dest, field.name).extend(value)
+        elif hasattr(value, "CopyFrom"):  # a message
+            getattr(dest, field.name).CopyFrom(value)
+        else:
+            setattr(dest, field.name, value)
+
+
+def weightless_header(model: onnx.ModelProto, strip=None) -> onnx.ModelProto:
+    """A new ModelProto equal to ``model`` except that the main-graph initializers ``strip``
+    selects (default: every one of at least :data:`EXTERNAL_THRESHOLD` bytes of raw data) have
+    their name, type and dims but no data. Built field by field, so the large tensors are never
+    copied: for writing external data, and for shape inference of models over 2 GiB."""
+    strip = strip or _is_large
+    header = onnx.ModelProto()
+    _copy_fields(model, header, skip="graph")
+    graph = header.graph
+    _copy_fields(model.graph, graph, skip="initializer")
+    for tensor in model.graph.initializer:
+        if not strip(tensor):
+            graph.initializer.add().CopyFrom(tensor)
+            continue
+        empty = graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+        if tensor.doc_string:
+            empty.doc_string = tensor.doc_string
+        empty.metadata_props.extend(tensor.metadata_props)
+    return header
 
 
 def stores_external_data(path: str | os.PathLike | onnx.ModelProto) -> bool:

@@ -24,7 +24,12 @@ PROTO_LIMIT = 2**31 - 2**25
 
 def needs_external_data(model: onnx.ModelProto) -> bool:
     """Whether ``model`` is too large to serialize as one protobuf message."""
-    return model.ByteSize() >= PROTO_LIMIT
+    from google.protobuf.message import EncodeError
+
+    try:
+        return model.ByteSize() >= PROTO_LIMIT
+    except EncodeError:  # upb refuses even to size a message of 2 GiB or more
+        return True
 
 
 def make_session(model: onnx.ModelProto | bytes | str | os.PathLike, providers: Sequence | None = None, *,

@@ -35,7 +35,7 @@ from onnxprune.graph.names import CONTAINER, TorchNames
 # float initializer; element-wise ops only multi-element ones (a per-channel bias or scale, not
 # the 0.5 inside a GELU).
 _MATRIX_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "PRelu", "Einsum", "LayerNormalization",
-               "InstanceNormalization", "GroupNormalization", "LSTM", "GRU"}
+               "InstanceNormalization", "GroupNormalization", "LSTM", "GRU", "RNN"}
 _ELEMENTWISE_OPS = {"Add", "Sub", "Mul", "Div", "Where"}
 # Inputs that are statistics, not weights: kept as buffers.
 _STATISTIC_INPUTS = {("BatchNormalization", 3), ("BatchNormalization", 4)}

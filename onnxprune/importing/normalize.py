@@ -13,6 +13,11 @@ Exporters hide weights in three ways that break training and write-back by name:
    or ``Unsqueeze(b)``): Reshape, Unsqueeze, Squeeze, Flatten, Transpose or Cast whose inputs are
    all initializers become an initializer named after their output, holding the same values in
    the new layout, so the bias is a per-channel constant of the Add like any other.
+5. An ``If`` whose condition folds to a constant (an initializer, or computed only from
+   initializers, e.g. ``Equal(c, 1)``): the node is replaced by the branch it takes. The branch's
+   nodes and initializers move into the graph under fresh names (the If's outputs keep theirs;
+   an output the branch passes through from outside becomes an ``Identity``). A branch holding
+   control flow of its own is left as it is (the importer then refuses the If by name).
 
 Values are copied, never changed, so the normalized graph computes exactly what the input graph
 computes. Node names, graph inputs/outputs (names, dtypes, dynamic axes), opsets, and metadata
@@ -50,6 +55,7 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is not None:
         _fold_layout_ops_of_weights(graph, kept_outputs, opset)
+        _fold_constant_ifs(graph, opset)
     _split_shared_float_initializers(graph)
     return _infer_shapes(out)
 
@@ -162,10 +168,141 @@ def _fold_layout_ops_of_weights(graph: onnx.GraphProto, kept_outputs: set[str], 
         _drop_unused_initializers(graph)
 
 
+_FOLD_DEPTH = 8  # how far back a condition's constant producers are followed
+
+
+def _fold_constant_ifs(graph: onnx.GraphProto, opset: int) -> None:
+    """Step 5 (module docstring): inline the taken branch of every If with a constant condition."""
+    from onnxprune.graph.names import OnnxNames
+
+    for _ in range(_FOLD_DEPTH):  # an If may feed the condition of another
+        inputs_declared = {value.name for value in graph.input}
+        initializers = {init.name: init for init in graph.initializer if init.name not in inputs_declared}
+        producers = {out: node for node in graph.node for out in node.output if out}
+        names = OnnxNames.of_proto(graph)
+        keep, folded = [], 0
+        for node in graph.node:
+            taken = None
+            if node.op_type == "If" and node.domain in ("", "ai.onnx"):
+                cond = _constant_value(node.input[0], initializers, producers, opset, _FOLD_DEPTH)
+                if cond is not None and cond.size == 1:
+                    attrs = {a.name: a.g for a in node.attribute}
+                    taken = attrs.get("then_branch" if bool(cond.reshape(-1)[0]) else "else_branch")
+            inlined = None if taken is None else _inline_branch(node, taken, names)
+            if inlined is None:
+                keep.append(node)
+                continue
+            nodes, inits = inlined
+            keep.extend(nodes)
+            graph.initializer.extend(inits)
+            folded += 1
+            _LOG.info("normalize: If %r has a constant condition; folded to its %s", node.name,
+                      "then branch" if taken is attrs.get("then_branch") else "else branch")
+        if not folded:
+            return
+        while True:  # the nodes that only computed a folded condition are dead now
+            used = _used_names_of(keep, graph)
+            alive = [n for n in keep if any(o in used for o in n.output if o)]
+            if len(alive) == len(keep):
+                break
+            keep = alive
+        del graph.node[:]
+        graph.node.extend(keep)
+        _drop_unused_initializers(graph)
+
+
+def _constant_value(name: str, initializers, producers, opset: int, depth: int) -> np.ndarray | None:
+    """The value of ``name`` when it is an initializer or computed (within ``depth`` nodes) from
+    initializers only, by the ONNX reference evaluator; None otherwise."""
+    from onnx.reference import ReferenceEvaluator
+
+    if name in initializers:
+        return numpy_helper.to_array(initializers[name])
+    node = producers.get(name)
+    if depth <= 0 or node is None or node.domain not in ("", "ai.onnx") or node.op_type in _RANDOM_OPS or any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+        return None
+    values = {}
+    for source in dict.fromkeys(i for i in node.input if i):
+        value = _constant_value(source, initializers, producers, opset, depth - 1)
+        if value is None:
+            return None
+        values[source] = numpy_helper.from_array(np.asarray(value), source)
+    try:
+        single = helper.make_model(
+            helper.make_graph([node], "fold", [], [helper.make_empty_tensor_value_info(o) for o in node.output if o],
+                              list(values.values())),
+            opset_imports=[helper.make_opsetid("", opset)])
+        results = ReferenceEvaluator(single).run(None, {})
+    except Exception as exc:  # noqa: BLE001 -- not constant for us: the If stays
+        _LOG.debug("normalize: %r not folded (%s)", name, exc)
+        return None
+    outputs = [o for o in node.output if o]
+    return np.asarray(results[outputs.index(name)])
+
+
+_RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
+
+
+def _inline_branch(node: onnx.NodeProto, branch: onnx.GraphProto, names) -> tuple[list, list] | None:
+    """The branch's nodes and initializers renamed for the outer graph: every value it defines
+    gets a fresh name, its i-th output becomes the If's i-th output. None when the branch
+    holds a subgraph (its inner reads would need renaming too) or its outputs do not match."""
+    if len(branch.output) != len(node.output) or any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in branch.node for a in n.attribute):
+        return None
+    rename: dict[str, str] = {}
+    for init in branch.initializer:
+        rename[init.name] = names.fresh(f"{node.name or 'if'}/{init.name}")
+    for inner in branch.node:
+        for out in inner.output:
+            if out:
+                rename[out] = names.fresh(f"{node.name or 'if'}/{out}")
+    targets = dict(zip((o.name for o in branch.output), node.output, strict=True))
+    identities = []
+    for source, target in targets.items():
+        if not target:
+            continue
+        produced = any(source in inner.output for inner in branch.node)
+        if produced and list(targets).count(source) == 1:
+            rename[source] = target  # the node computing it writes the If's output directly
+        else:  # passed through from outside, an initializer, or one value for two outputs
+            identities.append(helper.make_node("Identity", [rename.get(source, source)], [target],
+                                               name=names.fresh(f"{node.name or 'if'}/{target}")))
+    nodes = []
+    for inner in branch.node:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(inner)
+        copy.name = names.fresh(f"{node.name or 'if'}/{inner.name or inner.op_type}")
+        for index, value in enumerate(copy.input):
+            copy.input[index] = rename.get(value, value)
+        for index, value in enumerate(copy.output):
+            copy.output[index] = rename.get(value, value)
+        nodes.append(copy)
+    inits = []
+    for init in branch.initializer:
+        copy = TensorProto()
+        copy.CopyFrom(init)
+        copy.name = rename[init.name]
+        inits.append(copy)
+    return nodes + identities, inits
+
+
 def _used_names(graph: onnx.GraphProto) -> set[str]:
     """Every value name read by a node (subgraphs included) or exposed as a graph output."""
     used = {value.name for value in graph.output}
     for node in graph.node:
+        used.update(node.input)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                used |= _used_names(sub)
+    return used
+
+
+def _used_names_of(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> set[str]:
+    """``_used_names`` of ``graph`` were its nodes ``nodes``."""
+    used = {value.name for value in graph.output}
+    for node in nodes:
         used.update(node.input)
         for attr in node.attribute:
             for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
@@ -208,9 +345,28 @@ def _split_shared_float_initializers(graph: onnx.GraphProto) -> None:
 
 
 def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference (non-strict, with data propagation). A model over protobuf's 2 GiB limit
+    cannot be serialized for it: its weightless header (large float initializers with their
+    dims but no data; the int shape tensors data propagation reads are small and kept) is
+    inferred instead and the shapes found are copied into ``model``, which is not copied."""
+    from onnxprune.graph.modelio import weightless_header
+    from onnxprune.graph.sessions import needs_external_data
+
+    large = needs_external_data(model)
+    source = weightless_header(model, _large_float) if large else model
     try:
-        return shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        inferred = shape_inference.infer_shapes(source, check_type=False, strict_mode=False, data_prop=True)
     except (onnx.shape_inference.InferenceError, ValueError) as exc:
-        # Models over 2 GiB cannot go through the in-memory inference; shapes stay as given.
         _LOG.warning("normalize: shape inference skipped (%s)", str(exc).splitlines()[0])
         return model
+    if not large:
+        return inferred
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    for given, found in zip(model.graph.output, inferred.graph.output, strict=True):
+        given.CopyFrom(found)
+    return model
+
+
+def _large_float(tensor: TensorProto) -> bool:
+    return tensor.data_type in _FLOAT_TYPES and tensor.HasField("raw_data") and tensor.ByteSize() >= 1024

@@ -1,4 +1,4 @@
-"""LSTM and GRU (ONNX LSTM-7/14, GRU-7/14): frozen, with the reason.
+"""LSTM, GRU and RNN (ONNX LSTM-7/14, GRU-7/14, RNN-7/14): frozen, with the reason.
 
 A hidden unit of a recurrent op is a row of every gate block of W, R and B and a column of R
 (it feeds back into all gates at the next step); removing one is structured pruning of the
@@ -13,8 +13,10 @@ from onnxprune.passes.rules.core import register
 
 @register("LSTM", 7)
 @register("GRU", 7)
+@register("RNN", 7)
 def recurrent(node, ctx) -> None:
-    gates = 4 if node.op_type == "LSTM" else 3
+    gates = {"LSTM": 4, "GRU": 3}.get(node.op_type, 1)
+    rows = f"a row of all {gates} gates" if gates > 1 else "a row of W"
     layouts = [ctx.layout(value) for value in node.inputs]
-    ctx.freeze(f"{node.op_type} {node.name!r}: recurrent hidden units (each a row of all {gates} gates and a column "
+    ctx.freeze(f"{node.op_type} {node.name!r}: recurrent hidden units (each {rows} and a column "
                f"of the recurrence R) and the features it reads are not pruned", *layouts)

@@ -7,6 +7,7 @@ registering a key twice raises there. One module per op family.
 
 from onnxprune.importing.converters import (  # noqa: F401
     clip,
+    control_flow,
     gelu,
     group_norm,
     pad,

@@ -1,7 +1,8 @@
-"""LSTM-7/14 and GRU-7/14 (forward, reverse, bidirectional; optional bias and initial states).
+"""LSTM-7/14, GRU-7/14 and RNN-7/14 (forward, reverse, bidirectional; optional bias and initial
+states).
 
 The ONNX equations, step by step over the sequence (gate order in W, R, B: LSTM i, o, f, c;
-GRU z, r, h; B holds the input biases Wb, then the recurrent biases Rb):
+GRU z, r, h; RNN one block; B holds the input biases Wb, then the recurrent biases Rb):
 
     LSTM   i = s(X Wi' + H Ri' + Wbi + Rbi)      f = s(X Wf' + H Rf' + Wbf + Rbf)
            c = tanh(X Wc' + H Rc' + Wbc + Rbc)   C = f * C + i * c
@@ -10,6 +11,7 @@ GRU z, r, h; B holds the input biases Wb, then the recurrent biases Rb):
            h = tanh(X Wh' + (r * H) Rh' + Rbh + Wbh)          linear_before_reset = 0
            h = tanh(X Wh' + r * (H Rh' + Rbh) + Wbh)          linear_before_reset = 1
            H = (1 - z) * h + z * H
+    RNN    H = tanh(X Wi' + H Ri' + Wbi + Rbi)
 
 Outputs Y [seq, num_directions, batch, hidden] (``layout=1``: [batch, seq, num_directions,
 hidden]), Y_h and (LSTM) Y_c [num_directions, batch, hidden] (``layout=1``: batch first). A
@@ -28,11 +30,12 @@ from onnx2torch.utils.common import OnnxMapping, OperationConverterResult
 
 from onnxprune.importing.converters._common import refuse
 
-_DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"]}
+_DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
 class Recurrent(torch.nn.Module):
-    """One ONNX LSTM or GRU node: ``forward(X, W, R, B, initial_h, initial_c)``."""
+    """One ONNX LSTM, GRU or RNN node: ``forward(X, W, R, B, initial_h, initial_c)``."""
 
     def __init__(self, op: str, hidden: int, direction: str, layout: int, linear_before_reset: int,
                  outputs: int) -> None:
@@ -48,7 +51,7 @@ class Recurrent(torch.nn.Module):
             initial_c = None if initial_c is None else initial_c.transpose(0, 1)
         seq, batch = x.shape[0], x.shape[1]
         directions = w.shape[0]
-        gates = 4 if self.op == "LSTM" else 3
+        gates = GATES[self.op]
         ys, hs, cs = [], [], []
         for d in range(directions):
             reverse = self.direction == "reverse" or (self.direction == "bidirectional" and d == 1)
@@ -62,8 +65,10 @@ class Recurrent(torch.nn.Module):
             for t in (range(seq - 1, -1, -1) if reverse else range(seq)):
                 if self.op == "LSTM":
                     h, c = self._lstm(projected[t], h, c, r[d], rb)
-                else:
+                elif self.op == "GRU":
                     h = self._gru(projected[t], h, r[d], rb)
+                else:
+                    h = self._rnn(projected[t], h, r[d], rb)
                 steps[t] = h
             ys.append(torch.stack(steps, 0))  # [seq, batch, hidden]
             hs.append(h)
@@ -82,6 +87,10 @@ class Recurrent(torch.nn.Module):
         i, o, f, g = torch.split(z, self.hidden, dim=-1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c), c
+
+    def _rnn(self, xw, h, r, rb):
+        z = xw + torch.matmul(h, r.t())
+        return torch.tanh(z if rb is None else z + rb)
 
     def _gru(self, xw, h, r, rb):
         n = self.hidden
@@ -131,7 +140,7 @@ def _convert(node: OnnxNode, version: int) -> OperationConverterResult:
     return OperationConverterResult(module, OnnxMapping(inputs=tuple(used), outputs=tuple(outputs)))
 
 
-for _op in ("LSTM", "GRU"):
+for _op in ("LSTM", "GRU", "RNN"):
     for _version in (7, 14):
         add_converter(operation_type=_op, version=_version)(
             lambda node, graph, _v=_version: _convert(node, _v))
