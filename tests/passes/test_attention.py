@@ -187,3 +187,34 @@ def test_fused_attention_is_frozen_with_its_name(text, weights):
     groups = {g.id: g for g in analyze(model).groups}
     for weight in weights:
         assert not groups[weight].prunable and "no rule for op Attention" in groups[weight].reason
+
+
+def test_mac_terms_are_keyed_by_node_name():
+    """Issue 12: terms are matched to nodes by name (unnamed and repeated names included), not by
+    zipping a list of op types with the counter's layers."""
+    from onnxprune.graph.macs import count_macs
+    from onnxprune.passes.testing import model_from_text
+
+    model = model_from_text("""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[2,8] x) => (float[2,4] y)
+<float[8,16] w1, float[16,8] w2, float[8,4] w3>
+{
+  a = MatMul (x, w1)
+  r = Relu (a)
+  b = MatMul (r, w2)
+  y = MatMul (b, w3)
+}
+""")
+    repeated = onnx.ModelProto()
+    repeated.CopyFrom(model)
+    repeated.graph.node[2].name = repeated.graph.node[3].name = "same"  # a repeated name gets a suffix
+    terms = analyze(repeated).mac_terms
+    assert [t.node for t in terms] == ["MatMul_0", "same", "same_1"]
+    assert [t.macs for t in terms] == [2 * 8 * 16, 2 * 16 * 8, 2 * 8 * 4]
+    analysis = analyze(model)
+    assert [t.node for t in analysis.mac_terms] == ["MatMul_0", "MatMul_2", "MatMul_3"]
+    assert analysis.total_macs == count_macs(model).total_macs
+    plan = PruningPlan(kept={"w1": tuple(range(0, 16, 2)), "w2": (0, 1, 2, 3)})
+    checked = check_exact(model, plan, analysis=analysis)
+    assert checked.macs == checked.predicted_macs == 2 * 8 * 8 + 2 * 8 * 4 + 2 * 4 * 4
