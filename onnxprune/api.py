@@ -62,7 +62,7 @@ class ApplyResult:
 
 
 _TRAIN = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "seed", "device", "quiet")
-_RUN = ("labels", "holdout", "loss", "temperature", "sparse_storage")
+_RUN = ("labels", "holdout", "loss", "temperature", "sparse_storage", "tokenizer", "seq_len", "distill_loss")
 _IMAGES = ("mean", "std", "channel_order", "layout")
 
 
@@ -100,7 +100,7 @@ def prune(model: PathLike, out: PathLike | None = None, *, method: str, calib: s
         calib=calib, image_options=images, input_shapes=shapes, train=train,
         report=None if report is None else Path(report), options={"method": method, **options},
         **run)
-    result, gates = gated.run(config, ci)
+    result, gates = gated.run(pipeline.with_data_shapes(config), ci)  # --seq-len / token data fix dynamic axes
     return PruneResult(result.model, result.report, result.written, gates, result.plan)
 
 
