@@ -88,3 +88,20 @@ class SentenceBert(nn.Module):
             else:
                 raise KeyError(f"unexpected BERT parameter {name!r}")
         self.load_state_dict(ours, strict=True)
+
+
+def max_difference_to_transformers(model: SentenceBert, folder, feeds: dict[str, torch.Tensor]) -> float:
+    """max |ours - transformers.BertModel (eager) + mean pooling + normalize| on ``feeds``."""
+    from safetensors.torch import load_file
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig.from_json_file(str(folder / "config.json"))
+    config._attn_implementation = "eager"
+    reference = BertModel(config, add_pooling_layer=False).eval()
+    state = {k.removeprefix("bert."): v for k, v in load_file(str(folder / "model.safetensors")).items()}
+    reference.load_state_dict({k: v for k, v in state.items() if not k.startswith("pooler.")}, strict=False)
+    with torch.no_grad():
+        hidden = reference(**feeds).last_hidden_state
+        weights = feeds["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        expected = F.normalize((hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9), dim=1)
+        return float((model(**feeds) - expected).abs().max())

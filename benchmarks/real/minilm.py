@@ -76,7 +76,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="lagrangian")
     parser.add_argument("--target-macs", default="0.5")
-    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--seq-len", type=int, default=128, help="sequence length of the MACs, latency and metrics")
+    parser.add_argument("--train-seq-len", type=int, default=None,
+                        help="--seq-len of the prune run [default: --seq-len]; fortune sentences have ~19 tokens, so "
+                             "a shorter one trains on the same tokens with less padding")
     parser.add_argument("--train", type=int, default=512, help="calibration sentences")
     parser.add_argument("--test", type=int, default=256, help="held-out sentences")
     parser.add_argument("--epochs", type=int, default=4)
@@ -85,13 +88,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--exporter", default="torchscript", choices=("torchscript", "dynamo"))
     parser.add_argument("--threads", type=int, default=2, help="torch training and ORT latency threads")
     parser.add_argument("--latency-seconds", type=float, default=6.0)
+    parser.add_argument("--check-transformers", action="store_true",
+                        help="first compare benchmarks/real/bert.py with transformers' BertModel on 8 sentences")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `onnxprune prune` options")
     args = parser.parse_args(argv)
 
     model_path = assets.minilm_onnx(args.exporter)
     tokenizer = assets.minilm_files() / "tokenizer.json"
     train, test = assets.split_fortunes(assets.fortune_texts(), args.train, args.test)
-    run_dir = assets.cache_dir() / "minilm-runs" / f"{args.method}_{args.target_macs}_{args.exporter}_s{args.seq_len}"
+    if args.check_transformers:
+        import torch
+
+        from benchmarks.real.bert import max_difference_to_transformers
+
+        sample = {k: torch.from_numpy(v) for k, v in tokens([t for t, _, _ in test[:8]], args.seq_len).items()}
+        print(f"bert.py vs transformers.BertModel: max |difference| {max_difference_to_transformers(assets.minilm_module(), assets.minilm_files(), sample):.2e}")
+    run_dir = assets.cache_dir() / "minilm-runs" / f"{args.method}_{args.target_macs}_{args.exporter}_s{args.train_seq_len or args.seq_len}"
     run_dir.mkdir(parents=True, exist_ok=True)
     calib = run_dir / "calibration.txt"
     calib.write_text("".join(text + "\n" for text, _, _ in train), encoding="utf-8")
@@ -100,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         stale.unlink(missing_ok=True)
     command = [sys.executable, "-m", "onnxprune", "prune", str(model_path), "--method", args.method,
                "--out", str(out), "--report", str(report), "--calib", str(calib), "--tokenizer", str(tokenizer),
-               "--seq-len", str(args.seq_len), "--epochs", str(args.epochs), "--batch-size", "32",
+               "--seq-len", str(args.train_seq_len or args.seq_len), "--epochs", str(args.epochs), "--batch-size", "32",
                "--threads", str(args.threads), "--distill-loss", args.distill_loss, "--quiet"]
     if args.target_macs and args.method != "magnitude":
         command += ["--target-macs", args.target_macs]
@@ -132,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
                             seconds=args.latency_seconds, names=["original", "pruned"])
     result = {
         "method": args.method, "target_macs": args.target_macs, "exporter": args.exporter, "seq_len": args.seq_len,
+        "train_seq_len": args.train_seq_len or args.seq_len,
         "train_sentences": len(train), "test_sentences": len(test), "epochs": args.epochs,
         "macs_original": macs0, "macs_pruned": macs1, "macs_ratio": macs1 / macs0,
         "params_original": count_macs(original, shapes).total_params, "params_pruned": count_macs(pruned, shapes).total_params,
