@@ -203,6 +203,7 @@ def _run(config: PruneConfig, replica: Replica, original: onnx.ModelProto | None
         history=ctx.history, seconds=time.perf_counter() - started,
         samples={"train": len(calib.train), "holdout": calib.held_out, "has_labels": labels is not None,
                  "synthetic": calib.train.synthetic, "loss": calib.loss.mode,
+                 "output_kinds": calib.kinds, "distill_terms": calib.loss.terms,
                  "fixed_batch": batch, "torch_batch": torch_batch, "batch_free_reshapes": freed},
         device=str(replica.device), world_size=replica.world,
     )
