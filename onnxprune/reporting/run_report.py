@@ -157,6 +157,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if "top1_agreement" in pruned:
         lines.append(f"fidelity    top-1 agreement {pruned['top1_agreement']:.2%}, "
                      f"rel. output error {pruned['rel_error']:.3g}")
+    elif "mean_cosine" in pruned:  # an embedding output (calibration.losses.output_kinds)
+        lines.append(f"fidelity    mean cosine {pruned['mean_cosine']:.4f}, rel. output error {pruned['rel_error']:.3g}")
     else:
         lines.append(f"fidelity    rel. output error {pruned['rel_error']:.3g}, max abs {pruned['max_abs_error']:.3g}")
     if "accuracy" in pruned:

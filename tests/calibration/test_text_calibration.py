@@ -68,6 +68,7 @@ def test_token_npz_end_to_end(encoder_path, tmp_path):
     assert run["macs"]["before"] == count_macs(original, shapes).total_macs
     assert run["macs"]["after"] < run["macs"]["before"]
     assert run["calibration"]["holdout"] == 12 and "mean_cosine" in run["pruned"]
+    assert run["calibration"]["output_kinds"] == ["embedding"] and run["calibration"]["distill_terms"] == ["cosine"]
     assert run["original"]["mean_cosine"] == pytest.approx(1.0)
     assert "top1_agreement" not in run["pruned"]  # an embedding, not logits: no argmax agreement
     feeds = _tokens(4, 10, seed=5)  # the pruned model still takes dynamic batch and sequence
