@@ -67,8 +67,13 @@ def output_kinds(outputs: Sequence[np.ndarray], model=None) -> list[str]:
 
 
 def _unit_rows(array: np.ndarray) -> bool:
-    norms = np.linalg.norm(array.astype(np.float64), axis=-1)
-    return bool(len(norms)) and bool(np.all(np.abs(norms - 1.0) < _UNIT_NORM_TOL))
+    """Every row of unit L2 norm; softmax rows near one-hot (norm ~1 too) do not count."""
+    wide = array.astype(np.float64)
+    norms = np.linalg.norm(wide, axis=-1)
+    if not len(norms) or not np.all(np.abs(norms - 1.0) < _UNIT_NORM_TOL):
+        return False
+    probabilities = bool((wide >= 0).all()) and bool(np.all(np.abs(wide.sum(-1) - 1.0) < _UNIT_NORM_TOL))
+    return not probabilities
 
 
 def _takes_token_ids(model) -> bool:

@@ -30,6 +30,9 @@ def test_kinds_from_values_alone():
     kinds = output_kinds([unit.astype(np.float32), rng.standard_normal((5, 8)).astype(np.float32),
                           rng.standard_normal((5, 3, 8)).astype(np.float32)])
     assert kinds == ["embedding", "logits", "dense"]  # without the model, a [N, T, D] output stays dense
+    confident = np.full((5, 8), 1e-5, np.float32)
+    confident[:, 0] = 1 - 7e-5  # softmax rows near one-hot have norm ~1 too: still logits
+    assert output_kinds([confident]) == ["logits"]
 
 
 @pytest.mark.parametrize("normalize", [True, False])
