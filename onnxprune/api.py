@@ -62,7 +62,8 @@ class ApplyResult:
 
 
 _TRAIN = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "seed", "device", "quiet")
-_RUN = ("labels", "holdout", "loss", "temperature", "sparse_storage", "tokenizer", "seq_len", "distill_loss")
+_RUN = ("labels", "holdout", "loss", "temperature", "sparse_storage", "tokenizer", "seq_len", "distill_loss",
+        "prune_hidden_size")
 _IMAGES = ("mean", "std", "channel_order", "layout")
 
 
@@ -123,13 +124,15 @@ def apply(model: PathLike | onnx.ModelProto, plan: PathLike | Any = None, out: P
         outputs.add("--out (its external data)", f"{os.fspath(out)}.data")
     outputs.check()  # a bad output path before any work
     original = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    params_before = count_params(original)
     normalized = normalize(original)
+    del original  # a model read here is not needed again: its memory goes before the passes run
     shapes = resolve_input_shapes(normalized, _shapes(input_shapes))
     if plan is None:
         plan = PruningPlan()
     elif not isinstance(plan, PruningPlan):
         plan = PruningPlan.load(plan)
-    analysis = analyze(normalized, shapes)
+    analysis = analyze(normalized, shapes, hidden_size=bool(plan.meta.get("hidden_size", False)))
     analysis.validate(plan)  # refuse a bad plan before any work or any file
     pruned = apply_plan(normalized, plan, shapes, analysis=analysis)
     before, after = count_macs(normalized, shapes), count_macs(pruned, shapes)
@@ -143,7 +146,7 @@ def apply(model: PathLike | onnx.ModelProto, plan: PathLike | Any = None, out: P
     # params before: the input as given (normalizing unties shared weights, which is not the
     # user's model); after: the written model
     return ApplyResult(pruned, written, (before.total_macs, after.total_macs),
-                       (count_params(original), count_params(pruned)))
+                       (params_before, count_params(pruned)))
 
 
 def inspect(model: PathLike | onnx.ModelProto, *, input_shapes: Mapping[str, Sequence[int]] | None = None,

@@ -71,6 +71,10 @@ METHOD_OPTIONS, OPTION_READERS = merged_options(registry())
 @click.option("--sparse-storage", is_flag=True,
               help="Store mostly-zero weights as sparse tensors: the file shrinks with sparsity "
                    "(speed is unchanged; onnxruntime densifies them on load).")
+@click.option("--prune-hidden-size", is_flag=True,
+              help="Transformers, structured methods: the residual stream's width is pruned too (embeddings, every "
+                   "LayerNorm and residual Add, the output head); exact, each LayerNorm sees its full width "
+                   "(docs/transformers.md).")
 @click.option("--report", type=click.Path(path_type=Path), default=None,
               help="Write the run report: a folder (report.json, report.md, PNG plots), or one JSON file "
                    "when the name ends in .json.")
@@ -79,7 +83,7 @@ METHOD_OPTIONS, OPTION_READERS = merged_options(registry())
 def command(ctx: click.Context, model: Path, method: str, out: Path, calib: str | None, labels: str | None,
             tokenizer: str | None, seq_len: int | None, distill_loss: str, input_shape: tuple[str, ...], holdout: float, loss: str | None, temperature: float, epochs: int,
             batch_size: int, lr: float | None, optimizer: str, weight_decay: float, seed: int, device: str, threads: int | None,
-            quiet: bool, sparse_storage: bool, report: Path | None, config: str | None, mean: list[float] | None,
+            quiet: bool, sparse_storage: bool, prune_hidden_size: bool, report: Path | None, config: str | None, mean: list[float] | None,
             std: list[float] | None, channel_order: str, layout: str, **method_values) -> None:
     """Prune IN.onnx with a training-based method and write a smaller OUT.onnx."""
     reject_non_finite(ctx)  # nan / inf in any float option
@@ -102,7 +106,8 @@ def command(ctx: click.Context, model: Path, method: str, out: Path, calib: str 
         image_options={"mean": 0.0 if mean is None else mean, "std": 1.0 if std is None else std,
                        "channel_order": channel_order, "layout": layout},
         input_shapes=input_shape, holdout=holdout, loss=loss, temperature=temperature, train=train,
-        report=report, sparse_storage=sparse_storage, options=effective_config(ctx), option_sources=sources)), ci_options)
+        report=report, sparse_storage=sparse_storage, prune_hidden_size=prune_hidden_size,
+        options=effective_config(ctx), option_sources=sources)), ci_options)
     if result.replica.is_main:
         for line in summary_lines(result.report) + ci.summary_lines(result.report, gate_results):
             click.echo(line)

@@ -25,7 +25,10 @@ def inspection_report(model, input_shapes, *, plan=None, import_check=True) -> d
         analysis_model = imported.onnx_model
         check = {"max_abs_error": imported.check.max_abs, "max_rel_error": imported.check.max_rel}
     cost = count_macs(analysis_model, input_shapes)
-    analysis = analyze(analysis_model, input_shapes)
+    if plan is not None and not isinstance(plan, PruningPlan):
+        plan = PruningPlan.load(plan)
+    # a plan that prunes a transformer's hidden size was made on the analysis that has it
+    analysis = analyze(analysis_model, input_shapes, hidden_size=bool(plan is not None and plan.meta.get("hidden_size")))
     layer_groups = _groups_by_weight(analysis)
     layers = []
     for layer in cost.layers:
@@ -71,7 +74,6 @@ def _groups_by_weight(analysis) -> dict:
 
 
 def _plan_summary(analysis, plan, total_macs) -> dict:
-    plan = plan if isinstance(plan, PruningPlan) else PruningPlan.load(plan)
     analysis.validate(plan)
     sizes = {g.id: g.size for g in analysis.groups}
     removed = {gid: sizes[gid] - len(kept) for gid, kept in plan.kept.items()}

@@ -52,10 +52,12 @@ from onnxprune.graph.shapes import parse_input_shapes, resolve_input_shapes
 from onnxprune.graph.verify import assert_close
 from onnxprune.importing.importer import import_model
 from onnxprune.importing.writeback import write_back
+from onnxprune.methods._support.chunks import round_plan_for
 from onnxprune.methods.base import PruningMethod, registry
 from onnxprune.passes import apply_plan
 from onnxprune.passes.groups import analyze
 from onnxprune.reporting.run_report import add_layers, build_run_report, nonzero_weights
+from onnxprune.run.plan_check import check_plan_shapes, is_structured
 from onnxprune.training.loop import Replica, TrainConfig, TrainData, distributed, prunable_weights, train
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,7 @@ class PruneConfig:
     train: TrainConfig = TrainConfig()
     report: Path | None = None  # where finish() writes the report
     sparse_storage: bool = False  # finish() stores mostly-zero weights sparsely in the written file
+    prune_hidden_size: bool = False  # transformers: the residual stream's width is a group too (docs/transformers.md)
     # the command line's effective options and where each came from, recorded in the report so
     # the run can be repeated with --config
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -180,9 +183,16 @@ def _run(config: PruneConfig, replica: Replica, original: onnx.ModelProto | None
         *columns, label_column = pad_to_multiple([*data.inputs, *data.targets, data.labels], torch_batch * replica.world)
         data = TrainData(columns[:len(data.inputs)], columns[len(data.inputs):], label_column)
         train_config = dataclasses.replace(config.train, batch_size=torch_batch)
+    analysis = _analysis(method, imported.onnx_model, shapes, config.prune_hidden_size)
+    if analysis is not None and is_structured(method):  # a plan shape the passes cannot apply: refused now
+        check_plan_shapes(config.method, imported.onnx_model, analysis, shapes)
     ctx = train(method, imported.module, weights, data, calib.loss, train_config, replica, imported=imported,
-                analysis=_analysis(method, imported.onnx_model, shapes), evaluate=evaluate)
+                analysis=analysis, evaluate=evaluate)
     plan = method.finalize(ctx)
+    if analysis is not None:  # grouped Convs: equally many kept per conv group (rounded up, exact)
+        plan = round_plan_for(plan, analysis)
+    if config.prune_hidden_size:  # the passes analyze the model again: with the same choice
+        plan = dataclasses.replace(plan, meta={**plan.meta, "hidden_size": True})
     imported.module.eval().cpu()  # verified on the CPU: CUDA's TF32 convolutions miss atol 1e-5
     pruned = apply_plan(write_back(imported), plan, shapes)
     if freed:  # the Reshape targets trained as "copy the batch" read the fixed batch again
@@ -316,8 +326,10 @@ def _float32_noise(module: torch.nn.Module, sample: dict[str, np.ndarray],
     return [float(np.abs(a.astype(np.float64) - b).max()) for a, b in zip(float32, float64)]
 
 
-def _analysis(method: PruningMethod, model: onnx.ModelProto, shapes):
+def _analysis(method: PruningMethod, model: onnx.ModelProto, shapes, hidden_size: bool = False):
     """Channel groups for structured methods; weight-level methods do not need them."""
     if set(method.granularities) <= {"weight"}:
+        if hidden_size:
+            raise OnnxPruneError(f"--prune-hidden-size needs a structured method; --method {method.name} prunes weights")
         return None
-    return analyze(model, shapes)
+    return analyze(model, shapes, hidden_size=hidden_size)

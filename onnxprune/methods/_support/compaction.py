@@ -102,7 +102,7 @@ class Compaction:
             model = write_back(imported)
         pruned = apply_plan(model, plan, self.shapes, dead_structure=False, analysis=analysis)
         new = import_model(pruned, self.shapes)
-        new_analysis = analyze(new.onnx_model, self.shapes)
+        new_analysis = analyze(new.onnx_model, self.shapes, analysis.options)  # the same choices (hidden size)
         elements = _kept_elements(analysis, plan, imported.onnx_model)
         shapes = {i.name: tuple(i.dims) for i in new.onnx_model.graph.initializer}
         for name in new.params:
