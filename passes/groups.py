@@ -29,7 +29,7 @@ from onnxprune.graph.names import OnnxNames
 from onnxprune.passes.analysis import AnalysisOptions, GroupAnalysis, name_nodes, unique_node_names
 from onnxprune.passes.heads import head_units
 from onnxprune.passes.residual_branches import find_residual_branches
-from onnxprune.passes.rules.core import Gates, Layout, RuleContext, Segment, lookup
+from onnxprune.passes.rules.core import GateTree, Layout, RuleContext, Segment, lookup
 from onnxprune.passes.structures import (
     ChannelGroup,
     FoldSite,
@@ -53,7 +53,7 @@ class _Space:
         self.chunks = 1
         self.slices: list[TensorAxis] = []
         self.consumers: list[TensorAxis] = []
-        self.gates: list[Gates] = []
+        self.gates: list[GateTree] = []
         self.activations: list[str] = []
         self.reasons: list[str] = []
         self.dead_tests: list[TensorAxis] = []
@@ -159,7 +159,7 @@ class _Builder(RuleContext):
         space.slices.append(weight)
         space.dead_tests.append(weight)
         space.nodes.append(self.node.name)
-        gates = Gates((weight,) if bias is None else (weight, bias))
+        gates = GateTree((weight,) if bias is None else (weight, bias))
         if bias is not None:
             space.slices.append(bias)
         rank = len(self.shape(value) or ()) or axis + 1
@@ -190,7 +190,7 @@ class _Builder(RuleContext):
                 bias_part = dataclasses.replace(bias, start=bias.start + start * block, stop=bias.start + stop * block)
                 space.slices.append(bias_part)
                 tensors = (part, bias_part)
-            segments.append(Segment(sid, stop - start, State.ZERO, Gates(tensors)))
+            segments.append(Segment(sid, stop - start, State.ZERO, GateTree(tensors)))
             pieces.append(Piece(str(sid), 0, stop - start, block))
         rank = len(self.shape(value) or ()) or axis + 1
         layout = Layout(axis, rank, block, tuple(segments))
@@ -602,7 +602,7 @@ def _freeze_subgraph_reads(builder: _Builder, graph: ir.Graph) -> None:
                                                builder.layouts[value.name])
 
 
-def _flatten(trees: list[Gates]) -> tuple[TensorAxis, ...]:
+def _flatten(trees: list[GateTree]) -> tuple[TensorAxis, ...]:
     seen: set[int] = set()
     return tuple(dict.fromkeys(t for tree in trees for t in tree.flatten(seen)))
 

@@ -30,7 +30,7 @@ import dataclasses
 
 import numpy as np
 
-from onnxprune.passes.rules.core import Gates, Layout, State, TensorAxis, axis_of, pass_through, register
+from onnxprune.passes.rules.core import GateTree, Layout, State, TensorAxis, axis_of, pass_through, register
 
 
 def activation_matmul(node, ctx, la: Layout | None, lb: Layout | None) -> None:
@@ -52,7 +52,7 @@ def activation_matmul(node, ctx, la: Layout | None, lb: Layout | None) -> None:
             merged = ctx.merge(la, lb, multiply=True, gate=False)
             if merged is None:
                 return
-            segs = tuple(dataclasses.replace(s, gate=State.VARYING, gates=Gates()) for s in merged.segments)
+            segs = tuple(dataclasses.replace(s, gate=State.VARYING, gates=GateTree()) for s in merged.segments)
             merged = dataclasses.replace(merged, segments=segs)
         else:
             merged = ctx.merge(la, lb, multiply=True)

@@ -55,15 +55,15 @@ def registered() -> list[tuple[str, str, int]]:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Gates:
+class GateTree:
     """Gate tensors as a shared tree: joining two values' gates (a residual Add) costs O(1),
     where copying lists would make a chain of n blocks cost O(n^2)."""
 
     own: tuple[TensorAxis, ...] = ()
-    parts: tuple["Gates", ...] = ()
+    parts: tuple["GateTree", ...] = ()
 
-    def __add__(self, other: "Gates") -> "Gates":
-        return Gates((), (self, other))
+    def __add__(self, other: "GateTree") -> "GateTree":
+        return GateTree((), (self, other))
 
     def flatten(self, seen: set[int] | None = None) -> list[TensorAxis]:
         """The tensors in this tree not yet in ``seen`` (shared subtrees are walked once)."""
@@ -84,7 +84,7 @@ class Segment:
     space: int
     size: int
     gate: State = State.ZERO
-    gates: Gates = Gates()  # zeroing these makes this run of channels ZERO here
+    gates: GateTree = GateTree()  # zeroing these makes this run of channels ZERO here
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,12 +112,12 @@ class Layout:
     def reset(self, gates: list[tuple[TensorAxis, ...]]) -> "Layout":
         """After a per-channel affine stage whose parameters ``gates`` (one tuple per segment)
         zero the channel whatever came in (BatchNormalization's scale and shift, say)."""
-        segs = tuple(dataclasses.replace(s, gate=State.ZERO, gates=Gates(tuple(g))) for s, g in zip(self.segments, gates))
+        segs = tuple(dataclasses.replace(s, gate=State.ZERO, gates=GateTree(tuple(g))) for s, g in zip(self.segments, gates))
         return dataclasses.replace(self, segments=segs)
 
     def add_gates(self, gates: list[TensorAxis]) -> "Layout":
         """A per-channel constant added here joins the gates (one per segment)."""
-        segs = tuple(dataclasses.replace(s, gates=Gates((g,), (s.gates,))) for s, g in zip(self.segments, gates))
+        segs = tuple(dataclasses.replace(s, gates=GateTree((g,), (s.gates,))) for s, g in zip(self.segments, gates))
         return dataclasses.replace(self, segments=segs)
 
     def moved(self, axis: int, rank: int, block: int | None = None) -> "Layout":
@@ -190,6 +190,6 @@ def axis_of(layout: Layout, axis: int) -> int:
 
 
 __all__ = [
-    "FoldSite", "Gates", "IntEdit", "Layout", "Piece", "Rule", "RuleContext", "RuleRegistryError",
+    "FoldSite", "GateTree", "IntEdit", "Layout", "Piece", "Rule", "RuleContext", "RuleRegistryError",
     "Segment", "State", "TensorAxis", "axis_of", "pass_through", "lookup", "nonzero", "padded", "register", "registered",
 ]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from onnxprune.passes.rules.core import Gates, State, register
+from onnxprune.passes.rules.core import GateTree, State, register
 
 
 def _per_channel(node, ctx, params: tuple[int, ...], gates: tuple[int, ...]) -> None:
@@ -86,7 +86,7 @@ def _hidden(node, ctx, layout, axis: int) -> bool:
         return True
     ctx.pad_norm(layout)  # exact: zeros stand in for the removed channels in mean and variance
     # the statistics read the input: its gates stay (the removed channels must be zeros there)
-    segments = tuple(dataclasses.replace(seg, gates=Gates(tuple(s[k] for s in sliced), (seg.gates,)))
+    segments = tuple(dataclasses.replace(seg, gates=GateTree(tuple(s[k] for s in sliced), (seg.gates,)))
                      for k, seg in enumerate(layout.segments))
     ctx.set_layout(node.outputs[0], dataclasses.replace(layout, segments=segments))
     return True

@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import onnx
 import pytest
-from onnxprune.calibration import load_calibration, split_holdout, teacher_outputs
 
+from onnxprune.calibration import load_calibration, split_holdout, teacher_outputs
 from onnxprune.errors import CalibrationError
 from onnxprune.graph.verify import run_onnxruntime
 from tests.support.models import make_tiny_conv

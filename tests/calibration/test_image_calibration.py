@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from sklearn.datasets import load_digits
+from torchvision.io import encode_jpeg, encode_png
+
 from onnxprune.calibration.images import (
     class_names,
-    image_options,
     is_image_folder,
     load_image_folder,
     resolve_layout,
 )
-from sklearn.datasets import load_digits
-from torchvision.io import encode_jpeg, encode_png
-
+from onnxprune.cli.shared_options import image_options
 from onnxprune.errors import CalibrationError
 
 # the test images are written with torchvision's encoders, deprecated (still working) in 0.29

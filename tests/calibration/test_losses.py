@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from onnxprune.calibration import TaskLoss, fidelity, kd_loss, output_kinds
 
+from onnxprune.calibration import TaskLoss, fidelity, kd_loss, output_kinds
 from onnxprune.errors import CalibrationError
 
 

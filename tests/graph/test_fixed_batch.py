@@ -18,7 +18,6 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from onnxprune.measure.latency import measure_latency, resolve_batch
 from onnxprune.calibration import load_calibration, split_holdout, teacher_outputs
 from onnxprune.cli.main import main
 from onnxprune.errors import OnnxPruneError
@@ -31,6 +30,7 @@ from onnxprune.graph.batching import (
     torch_in_slices,
 )
 from onnxprune.importing.importer import import_model
+from onnxprune.measure.latency import measure_latency, resolve_batch
 from onnxprune.run import gated as ci
 
 # random data and one epoch: the collapse check (where there is one) would reject most results;

@@ -13,12 +13,12 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
-from onnxprune.passes import analyze
-from onnxprune.passes.testing import ATOL, RTOL, run
 
 from onnxprune.errors import UnsupportedModelError
 from onnxprune.importing.importer import import_model, run_torch
 from onnxprune.importing.writeback import write_back
+from onnxprune.passes import analyze
+from onnxprune.passes.testing import ATOL, RTOL, run
 
 SEQ, BATCH, INPUT, HIDDEN = 5, 2, 3, 4
 

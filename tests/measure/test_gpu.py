@@ -13,8 +13,8 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from onnxprune.measure.latency import create_session, cuda_status, measure_latency
 from onnxprune.cli.main import main
+from onnxprune.measure.latency import create_session, cuda_status, measure_latency
 
 pytestmark = pytest.mark.gpu
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 from onnx import helper, numpy_helper
 
+from onnxprune.errors import ModelLoadError, OnnxPruneError
+from onnxprune.graph.shapes import random_feeds
 from onnxprune.measure.latency import (
     LatencyStats,
     ProviderUnavailableError,
     batch_feeds,
     measure_latency,
 )
-from onnxprune.errors import ModelLoadError, OnnxPruneError
-from onnxprune.graph.shapes import random_feeds
 
 
 def mlp(width: int, depth: int = 2, inputs: int = 64, seed: int = 0) -> onnx.ModelProto:

@@ -10,8 +10,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnxprune.passes import apply_plan
-from onnxprune.passes.groups import analyze
 
 from onnxprune.graph.macs import count_macs
 from onnxprune.graph.verify import assert_close, run_onnxruntime
@@ -20,6 +18,8 @@ from onnxprune.importing.normalize import normalize
 from onnxprune.importing.writeback import write_back
 from onnxprune.methods.base import TrainContext
 from onnxprune.methods.bernoulli import Bernoulli
+from onnxprune.passes import apply_plan
+from onnxprune.passes.groups import analyze
 from onnxprune.training.loop import prunable_weights
 from tests.support.structured import SAMPLES, SHAPES, digits, run
 

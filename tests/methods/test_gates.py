@@ -9,12 +9,12 @@ import onnx.parser
 import pytest
 import torch
 from onnx import numpy_helper
-from onnxprune.passes.structures import TensorAxis
 
 from onnxprune.graph.verify import run_onnxruntime
 from onnxprune.importing.importer import import_model
 from onnxprune.importing.writeback import write_back
 from onnxprune.methods._support.channel_gates import GateBank, GateSite, bake, install, original, sites_from_onnx
+from onnxprune.passes.structures import TensorAxis
 
 # fc1 as Gemm transB=1 (torch layout [out, in]), fc2 as MatMul (ONNX [in, out]: transposed in torch)
 MLP_TEXT = """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from onnxprune.passes.rules.core import RuleRegistryError, lookup, register, registered
 
 

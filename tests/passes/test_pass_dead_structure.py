@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from onnx import numpy_helper
+
 from onnxprune.passes import eliminate_dead_structure
 from onnxprune.passes.testing import initializer_shapes, model_from_text, random_feeds, run
 

@@ -13,6 +13,7 @@ import warnings
 
 import onnx
 import pytest
+
 from onnxprune.passes import analyze
 from onnxprune.passes.testing import check_exact, random_plan
 

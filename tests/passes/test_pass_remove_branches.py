@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from onnxprune.passes import PruningPlan, analyze
 from onnxprune.passes.testing import check_exact, model_from_text
-
 from tests.support.models import H17, block, chain
 
 

@@ -12,6 +12,7 @@ import os
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from onnxprune.passes import analyze
 from onnxprune.passes.testing import BLOCKS, check_exact, random_graph, random_plan
 
@@ -50,10 +51,10 @@ def test_dead_structure_elimination_is_exact(spec, zero_seed) -> None:
     """Zero random producer filters; dead-structure elimination shrinks the model, outputs unchanged."""
     import numpy as np
     from onnx import numpy_helper
-    from onnxprune.passes import eliminate_dead_structure
-    from onnxprune.passes.testing import random_feeds, run
 
     from onnxprune.graph.macs import count_macs
+    from onnxprune.passes import eliminate_dead_structure
+    from onnxprune.passes.testing import random_feeds, run
 
     model = random_graph(**spec)
     analysis = analyze(model)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from onnxprune.passes import PlanError, PruningPlan, analyze
-from onnxprune.passes.testing import model_from_text
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.passes import PlanError, PruningPlan, analyze
+from onnxprune.passes.testing import model_from_text
 
 RESIDUAL = """<ir_version: 8, opset_import: ["" : 17]>
 g (float[1,3,8,8] x) => (float[1,4,8,8] y)

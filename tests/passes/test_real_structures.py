@@ -17,14 +17,14 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper
-from onnxprune.passes import PruningPlan, analyze
-from onnxprune.passes.testing import check_exact, initializer_shapes, model_from_text, random_plan
 
 from onnxprune.cli.main import main
 from onnxprune.errors import ShapeError
 from onnxprune.graph.macs import count_macs, count_params, format_count
 from onnxprune.graph.shapes import parse_input_shapes, resolve_input_shapes
 from onnxprune.importing.normalize import normalize
+from onnxprune.passes import PruningPlan, analyze
+from onnxprune.passes.testing import check_exact, initializer_shapes, model_from_text, random_plan
 
 SHAPE = {"x": (1, 3, 8, 16)}
 

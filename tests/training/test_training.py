@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from onnxprune.calibration import TaskLoss
 
+from onnxprune.calibration import TaskLoss
 from onnxprune.errors import TrainingDivergedError
 from onnxprune.methods.base import PruningMethod, TrainContext
 from onnxprune.training.loop import TrainConfig, TrainData, train
