@@ -32,6 +32,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=9)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--damping", type=float, default=None, help="rho [default: the method's]")
+    parser.add_argument("--dual-lr", type=float, default=None, help="eta [default: the method's]")
+    parser.add_argument("--taper-epochs", type=int, default=None)
     args = parser.parse_args()
     threads(1)
     logging.basicConfig(level=logging.WARNING)
@@ -39,17 +42,24 @@ def main() -> None:
         setup = prepare(REPO / "sample_models" / f"{name}.onnx", str(REPO / "sample_models/digits_train.npz"), SHAPES,
                         test=str(REPO / "sample_models/digits_test.npz"), seed=args.seed)
         for target in args.targets.split(","):
-            method = Lagrangian(target_macs=target)
+            options = {k: v for k, v in (("damping", args.damping), ("dual_lr", args.dual_lr),
+                                          ("taper_epochs", args.taper_epochs)) if v is not None}
+            method = Lagrangian(target_macs=target, **options)
             result = prune(setup, method, TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, quiet=True))
             trace, warm = method.trace, method.taper.warmup
             after = trace[warm:method.taper.steps]  # the taper window, not the settle phase after it
             worst = max(after, key=lambda r: abs(r["h"]))
             binding = [r for r in trace if r["budget"] > method.target / method.b0 + 1e-9]
+            # the damping's share of the force on the scores, rho|h| / (|lam| + rho|h|), over the window
+            shares = sorted(abs(r["damping_force"]) / max(abs(r["multiplier_force"]) + abs(r["damping_force"]), 1e-12)
+                            for r in after)
             print(json.dumps({
                 "model": name, "target": float(target), "max_abs_h": round(abs(worst["h"]), 4),
                 "at_step": worst["step"], "at_budget": round(worst["budget"], 3), "steps": len(trace),
                 "lam_start": round(binding[warm]["lam"], 3) if len(binding) > warm else None,
-                "lam_end": round(binding[-1]["lam"], 3), "macs_frac": round(result["macs_frac"], 3),
+                "lam_end": round(binding[-1]["lam"], 3),
+                "damping_share_median": round(shares[len(shares) // 2], 3), "damping_share_p90": round(shares[int(0.9 * len(shares))], 3),
+                "rho": method.rho, "eta": method.dual_lr, "macs_frac": round(result["macs_frac"], 3),
                 "accuracy": result["accuracy"], "seconds": round(result["seconds"], 1)}), flush=True)
 
 

@@ -31,6 +31,7 @@ import click
 import torch
 
 from onnxprune.methods._support.channel_gates import GateBank, Structure
+from onnxprune.methods._support.recalibrate import RECALIBRATE_OPTION
 from onnxprune.methods._support.resource import (
     CHANNEL_MULTIPLE_OPTION,
     GATE_LR_OPTION,
@@ -115,9 +116,7 @@ class Lagrangian(PruningMethod):
                      help="lagrangian: epochs after the taper with the budget held while the gates settle to 0/1 "
                           "[default: half of the epochs after the taper]."),
         GATE_LR_OPTION,
-        click.Option(["--recalibrate/--no-recalibrate"], default=True, show_default=True,
-                     help="lagrangian: after the hard selection, map every kept conv channel onto the original's "
-                          "activation mean and spread (BN re-estimation that works with BN folded into the convs)."),
+        RECALIBRATE_OPTION,
         click.Option(["--dual-lr"], type=click.FloatRange(0, min_open=True), default=2.0, show_default=True,
                      help="lagrangian: dual ascent rate of the multiplier (per step, h in units of B0)."),
         click.Option(["--damping"], type=click.FloatRange(0), default=5000.0, show_default=True,
@@ -146,6 +145,7 @@ class Lagrangian(PruningMethod):
     # scale; the hard selection then was a big jump (distillation loss 0.04 -> 0.83 in the
     # first fine-tune epoch). After settling 8 of 568 are in (0.1, 0.9), dropped mass 3%.
     beta_settle = 0.02
+    dual_lr_default, damping_default = 2.0, 5000.0
 
     def setup(self, ctx: TrainContext) -> None:
         self.structure = Structure.from_context(ctx)
@@ -169,8 +169,15 @@ class Lagrangian(PruningMethod):
         for gid in self.scores:
             self.bank.set(gid, lambda gid=gid: self._gate(gid))
         self.lam, self.h = 0.0, 0.0
-        self.dual_lr = float(self.config.get("dual_lr") or 2.0)
-        self.rho = float(self.config.get("damping") if self.config.get("damping") is not None else 5000.0)
+        self._forces: list[tuple[float, float, float, float]] = []
+        # rho 5000 with eta 2: the damping force rho|h| is ~25x the multiplier's lam (median
+        # share 0.96 on the MLP sample), a quadratic penalty in effect, but it tracks (max |h|
+        # 0.8-1.5% of B0 on the samples). Settings where lam carries the force (rho 300, eta 10:
+        # median damping share 0.33-0.59) tracked worse under this taper controller (2.0-2.9%);
+        # rho 0 oscillated (eta 50: |h| 47%) or never bound (eta 2: 26%). Measured in
+        # docs/method-lagrangian.md (benchmarks/lagrangian_tracking.py --damping --dual-lr)
+        self.dual_lr = float(self.config.get("dual_lr") or self.dual_lr_default)
+        self.rho = float(self.config.get("damping") if self.config.get("damping") is not None else self.damping_default)
         epochs = self.total_epochs(ctx)
         # half the epochs taper, the rest settles and fine-tunes: on the CNN samples at 25% of the
         # MACs (9 epochs, 4 seeds) a 4-epoch taper beat a 6-epoch one by 3.5 points on resnet
@@ -240,11 +247,15 @@ class Lagrangian(PruningMethod):
         self.structure.average_grads(self.scores.values())
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        # the two forces on the scores, per unit of dh/ds: the multiplier's lam and the damping's
+        # rho * h (the loss terms lam * h and rho/2 * h^2), logged per epoch (see end_epoch)
+        self._forces.append((self.lam, self.rho * self.h, self.lam * self.h, 0.5 * self.rho * self.h ** 2))
         self.lam += self.dual_lr * self.h
         with torch.no_grad():
             macs = float(self.resource_now())
         record = {"step": ctx.step, "budget": self.taper.budget / self.b0, "macs": macs / self.b0,
-                  "h": (macs - self.taper.budget) / self.b0, "lam": self.lam, "rate": self.taper.rate / self.b0}
+                  "h": (macs - self.taper.budget) / self.b0, "lam": self.lam, "rate": self.taper.rate / self.b0,
+                  "multiplier_force": self._forces[-1][0], "damping_force": self._forces[-1][1]}
         self.trace.append(record)
         self.taper.step(macs - self.taper.budget)
         ctx.metrics.update(macs_frac=record["macs"], budget=record["budget"], lam=self.lam)
@@ -252,6 +263,19 @@ class Lagrangian(PruningMethod):
             self.trail.passed(self.taper.budget / self.b0)
 
     def end_epoch(self, ctx: TrainContext) -> None:
+        if self._forces:  # this epoch's constraint forces (steps before the selection is fixed)
+            import statistics
+
+            lam, damp, lam_term, damp_term = zip(*self._forces)
+            ctx.metrics.update(
+                lam=self.lam, h=self.h, lagrange_term=statistics.fmean(abs(v) for v in lam_term),
+                damping_term=statistics.fmean(damp_term), multiplier_force=statistics.fmean(abs(v) for v in lam),
+                damping_force=statistics.fmean(abs(v) for v in damp),
+                damping_share=statistics.median(abs(d) / max(abs(m) + abs(d), 1e-12) for m, d in zip(lam, damp)))
+            self._forces = []
+        else:
+            for key in ("lagrange_term", "damping_term", "multiplier_force", "damping_force", "damping_share"):
+                ctx.metrics.pop(key, None)
         loss = ctx.metrics.get("loss")
         if loss is not None and getattr(self, "_last_loss", None) is not None and loss > 1.5 * self._last_loss:
             self.taper.loss_jump()

@@ -43,6 +43,25 @@ def test_constraint_tracks_the_taper_and_the_multiplier_rises(mlp_half):
     assert trace[-1]["budget"] == pytest.approx(0.5, abs=1e-9)
 
 
+def test_history_logs_the_multiplier_the_constraint_and_both_force_terms(mlp_half):
+    """Every epoch before the selection is fixed has lam, h, the mean |lam * h| and rho/2 * h^2
+    (the loss terms) and the mean forces |lam| and rho|h| on the scores, computed from the
+    per-step trace; the damping's share of the force is what docs/method-lagrangian.md measures
+    (at the default rho 5000 the damping carries the constraint, a deviation stated there)."""
+    method, result, _ = mlp_half
+    rows = [r for r in result["ctx"].history if "lagrange_term" in r]
+    assert len(rows) == method.taper_epochs + method.settle_epochs
+    steps = result["ctx"].steps_per_epoch
+    for epoch, row in enumerate(rows):
+        assert {"lam", "h", "lagrange_term", "damping_term", "multiplier_force", "damping_force",
+                "damping_share"} <= set(row)
+        trace = method.trace[epoch * steps:(epoch + 1) * steps]
+        assert row["multiplier_force"] == pytest.approx(sum(abs(r["multiplier_force"]) for r in trace) / len(trace))
+        assert row["damping_force"] == pytest.approx(sum(abs(r["damping_force"]) for r in trace) / len(trace))
+    assert rows[-1]["lam"] > rows[0]["lam"] > 0  # the multiplier rises while the constraint binds
+    assert "lagrange_term" not in result["ctx"].history[-1]  # fine-tune epochs: no constraint
+
+
 def test_exported_model_meets_the_target_within_two_percent(mlp_half):
     method, result, _ = mlp_half
     assert abs(result["macs"] / (0.5 * result["macs0"]) - 1) < 0.02

@@ -27,9 +27,16 @@ from __future__ import annotations
 
 import logging
 
+import click
 import torch
 
 log = logging.getLogger(__name__)
+
+# one option object for both structured methods (the prune command merges identical options)
+RECALIBRATE_OPTION = click.Option(
+    ["--recalibrate/--no-recalibrate"], default=True, show_default=True,
+    help="lagrangian, bernoulli: after the hard selection, map every kept conv channel onto the original's "
+         "activation mean and spread (BN re-estimation that works with BN folded into the convs).")
 
 _EPS = 1e-6
 
