@@ -5,7 +5,8 @@ ReLU between them) whose weights are written straight into one external data fil
 layer, so building it never holds the model in memory. Then, each in its own process so its peak
 resident set (``ru_maxrss`` from ``os.wait4``) is its own:
 
-1. ``onnxprune inspect --json --no-import-check``: the channel groups;
+1. optionally (``--inspect``), ``onnxprune inspect --json --no-import-check`` (the groups; else
+   they are written down: each hidden Gemm's output units, named after its weight);
 2. ``onnxprune apply`` with a plan keeping the first half of every prunable group (no training:
    training a 2 GiB model on this machine's 2 shared cores would take far too long);
 3. optionally (``--magnitude``), ``onnxprune prune --method magnitude`` for one epoch on a tiny
@@ -127,6 +128,7 @@ def main() -> None:
     parser.add_argument("--narrow", type=int, default=8192)
     parser.add_argument("--magnitude", action="store_true",
                         help="also a 1-epoch (weight-level) magnitude prune (SGD, lr 1e-4, 8 random samples)")
+    parser.add_argument("--inspect", action="store_true", help="also measure `onnxprune inspect` (slow)")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     parser.add_argument("--reuse", action="store_true", help="reuse a model --keep left in --folder")
     args = parser.parse_args()
@@ -139,10 +141,14 @@ def main() -> None:
     print(f"model      {model} + {model.name}.data: {size / 2**30:.3f} GiB on disk "
           f"(built in {time.perf_counter() - started:.0f} s)")
 
-    wall, rss, out = run_measured([ONNXPRUNE, "inspect", str(model), "--json", "--no-import-check"])
-    groups = [g for g in json.loads(out)["groups"] if g["prunable"]]
-    print(f"inspect    {wall:6.1f} s  peak RSS {rss / 2**30:.2f} GiB  ({rss / size:.2f}x the model)  "
-          f"{len(groups)} prunable groups")
+    if args.inspect:
+        wall, rss, out = run_measured([ONNXPRUNE, "inspect", str(model), "--json", "--no-import-check"])
+        groups = [g for g in json.loads(out)["groups"] if g["prunable"]]
+        print(f"inspect    {wall:6.1f} s  peak RSS {rss / 2**30:.2f} GiB  ({rss / size:.2f}x the model)  "
+              f"{len(groups)} prunable groups")
+    else:  # the groups of this MLP are known: each hidden Gemm's output units, named after its weight
+        groups = [{"id": f"fc{i}.weight", "size": args.wide if i % 2 == 0 else args.narrow}
+                  for i in range(args.layers - 1)]
 
     kept = {g["id"]: list(range(g["size"] // 2)) for g in groups}
     plan = args.folder / "plan.json"

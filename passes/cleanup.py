@@ -29,6 +29,16 @@ class CleanupPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=modified)
 
 
+def _checkable(proto: onnx.ModelProto, skeleton: onnx.ModelProto) -> onnx.ModelProto:
+    from onnxprune.graph.modelio import is_large_model
+
+    if not is_large_model(proto):
+        return proto
+    skeleton.graph.ClearField("value_info")
+    skeleton.graph.value_info.extend(proto.graph.value_info)
+    return skeleton
+
+
 def checked_proto(model: ir.Model) -> onnx.ModelProto:
     """``model`` as a ModelProto with inferred shapes that passes the full ONNX checker."""
     proto = ir.to_proto(model)
@@ -37,7 +47,10 @@ def checked_proto(model: ir.Model) -> onnx.ModelProto:
         skeleton, _ = skeleton_model(proto)  # shapes need no weight data; serializing it is slow
         inferred = onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True, data_prop=True)
         proto.graph.value_info.extend(inferred.graph.value_info)
-        onnx.checker.check_model(proto, full_check=True)
+        # a large model is checked as its skeleton (large weights as typed inputs): the full check
+        # serializes its argument (two more copies of the weights; impossible over 2 GiB), and the
+        # weights written by the passes are numpy arrays of their stated shapes
+        onnx.checker.check_model(_checkable(proto, skeleton), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise VerificationError(f"rewritten model fails the ONNX checker: {str(exc).splitlines()[0]}") from None
     return proto

@@ -18,7 +18,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from onnxprune.errors import ModelLoadError, OnnxPruneError
-from onnxprune.graph.sessions import needs_external_data
+from onnxprune.graph.sessions import needs_external_data, tensor_nbytes
 
 
 def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProto:
@@ -46,7 +46,9 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProt
         raise ModelLoadError(f"{path}: not a valid ONNX model (no graph nodes)")
     if check:
         try:
-            if needs_external_data(model):
+            if external or needs_external_data(model) or is_large_model(model):
+                # from the file: the checker reads the .onnx itself (external data stays on disk),
+                # no serialized copy of the weights in memory
                 onnx.checker.check_model(str(path))
             else:
                 onnx.checker.check_model(model)
@@ -164,8 +166,23 @@ def _save_with_external_data(model: onnx.ModelProto, path: Path, data_name: str)
     onnx.save_model(header, str(path))
 
 
+# above this many bytes of weights, shape inference and checks work on a weightless header
+# (inference serializes its input and parses its result: three more copies of the weights)
+LARGE_MODEL_BYTES = 64 * 2**20
+
+
+def is_large_model(model: onnx.ModelProto) -> bool:
+    """Whether the main graph's initializers hold more than :data:`LARGE_MODEL_BYTES`."""
+    total = 0
+    for tensor in model.graph.initializer:
+        total += tensor_nbytes(tensor)
+        if total > LARGE_MODEL_BYTES:
+            return True
+    return False
+
+
 def _is_large(tensor: onnx.TensorProto) -> bool:
-    return tensor.HasField("raw_data") and tensor.ByteSize() >= EXTERNAL_THRESHOLD
+    return tensor.HasField("raw_data") and tensor_nbytes(tensor) >= EXTERNAL_THRESHOLD
 
 
 def _copy_fields(source, dest, skip: str) -> None:

@@ -23,13 +23,30 @@ PROTO_LIMIT = 2**31 - 2**25
 
 
 def needs_external_data(model: onnx.ModelProto) -> bool:
-    """Whether ``model`` is too large to serialize as one protobuf message."""
-    from google.protobuf.message import EncodeError
+    """Whether ``model`` is too large to serialize as one protobuf message: its initializers'
+    data (from dims and type) plus its nodes, against :data:`PROTO_LIMIT` (whose 32 MiB margin
+    covers the rest of the graph). Not ``model.ByteSize()``: upb encodes the whole message to
+    count it (a transient copy of every weight), and refuses to at 2 GiB."""
+    total = 0
+    for tensor in model.graph.initializer:
+        total += tensor_nbytes(tensor)
+        if total >= PROTO_LIMIT:
+            return True
+    return total + sum(node.ByteSize() for node in model.graph.node) >= PROTO_LIMIT
 
-    try:
-        return model.ByteSize() >= PROTO_LIMIT
-    except EncodeError:  # upb refuses even to size a message of 2 GiB or more
-        return True
+
+def tensor_nbytes(tensor: onnx.TensorProto) -> int:
+    """Bytes of a tensor's data, from its dims and type when it has raw or external data."""
+    if tensor.HasField("raw_data") or tensor.data_location == onnx.TensorProto.EXTERNAL:
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        except (KeyError, TypeError, ValueError):
+            itemsize = 8
+        count = 1
+        for dim in tensor.dims:
+            count *= dim
+        return count * itemsize
+    return tensor.ByteSize()  # typed fields (float_data, ...): small tensors in practice
 
 
 def make_session(model: onnx.ModelProto | bytes | str | os.PathLike, providers: Sequence | None = None, *,

@@ -108,18 +108,39 @@ def with_static_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int
 def infer_static_shapes(
     model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None
 ) -> onnx.ModelProto:
-    """A copy of ``model`` with a static shape recorded for every value.
+    """A copy of ``model`` with a static shape recorded for every value (for a model of more
+    than :data:`~onnxprune.graph.modelio.LARGE_MODEL_BYTES`, its large weights have dims but no data).
 
     ONNX shape inference (with data propagation, for Reshape targets computed from Shape) is
     tried first; values it leaves unknown are measured by one onnxruntime run on zeros, which
     also covers ops whose output shape depends on data.
     """
+    from onnxprune.graph.modelio import is_large_model, weightless_header
+
     input_shapes = input_shapes or resolve_input_shapes(model)
-    fixed = with_static_inputs(model, input_shapes)
+    # a large model's shapes come from its weightless header (dims without data: no copy of the
+    # weights, which inference would serialize twice); onnxruntime, if needed, runs the model itself
+    light = is_large_model(model)
+    fixed = with_static_inputs(weightless_header(model) if light else model, input_shapes)
     fixed.graph.ClearField("value_info")
     try:
         inferred = shape_inference.infer_shapes(fixed, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # inference is best effort; onnxruntime below fills any gap
+        inferred = fixed
+    if _unknown_values(inferred):
+        if light:
+            return infer_static_shapes_of_full(model, input_shapes)
+        inferred = _shapes_from_onnxruntime(inferred, input_shapes)
+    return inferred
+
+
+def infer_static_shapes_of_full(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """:func:`infer_static_shapes` on the whole model (weights included), onnxruntime filling gaps."""
+    fixed = with_static_inputs(model, input_shapes)
+    fixed.graph.ClearField("value_info")
+    try:
+        inferred = shape_inference.infer_shapes(fixed, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 -- best effort, as above
         inferred = fixed
     if _unknown_values(inferred):
         inferred = _shapes_from_onnxruntime(inferred, input_shapes)

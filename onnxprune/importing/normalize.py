@@ -345,14 +345,13 @@ def _split_shared_float_initializers(graph: onnx.GraphProto) -> None:
 
 
 def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape inference (non-strict, with data propagation). A model over protobuf's 2 GiB limit
-    cannot be serialized for it: its weightless header (large float initializers with their
+    """Shape inference (non-strict, with data propagation). For a large model (over 64 MiB of
+    weights; over 2 GiB it could not even be serialized for inference) its weightless header (large float initializers with their
     dims but no data; the int shape tensors data propagation reads are small and kept) is
     inferred instead and the shapes found are copied into ``model``, which is not copied."""
-    from onnxprune.graph.modelio import weightless_header
-    from onnxprune.graph.sessions import needs_external_data
+    from onnxprune.graph.modelio import is_large_model, weightless_header
 
-    large = needs_external_data(model)
+    large = is_large_model(model)
     source = weightless_header(model, _large_float) if large else model
     try:
         inferred = shape_inference.infer_shapes(source, check_type=False, strict_mode=False, data_prop=True)
@@ -369,4 +368,6 @@ def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _large_float(tensor: TensorProto) -> bool:
-    return tensor.data_type in _FLOAT_TYPES and tensor.HasField("raw_data") and tensor.ByteSize() >= 1024
+    from onnxprune.graph.sessions import tensor_nbytes
+
+    return tensor.data_type in _FLOAT_TYPES and tensor.HasField("raw_data") and tensor_nbytes(tensor) >= 1024

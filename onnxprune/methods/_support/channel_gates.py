@@ -146,6 +146,7 @@ class Structure:
     def __init__(self, groups: dict[str, int], group_sites: dict[str, list[GateSite]],
                  branches: dict[str, list[GateSite]], resource) -> None:
         self.groups, self.group_sites, self.branches, self.resource = groups, group_sites, branches, resource
+        self.chunks: dict[str, int] = {}  # conv groups per channel group (> 1: a grouped Conv's channels)
 
     @classmethod
     def from_context(cls, ctx, with_branches: bool = False) -> "Structure":
@@ -167,7 +168,9 @@ class Structure:
                 if tensors:
                     branches[branch.id] = sites_from_onnx(imported, branch.id, tensors)
         terms = terms_from_analysis(analysis, imported.onnx_model, branches)
-        return cls(groups, sites, branches, Resource(terms, groups, list(branches)))
+        structure = cls(groups, sites, branches, Resource(terms, groups, list(branches)))
+        structure.chunks = {g.id: g.chunks for g in analysis.groups if g.id in groups and g.chunks > 1}
+        return structure
 
     def install(self, model: torch.nn.Module, bank: GateBank) -> None:
         install(model, bank, [s for sites in self.group_sites.values() for s in sites])
@@ -177,11 +180,14 @@ class Structure:
         bake(model)
 
     def plan(self, masks: dict[str, torch.Tensor], dropped_branches=(), meta: dict | None = None):
+        from onnxprune.methods._support.chunks import round_plan
         from onnxprune.passes.plan import PruningPlan
 
         kept = {gid: tuple(int(i) for i in torch.nonzero(m).flatten()) for gid, m in masks.items()
                 if not bool(m.all())}
-        return PruningPlan(kept=kept, dropped_branches=tuple(dropped_branches), meta=meta or {})
+        plan = PruningPlan(kept=kept, dropped_branches=tuple(dropped_branches), meta=meta or {})
+        # a grouped Conv's channels: equally many kept per conv group, rounded up (exact, see chunks.py)
+        return round_plan(plan, self.chunks, self.groups)
 
     @staticmethod
     def average_grads(params) -> None:
