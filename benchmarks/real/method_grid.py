@@ -100,7 +100,13 @@ def run_one(args) -> dict:
     top5 = lambda x: np.argsort(-x, axis=1)[:, :5]  # noqa: E731
     overlap = float(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(top5(out), top5(ref))]))
     onnx.save(result["pruned"], cache_dir() / f"pruned_{args.model}_{args.exporter}_{args.one}_{args.target}.onnx")
-    return {"method": args.one, "agreement": result["agreement"], "accuracy": result["accuracy"], "top5_overlap": overlap,
+    ctx = result["ctx"]
+    extra = {}
+    if args.one == "bernoulli":
+        m = result["method"]
+        extra = {"theta_start": m.init, "decided_before_rounding": m.decided_fraction}
+    return {"lr": ctx.lr, "lr_probe": ctx.lr_probe and [(t["lr"], round(t["fraction"], 4)) for t in ctx.lr_probe["trials"]],
+            **extra, "method": args.one, "agreement": result["agreement"], "accuracy": result["accuracy"], "top5_overlap": overlap,
             "classes": int(len(set(out.argmax(1)))), "classes_original": int(len(set(ref.argmax(1)))),
             "macs_frac": result["macs_frac"], "params_frac": result["params_frac"], "seconds": seconds,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -117,7 +123,8 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--lr", type=float, default=None,
+                        help="the weights' learning rate [default: probed, onnxprune.training.lr_probe]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--loss", default=None, help="kd (default without labels) or mse (on the logits)")
     parser.add_argument("--temperature", type=float, default=2.0)
@@ -137,11 +144,11 @@ def main() -> None:
             f"{args.calib} calibration images, {args.eval} test images" if args.model == "fashion" else
             f"ImageNet MobileNetV2 ({args.exporter}), label-free, {args.calib} calibration crops, {args.eval} "
             f"evaluation crops of other photos")
-    print(f"{what}, {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, "
+    print(f"{what}, {args.epochs} epochs, batch {args.batch_size}, lr {args.lr or 'probed'}, "
           f"loss {args.loss or ('kd+ce' if args.labels else 'kd')} (T {args.temperature}), "
           f"target {args.target:.0%} MACs")
-    print("| method | accuracy | top-1 agreement | top-5 overlap | classes | MACs | params | time s | peak RSS MB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| method | accuracy | top-1 agreement | top-5 overlap | classes | MACs | params | lr | time s | peak RSS MB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in args.methods.split(","):
         argv = [sys.executable, __file__, *sys.argv[1:], "--one", name]
         done = subprocess.run(argv, capture_output=True, text=True)
@@ -151,7 +158,9 @@ def main() -> None:
         r = json.loads(done.stdout.strip().splitlines()[-1])
         accuracy = "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
         print(f"| {name} | {accuracy} | {r['agreement']:.3f} | {r['top5_overlap']:.3f} | {r['classes']}/{r['classes_original']} "
-              f"| {r['macs_frac']:.3f} | {r['params_frac']:.3f} | {r['seconds']:.0f} | {r['peak_rss_mb']:.0f} |",
+              f"| {r['macs_frac']:.3f} | {r['params_frac']:.3f} | {r['lr']:g} | {r['seconds']:.0f} | {r['peak_rss_mb']:.0f} |",
+              flush=True)
+        print("   ", json.dumps({k: v for k, v in r.items() if k in ("lr_probe", "theta_start", "decided_before_rounding")}),
               flush=True)
 
 

@@ -1,0 +1,56 @@
+"""Bernoulli with --target-macs on the digits samples: where it lands, and how much training decided.
+
+Per sample and target (9 epochs, batch 64, seed 0, distillation on the digits training split,
+accuracy on the test split by onnxruntime, as in benchmarks/structured_table.py) one JSON row:
+the written model's MACs fraction and its relative miss of the target (goal: within +-3%), the
+share of the parameters (theta per unit, phi per residual layer) that training itself took to
+0 (removed) or 1 (locked) before the last third rounds the rest (goal: >= 90%), theta's probed
+start, and the accuracy.
+
+    python benchmarks/bernoulli_targets.py [--models mlp,resnet,vgg,mobilenet] [--targets 0.5,0.25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from structured_harness import REPO, TrainConfig, prepare, prune, threads  # noqa: E402
+
+from onnxprune.methods.bernoulli import Bernoulli  # noqa: E402
+
+SHAPES = {"image": (1, 1, 8, 8)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="mlp,resnet,vgg,mobilenet")
+    parser.add_argument("--targets", default="0.5,0.25")
+    parser.add_argument("--epochs", type=int, default=9)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    threads(1)
+    logging.basicConfig(level=logging.WARNING)
+    for name in args.models.split(","):
+        setup = prepare(REPO / "sample_models" / f"{name}.onnx", str(REPO / "sample_models/digits_train.npz"), SHAPES,
+                        test=str(REPO / "sample_models/digits_test.npz"), seed=args.seed)
+        for target in args.targets.split(","):
+            method = Bernoulli(target_macs=target)
+            result = prune(setup, method, TrainConfig(epochs=args.epochs, seed=args.seed, quiet=True))
+            print(json.dumps({
+                "model": name, "target": float(target), "macs_frac": round(result["macs_frac"], 4),
+                "miss": round(result["macs_frac"] / float(target) - 1, 4),
+                "decided_before_rounding": round(method.decided_fraction, 4), "undecided": method.undecided,
+                "parameters": sum(int(p.numel()) for p in method.params), "theta_start": method.init,
+                "lock": round(method.lock, 4), "removed_layers": len(result["plan"].dropped_branches),
+                "accuracy": result["accuracy"], "lr": result["ctx"].lr, "seconds": round(result["seconds"], 1)}),
+                flush=True)
+
+
+if __name__ == "__main__":
+    main()
