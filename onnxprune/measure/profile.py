@@ -35,6 +35,21 @@ It is what the layers' one-node models do not cover (activations, pooling, addit
 overhead of the whole model) minus what they double count (each one-node model pays its own per-call
 overhead); it may be negative. :mod:`onnxprune.methods._support.latency_table` reads the table.
 
+A constant remainder predicted the digits samples' pruned latency 6-18% off (thread CPU time): a
+one-node conv also pays onnxruntime's layout reorders (NCHW <-> NCHWc) and misses the fusions it
+gets in the model, costs that shrink with the widths (resnet: layers 4.3 ms, model 3.2 ms). So when
+the channel-group analysis is importable (``onnxprune.passes``, which needs onnx-ir), the whole model
+is also timed uniformly pruned -- every prunable group keeping its first ``f * size`` channels, for
+f in :data:`CALIBRATION_FRACTIONS` -- and the table's layer sum S(f) is mapped onto the measured
+whole-model latency through those points and the full model:
+
+    L_model ~ C(S)     C piecewise-linear through the points (S(f), L_model(f)), made
+                       non-decreasing, extended past the ends along the end segments
+
+which the resource then uses in place of ``remainder + S`` (a least-squares line
+``offset + scale * S`` is recorded too). Without onnx-ir (a torch-free target
+install) the calibration is skipped with a note and the constant remainder is used.
+
 Torch-free: onnx, onnxruntime and numpy only (no channel-group analysis: each layer is keyed by its
 node's name and output, and the pruning side maps its groups onto them).
 """
@@ -59,6 +74,7 @@ from onnxprune.errors import OnnxPruneError
 log = logging.getLogger(__name__)
 
 FORMAT = "onnxprune-latency-table/1"
+CALIBRATION_FRACTIONS = (0.75, 0.5, 0.25)
 PROFILED_OPS = ("Conv", "Gemm", "MatMul")
 
 
@@ -305,11 +321,14 @@ def profile_model(model: onnx.ModelProto | str | os.PathLike, *, providers: Sequ
                         point["p90_ms"] = point["p90_ms"] * scale
                 entry["full_p50_ms"] = entry["sweeps"]["out"][-1]["p50_ms"]
             layer_sum = sum(entry["full_p50_ms"] for entry in entries)
+            calibration = _calibrate(model, entries, whole_feeds, provider, batch, threads, seconds, min_runs,
+                                     warmup, clock, whole, progress)
             table["profiles"].append({
                 "provider": provider, "device": _device_name(provider), "batch": batch,
                 "input_shapes": {k: list(v) for k, v in shapes_in.items()},
                 "model_p50_ms": whole, "model_p50_spread_ms": [min(refs), max(refs)],
-                "layers_sum_ms": layer_sum, "remainder_ms": whole - layer_sum, "layers": entries,
+                "layers_sum_ms": layer_sum, "remainder_ms": whole - layer_sum, "calibration": calibration,
+                "layers": entries,
             })
     return table
 
@@ -355,3 +374,92 @@ def _entry(layer: Layer, plan, stats, note: str) -> dict[str, Any]:
     if note:
         entry["note"] = note
     return entry
+
+
+def _sweep_curve(points: list[dict], full: int) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray([p["kept"] for p in points], dtype=np.float64) / full
+    y = np.asarray([p["p50_ms"] for p in points], dtype=np.float64)
+    order = np.argsort(x)
+    return x[order], np.minimum.accumulate(y[order][::-1])[::-1]  # the suffix minimum, as latency_table
+
+
+def layers_sum(entries: Sequence[dict], widths: dict[str, tuple[int, int]]) -> float:
+    """The table's sum over layers at ``widths`` (node -> (kept in, kept out)), numpy only: the same
+    separable model as :mod:`onnxprune.methods._support.latency_table` (widths inside the grid)."""
+    total = 0.0
+    for entry in entries:
+        w = widths.get(entry["node"], widths.get(entry["output"]))
+        if w is None:
+            continue
+        k_in, k_out = w
+        x, y = _sweep_curve(entry["sweeps"]["out"], entry["full_out"])
+        lat = float(np.interp(k_out / entry["full_out"], x, y)) if len(x) > 1 else entry["full_p50_ms"]
+        if "in" in entry["sweeps"] and not entry["depthwise"]:
+            x, y = _sweep_curve(entry["sweeps"]["in"], entry["full_in"])
+            lat *= float(np.interp(k_in / entry["full_in"], x, y)) / entry["full_p50_ms"]
+        total += lat
+    return total
+
+
+def _calibrate(model, entries, whole_feeds, provider, batch, threads, seconds, min_runs, warmup, clock, whole,
+               progress) -> dict[str, Any]:
+    """offset and scale of ``L_model ~ offset + scale * S`` from uniformly pruned copies of the
+    whole model (module docstring); a note instead where the passes cannot be imported or applied."""
+    try:
+        from onnxprune.passes.apply import apply_plan
+        from onnxprune.passes.groups import analyze
+        from onnxprune.passes.plan import PruningPlan
+    except ImportError as exc:
+        return {"note": f"not calibrated: the channel-group analysis needs {exc.name} (constant remainder used)"}
+    from onnxprune.measure.latency import batch_feeds, measure_latency
+
+    if progress:
+        progress(f"{provider} batch {batch}: calibrating on the whole model at widths "
+                 f"{', '.join(f'{f:g}' for f in CALIBRATION_FRACTIONS)}")
+    try:
+        analysis = analyze(model)
+        groups = [g for g in analysis.groups if g.prunable and g.size > 1]
+        pruned = []
+        for f in CALIBRATION_FRACTIONS:
+            plan = PruningPlan(kept={g.id: tuple(range(max(1, round(f * g.size)))) for g in groups})
+            pruned.append(apply_plan(model, plan, analysis=analysis))
+    except OnnxPruneError as exc:
+        return {"note": f"not calibrated: the uniformly pruned models could not be built ({exc})"}
+    models = [model, *pruned]
+    if clock == "cpu":
+        stats = time_cpu(models, [batch_feeds(whole_feeds, batch)] * len(models), 4 * seconds, min_runs, warmup)
+    else:
+        stats = measure_latency(models, whole_feeds, provider=provider, threads=threads, batch=batch,
+                                seconds=4 * seconds, min_runs=min_runs, warmup=warmup, memory_runs=0)
+    measured = [whole * s.p50_ms / stats[0].p50_ms for s in stats]  # in ms of the median whole-model p50
+    sums = [layers_sum(entries, _widths(m)) for m in models]
+    scale, offset = np.polyfit(sums, measured, 1)
+    if not scale > 0:
+        return {"note": f"not calibrated: the fit was not increasing (scale {scale:.3g}); constant remainder used",
+                "points": [{"fraction": f, "layers_sum_ms": s, "model_ms": m}
+                           for f, s, m in zip((1.0, *CALIBRATION_FRACTIONS), sums, measured)]}
+    return {"offset_ms": float(offset), "scale": float(scale), "map": "piecewise-linear through points",
+            "points": [{"fraction": f, "layers_sum_ms": s, "model_ms": m}
+                       for f, s, m in zip((1.0, *CALIBRATION_FRACTIONS), sums, measured)]}
+
+
+def _widths(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
+    """Node name and output -> (kept in, kept out) from the weights' shapes (torch-free)."""
+    weights = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type not in PROFILED_OPS or len(node.input) < 2 or node.input[1] not in weights:
+            continue
+        shape = weights[node.input[1]]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Conv":
+            widths = (shape[1] * int(attrs.get("group", 1)), shape[0])
+        elif node.op_type == "Gemm":
+            widths = (shape[1], shape[0]) if attrs.get("transB", 0) else (shape[0], shape[1])
+        elif len(shape) == 2:
+            widths = (shape[0], shape[1])
+        else:
+            continue
+        for key in (node.name, node.output[0]):
+            out.setdefault(key, widths)
+    return out

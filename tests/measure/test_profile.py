@@ -111,6 +111,16 @@ def test_profile_writes_a_well_formed_table(tmp_path, capsys):
                 assert [p["kept"] for p in entry["sweeps"]["in"]] == kept_grid(entry["full_in"])
                 assert entry["sweeps"]["in"][-1]["p50_ms"] == out_sweep[-1]["p50_ms"]  # the shared full width
         assert any(p["kept"] % 8 for p in layers["conv2"]["sweeps"]["out"])  # 24 wide: odd counts swept
+        # the whole model also timed uniformly pruned: S(f) falls with f, the map is increasing
+        points = profile["calibration"]["points"]
+        assert [p["fraction"] for p in points] == [1.0, 0.75, 0.5, 0.25]
+        assert points[0]["model_ms"] == pytest.approx(profile["model_p50_ms"])
+        assert points[0]["layers_sum_ms"] == pytest.approx(profile["layers_sum_ms"])
+        assert all(a["layers_sum_ms"] >= b["layers_sum_ms"] for a, b in zip(points, points[1:]))  # suffix minima
+        assert points[0]["layers_sum_ms"] > points[-1]["layers_sum_ms"]
+        # a fit that noise made non-increasing is refused (2 tiny layers here), never used
+        calibration = profile["calibration"]
+        assert calibration.get("scale", 1) > 0 and ("scale" in calibration or "fit was not increasing" in calibration["note"])
 
 
 def test_profile_refuses_a_model_without_prunable_layers(tmp_path, capsys):

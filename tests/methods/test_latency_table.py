@@ -128,14 +128,30 @@ def test_rounding_moves_off_the_odd_count_bump_to_a_no_slower_width(synthetic):
     resource, g1, g2 = synthetic
     scores = {g1: torch.arange(16, 0, -1, dtype=torch.float64), g2: torch.arange(16, 0, -1, dtype=torch.float64)}
     rounded = resource.round_widths(scores, {g1: _mask(13), g2: _mask(16)}, band=4)
-    assert int(rounded[g1].sum()) == 16  # 13 inputs of conv2 are slower than all 16
+    assert int(rounded[g1].sum()) == 16  # the one multiple of 8 within 4 of 13
     rounded = resource.round_widths(scores, {g1: _mask(8), g2: _mask(16)}, band=4)
     assert int(rounded[g1].sum()) == 8  # a linear stretch: nothing is free, the count stays
     # the budget selection with a band: under the target, widths from the table
     target = 0.6 * resource.total_ms
     masks = select_to_budget(scores, resource, target, multiple=4)
     assert resource.hard(masks) <= target and resource.hard(masks, raw=True) <= target * 1.001
-    assert int(masks[g1].sum()) != 13
+    assert all(int(m.sum()) % 8 == 0 for m in masks.values())  # multiples of ALIGN (onnxruntime's blocking)
+
+
+def test_calibration_maps_the_layer_sum_onto_the_whole_model(tmp_path):
+    path = synthetic_table(tmp_path / "t.json")
+    data = json.loads(path.read_text())
+    points = [(1.0, 2.85, 3.0), (0.5, 1.5, 1.4), (0.25, 0.9, 1.0)]
+    data["profiles"][0]["calibration"] = {"offset_ms": 0.0, "scale": 1.0, "points": [
+        {"fraction": f, "layers_sum_ms": s, "model_ms": m} for f, s, m in points]}
+    path.write_text(json.dumps(data))
+    table = LatencyTable(path)
+    at = lambda s: float(table.model_latency(torch.tensor(s, dtype=torch.float64)))  # noqa: E731
+    assert [at(s) for _, s, _ in points] == pytest.approx([3.0, 1.4, 1.0])
+    assert at(2.0) == pytest.approx(1.4 + (3.0 - 1.4) * (2.0 - 1.5) / (2.85 - 1.5))
+    assert at(0.6) == pytest.approx(1.0 - (1.4 - 1.0) / (1.5 - 0.9) * 0.3)  # along the end segment
+    resource, _ = latency_resource_for(conv_model(), path)
+    assert resource.total_ms == pytest.approx(3.0)  # the calibrated whole model at full width
 
 
 def test_suffix_min_keeps_the_full_width_and_is_non_decreasing():
@@ -164,14 +180,21 @@ def test_prediction_of_a_pruned_model_is_near_a_fresh_measurement(tmp_path):
     assert abs(predicted / measured - 1) < 0.3, (predicted, measured)
 
 
+@pytest.fixture(scope="module")
+def mlp_table(tmp_path_factory):
+    table_path = tmp_path_factory.mktemp("mlp") / "mlp.latency.json"
+    assert main(["profile", str(SAMPLE_MODELS / "mlp.onnx"), "--batch", "16", "--seconds", "0.05", "--min-runs", "3",
+                 "--warmup", "1", "--out", str(table_path)]) == 0
+    return table_path
+
+
 @pytest.mark.parametrize("method", ["lagrangian", "bernoulli"])
-def test_prune_with_a_latency_table_runs_end_to_end_and_meets_the_predicted_budget(tmp_path, method, capsys):
+def test_prune_with_a_latency_table_runs_end_to_end_and_meets_the_predicted_budget(tmp_path, method, capsys,
+                                                                                   mlp_table):
     model = SAMPLE_MODELS / "mlp.onnx"
-    table_path = tmp_path / "mlp.latency.json"
-    assert main(["profile", str(model), "--batch", "16", "--seconds", "0.05", "--min-runs", "3", "--warmup", "1",
-                 "--out", str(table_path)]) == 0
+    table_path = mlp_table
     out = tmp_path / "mlp.pruned.onnx"
-    code = main([str(model), "--method", method, "--target-macs", "0.6", "--latency-table", str(table_path),
+    code = main([str(model), "--method", method, "--target-macs", "0.8", "--latency-table", str(table_path),
                  "--calib", str(SAMPLE_MODELS / "digits_train.npz"), "--epochs", "2", "--lr", "1e-3",
                  "--out", str(out)])
     captured = capsys.readouterr()
@@ -180,6 +203,6 @@ def test_prune_with_a_latency_table_runs_end_to_end_and_meets_the_predicted_budg
     onnx.checker.check_model(pruned, full_check=True)
     table = LatencyTable(table_path)
     full = predict_model_latency(table, onnx.load(model))
-    assert predict_model_latency(table, pruned) <= 0.6 * full * 1.01
+    assert predict_model_latency(table, pruned) <= 0.8 * full * 1.01
     assert layer_widths(pruned)["node_linear"][1] < 300  # something was pruned
     assert '"latency_table"' in captured.out
