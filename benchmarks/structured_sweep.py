@@ -14,6 +14,15 @@ dynamic_axes, as a new user would; ``docs/fixed-batch.md``): onnxruntime runs it
 call, the pruned model keeps [B, ...], and latency is timed at batch B only.
 
     python benchmarks/structured_sweep.py [--models resnet18,mobilenet_v2,resnet18@1,mobilenet_v2@4] [--size 64]
+
+``--matrix`` (issue 14 item 8) runs instead every torchvision family of the coverage sweep
+(``coverage_sweep.DEFAULT_MODELS``) x both exporters x lagrangian, bernoulli, lc and ltp
+(``--granularity channel``) through the public API, one short epoch on random images at
+``--size`` px (tests/support/sweep.py): each cell is a verified smaller model, a refusal
+before training, or FAILED. Rows go to ``--jsonl`` as they finish (a long run can be read
+while it runs, or resumed: cells already there are skipped); the table is printed at the end.
+
+    nice -n 10 python benchmarks/structured_sweep.py --matrix --size 64 --jsonl sweep.jsonl [--models ...]
 """
 
 from __future__ import annotations
@@ -52,18 +61,79 @@ def export(name: str, size: int, folder: Path, batch: int | None = None) -> Path
     return path
 
 
+def matrix(args) -> None:
+    """``--matrix`` (module docstring)."""
+    from coverage_sweep import DEFAULT_MODELS
+
+    from tests.support.sweep import METHODS, sweep_cell
+
+    models = DEFAULT_MODELS if args.models is None else args.models.split(",")
+    methods = list(METHODS) if args.methods is None else args.methods.split(",")
+    exporters = args.exporters.split(",")
+    out = Path(args.jsonl) if args.jsonl else None
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if out and out.exists() else []
+    done = {(r["model"], r["exporter"], r["method"]) for r in rows}
+    folder = Path(args.work or tempfile.mkdtemp(prefix="onnxprune-sweep-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in models:
+        for exporter in exporters:
+            for method in methods:
+                if (name, exporter, method) in done:
+                    continue
+                row = sweep_cell(name, exporter, method, folder, size=args.size, samples=args.samples,
+                                 epochs=1, batch_size=args.batch_size)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                if out:
+                    with out.open("a") as handle:
+                        handle.write(json.dumps(row) + "\n")
+    print()
+    print(table(rows))
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per model and exporter, one column per method."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    lines = ["| model | exporter | " + " | ".join(methods) + " |", "| --- | --- |" + " --- |" * len(methods)]
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    for r in rows:
+        if r["outcome"] == "pruned":
+            text = f"MACs {r['macs_frac']:.2f}, params {r['params_frac']:.2f}"
+        else:
+            text = f"{r['outcome']}: {r.get('reason', '')[:90]}"
+        cells.setdefault((r["model"], r["exporter"]), {})[r["method"]] = text.replace("|", "/")
+    for (model, exporter), by_method in cells.items():
+        lines.append(f"| {model} | {exporter} | " + " | ".join(by_method.get(m, "not run") for m in methods) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="resnet18,mobilenet_v2,resnet18@1,mobilenet_v2@4",
-                        help="comma list; NAME@B: exported with a fixed batch B")
+    parser.add_argument("--matrix", action="store_true", help="the issue-14 sweep (module docstring)")
+    parser.add_argument("--methods", default=None, help="--matrix: comma list (default: all four)")
+    parser.add_argument("--exporters", default="torchscript,dynamo", help="--matrix: comma list")
+    parser.add_argument("--jsonl", default=None, help="--matrix: append rows here; cells already there are skipped")
+    parser.add_argument("--work", default=None, help="--matrix: folder for the exported models (kept)")
+    parser.add_argument("--models", default=None,
+                        help="comma list; NAME@B: exported with a fixed batch B (default resnet18,mobilenet_v2,"
+                             "resnet18@1,mobilenet_v2@4; --matrix: coverage_sweep.DEFAULT_MODELS)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--target", default="0.5")
-    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--samples", type=int, default=None, help="calibration images (default 256; --matrix 48)")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--latency-seconds", type=float, default=4.0)
     parser.add_argument("--latency-batch", type=int, default=8, help="a second timed batch size (besides 1)")
     args = parser.parse_args()
+    if args.matrix:
+        args.samples = args.samples or 48
+        args.batch_size = 16 if args.batch_size == 32 else args.batch_size
+        threads(1)
+        logging.basicConfig(level=logging.ERROR)
+        matrix(args)
+        return
+    args.models = args.models or "resnet18,mobilenet_v2,resnet18@1,mobilenet_v2@4"
+    args.samples = args.samples or 256
     threads(1)
     logging.basicConfig(level=logging.WARNING)
     rows = []
