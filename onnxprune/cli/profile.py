@@ -41,18 +41,25 @@ def command(ctx: click.Context, model, out, providers, batches, threads, seconds
     from onnxprune.measure.profile import profile_model
 
     reject_non_finite(ctx)
+    target = Path(out)
+    if not target.parent.is_dir():  # refused before minutes of timing, not after
+        raise OnnxPruneError(f"--out {out}: the directory {target.parent} does not exist")
     wanted = _split_list(providers, "--providers", str.lower)
     usable, warning = usable_providers(wanted, threads)
     if warning:
         click.echo(f"warning: {warning}", err=True)
-    if not usable:
-        raise OnnxPruneError(f"none of the providers {', '.join(wanted)} can run here")
-    table = profile_model(model, providers=usable, batches=_split_list(batches, "--batch", int), threads=threads,
+    batch_list = _split_list(batches, "--batch", int)
+    if min(batch_list) < 1:
+        raise OnnxPruneError(f"--batch must be >= 1, got {min(batch_list)}")
+    table = profile_model(model, providers=usable, batches=batch_list, threads=threads,
                           seconds=seconds, min_runs=min_runs, warmup=warmup,
                           input_shapes=parse_input_shapes(list(input_shape)),
                           layers=_split_list(layers, "--layers") if layers else None, clock=clock,
                           progress=lambda line: click.echo(line, err=True))
-    Path(out).write_text(json.dumps(table, indent=1) + "\n")
+    try:
+        target.write_text(json.dumps(table, indent=1) + "\n")
+    except OSError as exc:
+        raise OnnxPruneError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
     for profile in table["profiles"]:
         click.echo(f"{profile['provider']} batch {profile['batch']}: {len(profile['layers'])} layers, model "
                    f"{profile['model_p50_ms']:.3f} ms, layers {profile['layers_sum_ms']:.3f} ms, remainder "

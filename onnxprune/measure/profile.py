@@ -298,7 +298,12 @@ def profile_model(model: onnx.ModelProto | str | os.PathLike, *, providers: Sequ
             batch = resolve_batch([model], batch)
             shapes_in = _whole_model_inputs(model, batch, input_shapes)
             shaped = infer_static_shapes(model, shapes_in)
-            found = [layer for layer in find_layers(shaped) if layers is None or layer.name in layers]
+            every = find_layers(shaped)
+            unknown = sorted(set(layers or ()) - {layer.name for layer in every})
+            if unknown:
+                raise OnnxPruneError(f"--layers: no prunable layer named {', '.join(map(repr, unknown))} (the "
+                                     f"prunable layers are {', '.join(layer.name for layer in every) or 'none'})")
+            found = [layer for layer in every if layers is None or layer.name in layers]
             if not found:
                 raise OnnxPruneError("no prunable layer (Conv, Gemm or MatMul with a constant weight) to profile")
             whole_feeds = random_feeds(model, shapes_in, seed)

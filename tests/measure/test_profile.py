@@ -149,3 +149,19 @@ def test_cpu_clock_profile_and_its_conditions(tmp_path, capsys):
     # the thread's CPU time is the call's only with one thread on the CPU provider
     assert main(["profile", str(path), "--clock", "cpu", "--threads", "2", "--out", str(tmp_path / "x.json")]) != 0
     assert "--clock cpu times the calling thread" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--out", "{tmp}/missing/t.json"], "the directory {tmp}/missing does not exist"),
+    (["--layers", "nosuch", "--out", "{tmp}/t.json"], "--layers: no prunable layer named 'nosuch' (the prunable layers are conv1"),
+    (["--batch", "0", "--out", "{tmp}/t.json"], "--batch must be >= 1, got 0"),
+    (["--seconds", "nan", "--out", "{tmp}/t.json"], "not a finite number"),
+])
+def test_bad_options_are_one_error_line(tmp_path, capsys, args, message):
+    path = tmp_path / "m.onnx"
+    onnx.save(profile_model_proto(), path)
+    args = [a.format(tmp=tmp_path) for a in args]
+    assert main(["profile", str(path), *args]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message.format(tmp=tmp_path) in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
