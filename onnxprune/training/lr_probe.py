@@ -14,9 +14,13 @@ and after (Lk). The scale of "destroyed" is the loss of an input-blind predictor
 output replaced by its mean over the probe inputs (what the collapsed models of issue 11 output).
 A rate is accepted when
 
-    Lk - L0 <= tol * (Lref - L0),        tol = 0.02,
+    Lk - L0 <= tol * (Lref - L0),        tol = 0.05,
 
-i.e. the few steps lost at most 2% of the way from the original to a constant function. The
+i.e. the few steps lost at most 5% of the way from the original to a constant function. The
+share is noisy at a rate near the limit: the start's gradient is float rounding noise, which
+Adam turns into full-size steps, so the thread count changes it (model (a), lr 1e-4: 1.6% at one
+torch thread, 2.2% at two; 3e-4: 11.7% / 20%; 1e-3: 60% / 88%). 5% sits between the rates that
+keep a pretrained network and those that wreck it; the digits samples' 1e-3 is at 0.1-1.2%. The
 first accepted rate of the grid is used; if none is, the smallest rate is, with a warning.
 The copy is discarded and the random state restored, so a run with the probe's rate is
 bit-identical to one given that rate with ``--lr``.
@@ -37,7 +41,7 @@ log = logging.getLogger(__name__)
 
 GRID = (1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
 STEPS = 10
-TOL = 0.02
+TOL = 0.05
 PROBE_SAMPLES = 256
 
 
