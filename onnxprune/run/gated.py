@@ -4,7 +4,8 @@
 
 1. refuse bad paths before any work (``--out``, ``--report``);
 2. one pipeline run, or with ``--target-latency-ms`` a search over the MAC target of a
-   structured method (:func:`onnxprune.run.latency_search.search_runs`, one run per round);
+   structured method (:func:`onnxprune.run.latency_search.search_runs`, one run per round), or
+   with a ``--latency-table`` too, one run at the table's predicted fraction;
 3. figures from the models: per-layer widths, sizes, the trail; latency of the original and
    the pruned model measured interleaved (when a latency gate is set, or the report is a folder);
 4. the gates (:mod:`onnxprune.run.acceptance`); the model goes to ``--out`` when all pass, else to
@@ -36,6 +37,7 @@ from onnxprune.graph.sparse_storage import to_sparse_storage
 from onnxprune.graph.verify import assert_close, run_onnxruntime
 from onnxprune.importing.writeback import add_run_metadata
 from onnxprune.measure.latency import ProviderUnavailableError, provider_status
+from onnxprune.methods._support.latency_table import LatencyTable
 from onnxprune.methods.base import registry
 from onnxprune.reporting.folder import add_model_figures, read_trail, write_report_files
 from onnxprune.reporting.run_report import run_metadata
@@ -114,10 +116,17 @@ def _run(config, ci: CiOptions, outputs: RunOutputs) -> tuple[Any, list[GateResu
     else:
         feeds = random_feeds(original, resolve_input_shapes(original, parse_input_shapes(config.input_shapes)))
         started = time.perf_counter()
-        result, _ = latency_search.search_runs(
-            lambda options: pipeline.run(dataclasses.replace(inner, method_options=options), original),
-            config.method_options, original, feeds, ci.target_latency_ms, ci.provider, ci.threads,
-            max(ci.seconds, 0.5), ci.latency_rounds, ci.batch)
+        run_at = lambda options: pipeline.run(dataclasses.replace(inner, method_options=options), original)
+        table = config.method_options.get("latency_table")
+        if table:  # the budget is the table's predicted latency: one run instead of a search
+            table_ms = LatencyTable(table, provider=ci.provider, batch=ci.batch).model_ms
+            result = latency_search.run_from_table(run_at, config.method_options, table_ms, original, feeds,
+                                                   ci.target_latency_ms, ci.provider, ci.threads,
+                                                   max(ci.seconds, 0.5), ci.batch)
+        else:
+            result, _ = latency_search.search_runs(run_at, config.method_options, original, feeds,
+                                                   ci.target_latency_ms, ci.provider, ci.threads,
+                                                   max(ci.seconds, 0.5), ci.latency_rounds, ci.batch)
         if result.replica.is_main:
             result.report.setdefault("phases", {})["latency search (all runs)"] = time.perf_counter() - started
     if not result.replica.is_main:

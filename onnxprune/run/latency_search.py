@@ -281,3 +281,37 @@ def search_runs(
         log.warning("--target-latency-ms %.4g: not met in %d rounds; keeping the fastest model (%.4g ms)",
                     target_ms, len(search.curve), search.curve[search.chosen]["latency_ms"])
     return chosen, search
+
+
+def run_from_table(
+    run: Callable[[dict[str, Any]], Any],
+    method_options: Mapping[str, Any],
+    table_ms: float,
+    original: onnx.ModelProto,
+    feeds: Mapping[str, Any],
+    target_ms: float,
+    provider: str = "cpu",
+    threads: int | None = 1,
+    seconds: float = 1.0,
+    batch: int = 1,
+) -> Any:
+    """--target-latency-ms with a --latency-table: one run. The method's budget is then the
+    table's predicted latency, so the target T is the fraction T / table_ms of the predicted
+    full-width latency (``table_ms``: the table's whole-model p50); the chosen model is measured
+    once, alongside the original, and recorded as a one-entry curve."""
+    fraction = min(1.0, target_ms / table_ms)
+    result = run({**method_options, "target_macs": f"{fraction:.4f}"})
+    if not result.replica.is_main:
+        return result
+    meter = PairedMeter(original, feeds, provider, threads, seconds, batch=batch)
+    measured = meter(result.model)
+    entry = {"round": 0, "mac_fraction": fraction, "macs": result.report["macs"]["after"],
+             "latency_ms": measured, "met": measured <= target_ms, "original_ms": meter.originals[0],
+             "predicted_ms": fraction * table_ms}
+    search = LatencySearch(target_ms=target_ms, curve=[entry], candidates=[result], chosen=0,
+                           original_ms=meter.originals[0])
+    result.report["latency_target"] = {**search.to_dict(provider, batch), "via": "latency table"}
+    if not entry["met"]:
+        log.warning("--target-latency-ms %.4g with the latency table: measured %.4g ms (predicted %.4g ms)",
+                    target_ms, measured, entry["predicted_ms"])
+    return result
