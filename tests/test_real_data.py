@@ -93,3 +93,36 @@ def test_lagrangian_at_half_the_macs_keeps_a_real_model_working(trained, tmp_pat
     macs = {p.key: float(p.value) for p in onnx.load(str(out)).metadata_props if p.key.startswith("onnxprune.macs")}
     assert macs["onnxprune.macs_after"] <= 0.52 * macs["onnxprune.macs_before"]
     assert pruned >= original - 0.10, (original, pruned)
+
+
+def _model_a() -> tuple[Path, Path]:
+    import os
+
+    cache = Path(os.environ.get("ONNXPRUNE_REAL_CACHE", Path.home() / ".cache" / "onnxprune-real"))
+    return cache / "fashion_mobilenet_v2_64_torchscript.onnx", cache / "fashion_calib_2000_labelled.npz"
+
+
+@pytest.mark.skipif(not all(p.exists() for p in _model_a()),
+                    reason="model (a) not built (python benchmarks/real/fashion.py, then benchmarks/real/method_grid.py)")
+def test_lr_probe_rejects_the_rates_that_destroy_a_pretrained_mobilenet_v2():
+    """Model (a) of docs/real-models.md (ImageNet MobileNetV2 fine-tuned to Fashion-MNIST, BN
+    folded): Adam at 1e-3 for 10 steps on its own outputs goes 60% of the way to a constant
+    output, 3e-4 12%; the probe takes 1e-4 (1.6%)."""
+    from onnxprune.calibration import TaskLoss, load_calibration, output_kinds, teacher_outputs
+    from onnxprune.calibration.data import CalibrationSet
+    from onnxprune.importing.importer import import_model
+    from onnxprune.training.loop import TrainConfig, _optimizer, _set_train_mode
+    from onnxprune.training.lr_probe import probe_lr
+
+    path, calib = _model_a()
+    original = onnx.load(str(path))
+    data = load_calibration(str(calib), original, {})
+    data = CalibrationSet({k: v[:512] for k, v in data.inputs.items()}, None)
+    teacher = teacher_outputs(original, data)
+    module = import_model(original, {}).module
+    torch.set_num_threads(2)
+    result = probe_lr(module, [torch.from_numpy(v) for v in data.inputs.values()], [torch.from_numpy(teacher[0])],
+                      TaskLoss(output_kinds(teacher)), lambda m, lr: _optimizer(TrainConfig(lr=lr), m, []),
+                      lambda m: _set_train_mode(m, True), 32, 0, torch.device("cpu"))
+    assert [t["lr"] for t in result.trials if not t["accepted"]][:2] == [1e-3, 3e-4], result.summary()
+    assert result.trials[0]["fraction"] > 0.2 and result.lr <= 1e-4, result.summary()

@@ -79,3 +79,32 @@ def test_layer_vs_unit_knob_trades_removed_blocks_for_removed_units():
         result = run("resnet", method, epochs=6, n_train=768)
         removed[a] = (len(result["plan"].dropped_branches), method.removed_units())
     assert removed[0.9][0] > removed[0.1][0] and removed[0.9][1] < removed[0.1][1], removed
+
+
+@pytest.fixture(scope="module")
+def mobilenet_quarter():
+    method = Bernoulli(target_macs="0.25")
+    return method, run("mobilenet", method, epochs=9)
+
+
+def test_lands_within_three_percent_of_the_target_after_rounding(mobilenet_quarter):
+    """benchmarks/bernoulli_targets.py: 0.2494 at 0.25 (seed 0). Misses elsewhere are in
+    docs/method-bernoulli.md (vgg at 0.25: -16%, from 8-channel blocks on 16-channel layers)."""
+    _, result = mobilenet_quarter
+    assert abs(result["macs"] / (0.25 * result["macs0"]) - 1) <= 0.03
+
+
+def test_theta_starts_where_its_samples_leave_the_trained_network_intact(mobilenet_quarter):
+    method, _ = mobilenet_quarter
+    # the probe's shares fall with theta and it stops at the first within init_tol (or the last)
+    shares = [share for _, share in method.init_probe]
+    assert method.init == method.init_probe[-1][0] and method.init > 0.9
+    assert all(share > method.init_tol for share in shares[:-1])
+    assert method.lock == pytest.approx(1 - (1 - method.init) / 5)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18: 81% of theta/phi decided before rounding on this sample "
+                                       "(65-83% on the samples, docs/method-bernoulli.md); the goal is 90%")
+def test_most_parameters_reach_zero_or_one_before_rounding(mobilenet_quarter):
+    method, _ = mobilenet_quarter
+    assert method.decided_fraction >= 0.9, method.decided_fraction
