@@ -108,8 +108,9 @@ def with_static_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int
 def infer_static_shapes(
     model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None
 ) -> onnx.ModelProto:
-    """A copy of ``model`` with a static shape recorded for every value (for a model of more
-    than :data:`~onnxprune.graph.modelio.LARGE_MODEL_BYTES`, its large weights have dims but no data).
+    """A copy of ``model`` with a static shape recorded for every value (a model of more than
+    :data:`~onnxprune.graph.modelio.LARGE_MODEL_BYTES` of weights is inferred on its weightless
+    header, so inference serializes no weights, and the shapes are copied into the copy).
 
     ONNX shape inference (with data propagation, for Reshape targets computed from Shape) is
     tried first; values it leaves unknown are measured by one onnxruntime run on zeros, which
@@ -118,30 +119,25 @@ def infer_static_shapes(
     from onnxprune.graph.modelio import is_large_model, weightless_header
 
     input_shapes = input_shapes or resolve_input_shapes(model)
-    # a large model's shapes come from its weightless header (dims without data: no copy of the
-    # weights, which inference would serialize twice); onnxruntime, if needed, runs the model itself
-    light = is_large_model(model)
-    fixed = with_static_inputs(weightless_header(model) if light else model, input_shapes)
-    fixed.graph.ClearField("value_info")
-    try:
-        inferred = shape_inference.infer_shapes(fixed, check_type=False, strict_mode=False, data_prop=True)
-    except Exception:  # inference is best effort; onnxruntime below fills any gap
-        inferred = fixed
-    if _unknown_values(inferred):
-        if light:
-            return infer_static_shapes_of_full(model, input_shapes)
-        inferred = _shapes_from_onnxruntime(inferred, input_shapes)
-    return inferred
-
-
-def infer_static_shapes_of_full(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
-    """:func:`infer_static_shapes` on the whole model (weights included), onnxruntime filling gaps."""
-    fixed = with_static_inputs(model, input_shapes)
-    fixed.graph.ClearField("value_info")
-    try:
-        inferred = shape_inference.infer_shapes(fixed, check_type=False, strict_mode=False, data_prop=True)
-    except Exception:  # noqa: BLE001 -- best effort, as above
-        inferred = fixed
+    if not is_large_model(model):
+        fixed = with_static_inputs(model, input_shapes)
+        fixed.graph.ClearField("value_info")
+        try:
+            inferred = shape_inference.infer_shapes(fixed, check_type=False, strict_mode=False, data_prop=True)
+        except Exception:  # inference is best effort; onnxruntime below fills any gap
+            inferred = fixed
+    else:  # inferred on the header, the shapes copied into one plain copy of the model
+        header = with_static_inputs(weightless_header(model), input_shapes)
+        header.graph.ClearField("value_info")
+        inferred = with_static_inputs(model, input_shapes)
+        inferred.graph.ClearField("value_info")
+        try:
+            shaped = shape_inference.infer_shapes(header, check_type=False, strict_mode=False, data_prop=True)
+            inferred.graph.value_info.extend(shaped.graph.value_info)
+            for given, found in zip(inferred.graph.output, shaped.graph.output, strict=True):
+                given.CopyFrom(found)
+        except Exception:  # noqa: BLE001 -- best effort, as above
+            pass
     if _unknown_values(inferred):
         inferred = _shapes_from_onnxruntime(inferred, input_shapes)
     return inferred
