@@ -235,23 +235,34 @@ def table(args) -> None:
     for line in Path(args.results).read_text().splitlines():
         if line.strip().startswith("{"):
             rows.append(json.loads(line))
+    store = cache_dir() / args.ours_dir / "scores.json"  # our rows' evaluation, by file (they do not change)
+    cached = json.loads(store.read_text()) if store.exists() else {}
     for name in args.ours.split(","):
         for target in (0.5, 0.25):
             path = cache_dir() / args.ours_dir / f"pruned_fashion_torchscript_{name}_{target}.onnx"
             if path.exists():
-                rows.append({"method": f"onnxprune {name}", "target": target, "path": str(path), "seconds": None,
-                             **evaluate(path)})
-    (xc, _), _ = data()
-    models = [onnx.load(str(original_path()))] + [onnx.load(r["path"]) for r in rows]
-    stats = measure_latency(models, {"image": xc[:32]}, threads=1, batch=32, seconds=args.seconds)
-    base = stats[0].p50_ms
-    print(f"original: {stats[0].p50_ms:.2f} ms p50 at batch 32, 1 thread")
+                scores = cached.get(str(path)) or evaluate(path)
+                cached[str(path)] = scores
+                rows.append({"method": f"onnxprune {name}", "target": target, "path": str(path), "seconds": None, **scores})
+    store.write_text(json.dumps(cached))
+    if args.no_latency:
+        stats = [None] * (len(rows) + 1)
+    else:
+        (xc, _), _ = data()
+        stats = measure_latency([onnx.load(str(original_path()))] + [onnx.load(r["path"]) for r in rows],
+                                {"image": xc[:32]}, threads=1, batch=32, seconds=args.seconds)
+    if stats[0] is not None:
+        print(f"original: {stats[0].p50_ms:.2f} ms p50 at batch 32, 1 thread")
     print("| target | method | accuracy | top-1 agreement | MACs | params | speedup b32 | time s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row, stat in sorted(zip(rows, stats[1:]), key=lambda rs: (-rs[0]["target"], rs[0]["method"])):
         seconds = "-" if row.get("seconds") is None else f"{row['seconds']:.0f}"
         print(f"| {row['target']} | {row['method']} | {100 * row['accuracy']:.2f} | {row['agreement']:.3f} | "
-              f"{row['macs_frac']:.3f} | {row['params_frac']:.3f} | {base / stat.p50_ms:.2f}x | {seconds} |", flush=True)
+              f"{row['macs_frac']:.3f} | {row['params_frac']:.3f} | {speedup(stats[0], stat)} | {seconds} |", flush=True)
+
+
+def speedup(base, stat) -> str:
+    return "-" if stat is None else f"{base.p50_ms / stat.p50_ms:.2f}x"
 
 
 def main() -> None:
@@ -269,7 +280,8 @@ def main() -> None:
     parser.add_argument("--ours", default="lagrangian,magnitude,uniform")
     parser.add_argument("--ours-dir", default="peers-ours",
                         help="table: our grid's models (method_grid.py writes them to the cache; copied here so a rerun of the grid cannot mix)")
-    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--seconds", type=float, default=6.0, help="table: latency measurement time")
+    parser.add_argument("--no-latency", action="store_true", help="table: accuracy only")
     args = parser.parse_args()
     if args.what == "table":
         table(args)
