@@ -22,6 +22,7 @@ C. BN ResNet: explicit L2 and L1 penalties on the conv weights vs LTP at a fixed
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import tempfile
 import time
@@ -36,6 +37,7 @@ from onnxprune.graph.macs import count_macs
 from onnxprune.methods._support import threshold_masks as masking
 from onnxprune.methods.base import PruningMethod, register, registry
 from onnxprune.methods.lc import LC
+from onnxprune.methods.options import MethodOptions, option
 from onnxprune.run import pipeline
 from onnxprune.training.loop import TrainConfig
 
@@ -123,7 +125,7 @@ class LCRelativeUnweighted(LC):
     name = "lc-relative-unweighted"
 
     def setup(self, ctx) -> None:
-        self.config = {**self.config, "lc_channel_norm": "relative"}
+        self.options = dataclasses.replace(self.options, lc_channel_norm="relative")
         super().setup(ctx)
         self.penalty_weight = None
 
@@ -156,14 +158,22 @@ def check_lc_channel(args) -> None:
 # --------------------------------------------------------------------------- C. BN: L1/L2 vs L0
 
 
+@dataclasses.dataclass(frozen=True)
+class WeightPenaltyOptions(MethodOptions):
+    method = "bench-weight-penalty"
+    kind: str = option("l1", "l1: α·Σ|w|; l2: α/2·Σw²", choices=("l1", "l2"))
+    alpha: float = option(1e-4, "penalty weight α", min=0)
+
+
 @register
 class WeightPenalty(PruningMethod):
     """Training with α·Σ|w| (l1) or α/2·Σw² (l2) on the prunable weights; nothing is masked."""
 
     name = "bench-weight-penalty"
+    Options = WeightPenaltyOptions
 
     def setup(self, ctx) -> None:
-        self.kind, self.alpha = self.config["kind"], self.config["alpha"]
+        self.kind, self.alpha = self.options.kind, self.options.alpha
         self.weights = list(ctx.weights.values())
 
     def penalty(self, ctx):

@@ -2,8 +2,8 @@
 
 A field ``damping: float = option(5000.0, "...", min=0)`` becomes ``--damping`` with a
 ``FloatRange(0)``, its default and its help; booleans become ``--x/--no-x`` (or a plain flag),
-choices a ``Choice``, ``kind="dir"`` a folder path, ``kind="target"`` a string the method parses
-(a fraction or a count with a unit). The values are checked once more, and for good, by
+choices a ``Choice``, ``kind="dir"`` a folder path, ``kind="file"`` an existing file,
+``kind="target"`` a string the method parses (a fraction or a count with a unit). The values are checked once more, and for good, by
 ``Options.build`` when the method is made, so click only gives early, per-option messages.
 
 Options of the same name in several methods (``--sparsity``, ``--target-macs``) come from one
@@ -37,6 +37,8 @@ def field_option(field: dataclasses.Field, hint: Any) -> click.Option:
         click_type = click.Choice(s.choices)
     elif s.kind == "dir":
         click_type = click.Path(file_okay=False)
+    elif s.kind == "file":
+        click_type = click.Path(exists=True, dir_okay=False)
     elif kind is float:
         click_type = click.FloatRange(s.min, s.max, min_open=s.min_open, max_open=s.max_open) \
             if (s.min, s.max) != (None, None) else float
@@ -52,9 +54,7 @@ def field_option(field: dataclasses.Field, hint: Any) -> click.Option:
 
 
 def options_of(method_cls) -> list[click.Option]:
-    """One method's click options: from its ``Options`` dataclass, else its click list."""
-    if method_cls.Options is None:
-        return list(method_cls.options)
+    """One method's click options, from its ``Options`` dataclass."""
     hints = typing.get_type_hints(method_cls.Options)
     return [field_option(f, hints[f.name]) for f in dataclasses.fields(method_cls.Options)]
 
@@ -75,4 +75,4 @@ def merged_options(methods: dict[str, type]) -> tuple[list[click.Option], dict[s
 
 
 def _signature(option: click.Option) -> tuple:
-    return (tuple(option.opts), option.default, option.is_flag, option.multiple)
+    return (tuple(option.opts), option.type.to_info_dict(), option.default, option.is_flag, option.multiple)

@@ -83,22 +83,14 @@ class PruningMethod:
     name: ClassVar[str] = ""
     help: ClassVar[str] = ""
     granularities: ClassVar[tuple[str, ...]] = ("weight",)
-    Options: ClassVar[type[MethodOptions] | None] = None
-    # click options of a method not yet declaring ``Options`` (read by the prune command)
-    options: ClassVar[list[Any]] = []
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
 
     def __init__(self, **options: Any) -> None:
-        if self.Options is not None:
-            self.options = self.Options.build(options)
-            self.config = self.options.to_dict()
-        else:
-            self.config = options
+        self.options = self.Options.build(options)
 
     @classmethod
     def option_names(cls) -> set[str]:
-        if cls.Options is not None:
-            return {field.name for field in dataclasses.fields(cls.Options)}
-        return {option.name for option in cls.options}
+        return {field.name for field in dataclasses.fields(cls.Options)}
 
     def setup(self, ctx: TrainContext) -> None:
         pass

@@ -43,28 +43,29 @@ any dead unit to fill the target, so until rounding only residual layers are com
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
 
-import click
 import numpy as np
 import torch
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.methods._support.channel_gates import GateBank, Structure
 from onnxprune.methods._support.compaction import Compaction, CompactionError, same_outputs
-from onnxprune.methods._support.recalibrate import RECALIBRATE_OPTION
-from onnxprune.methods._support.resource import (
-    CHANNEL_MULTIPLE_OPTION,
-    GATE_LR_OPTION,
-    LATENCY_TABLE_OPTION,
-    TARGET_MACS_OPTION,
-    parse_target,
-    round_counts,
-    select_to_budget,
-)
+from onnxprune.methods._support.recalibrate import recalibrate_to_teacher
+from onnxprune.methods._support.resource import parse_target, round_counts, select_to_budget
 from onnxprune.methods.base import PruningMethod, TrainContext, register
+from onnxprune.methods.options import (
+    MethodOptions,
+    channel_multiple_option,
+    gate_lr_option,
+    latency_table_option,
+    option,
+    recalibrate_option,
+    target_macs_option,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,28 +77,29 @@ def knob_split(cost, theta: dict, phi: dict, unit_w: float) -> torch.Tensor:
     return unit_w * cost(theta, sg(phi)) + (2 - unit_w) * cost(sg(theta), phi)
 
 
+@dataclasses.dataclass(frozen=True)
+class BernoulliOptions(MethodOptions):
+    method = "bernoulli"
+    target_macs: str | None = target_macs_option()
+    gate_lr: float | None = gate_lr_option()
+    channel_multiple: int = channel_multiple_option()
+    latency_table: str | None = latency_table_option()
+    recalibrate: bool = recalibrate_option()
+    strength: float = option(10.0, "bernoulli: accuracy vs pruning (loss worth the whole model's cost).", min=0)
+    layer_vs_unit: float = option(0.5, "bernoulli: share of the cost charged to residual layers (1) vs units (0).",
+                                  min=0, max=1)
+    flops_vs_params: float = option(0.5, "bernoulli: cost weight of MACs (1) vs parameters (0).", min=0, max=1)
+    finetune_epochs: int | None = option(None, "bernoulli: final epochs with all gates rounded to 0/1 "
+                                               "[default: 1/3 of --epochs].", min=0)
+    compact: bool = option(True, "bernoulli: rebuild the trained model without removed structures as training goes.")
+
+
 @register
 class Bernoulli(PruningMethod):
     name = "bernoulli"
     help = "Units/filters and whole residual layers gated by learned Bernoulli variables."
     granularities = ("channel", "layer")
-    options = [
-        TARGET_MACS_OPTION,
-        GATE_LR_OPTION,
-        CHANNEL_MULTIPLE_OPTION,
-        LATENCY_TABLE_OPTION,
-        RECALIBRATE_OPTION,
-        click.Option(["--strength"], type=click.FloatRange(0), default=10.0, show_default=True,
-                     help="bernoulli: accuracy vs pruning (loss worth the whole model's cost)."),
-        click.Option(["--layer-vs-unit"], type=click.FloatRange(0, 1), default=0.5, show_default=True,
-                     help="bernoulli: share of the cost charged to residual layers (1) vs units (0)."),
-        click.Option(["--flops-vs-params"], type=click.FloatRange(0, 1), default=0.5, show_default=True,
-                     help="bernoulli: cost weight of MACs (1) vs parameters (0)."),
-        click.Option(["--finetune-epochs"], type=click.IntRange(0), default=None,
-                     help="bernoulli: final epochs with all gates rounded to 0/1 [default: 1/3 of --epochs]."),
-        click.Option(["--compact/--no-compact"], default=True, show_default=True,
-                     help="bernoulli: rebuild the trained model without removed structures as training goes."),
-    ]
+    Options = BernoulliOptions
     eps, lr, tau = 0.02, 0.05, 2 / 3
     # theta's start, probed per model (see probe_init): the smallest of the grid whose gate samples
     # leave the network within init_tol of the original (share of the way to a constant output).
@@ -111,24 +113,24 @@ class Bernoulli(PruningMethod):
 
     def setup(self, ctx: TrainContext) -> None:
         self.structure = s = Structure.from_context(ctx, with_branches=True)
-        if self.config.get("latency_table"):  # the resource is the table's predicted latency
+        if self.options.latency_table:  # the resource is the table's predicted latency
             from onnxprune.methods._support.latency_table import latency_resource
 
-            self.structure.resource = latency_resource(self.structure, ctx, self.config["latency_table"])
+            self.structure.resource = latency_resource(self.structure, ctx, self.options.latency_table)
             s = self.structure
         self.b0 = s.resource.total_macs
         self.p0 = max(s.resource.total_params, 1.0)
-        cfg = self.config
-        self.strength = float(cfg["strength"] if cfg.get("strength") is not None else 10.0)
-        self.unit_w = 2 * (1 - float(cfg.get("layer_vs_unit", 0.5) if cfg.get("layer_vs_unit") is not None else 0.5))
-        self.flops_w = float(cfg.get("flops_vs_params") if cfg.get("flops_vs_params") is not None else 0.5)
+        cfg = self.options
+        self.strength = cfg.strength
+        self.unit_w = 2 * (1 - cfg.layer_vs_unit)
+        self.flops_w = cfg.flops_vs_params
         from onnxprune.methods._support.resource import smallest_reachable
 
-        floor = smallest_reachable(s.resource, int(cfg.get("channel_multiple") or 8))  # refused below it
-        self.target = parse_target(cfg["target_macs"], self.b0, floor=floor) if cfg.get("target_macs") else None
-        self.multiple = int(cfg.get("channel_multiple") or 8)
+        floor = smallest_reachable(s.resource, cfg.channel_multiple)  # refused below it
+        self.target = parse_target(cfg.target_macs, self.b0, floor=floor) if cfg.target_macs else None
+        self.multiple = cfg.channel_multiple
         dev = ctx.device
-        self.teacher = copy.deepcopy(ctx.model) if cfg.get("recalibrate", True) is not False else None
+        self.teacher = copy.deepcopy(ctx.model) if cfg.recalibrate else None
         self.fixed: dict[str, torch.Tensor] | None = None
         self.noise: dict[str, torch.Tensor] = {}
         self.bank = GateBank()
@@ -142,16 +144,16 @@ class Bernoulli(PruningMethod):
         self.alive = {k: torch.ones_like(v, dtype=torch.bool) for k, v in {**self.theta, **self.phi}.items()}
         self.settled = {k: torch.zeros_like(v, dtype=torch.bool) for k, v in self.alive.items()}
         self.params = [*self.theta.values(), *self.phi.values()]
-        self.optimizer = torch.optim.Adam(self.params, lr=float(cfg.get("gate_lr") or self.lr))
+        self.optimizer = torch.optim.Adam(self.params, lr=float(cfg.gate_lr or self.lr))
         for key in [*self.theta, *self.phi]:
             self.bank.set(key, lambda key=key: self._gate(key))
         epochs = self.total_epochs(ctx)
-        ft = cfg.get("finetune_epochs")
+        ft = cfg.finetune_epochs
         self.prune_epochs = max(1, epochs - (int(ft) if ft is not None else max(1, epochs // 3)))
         self.epoch_macs: list[float] = []
         self.trained_macs: list[float] = []
         self.current_bank = self.bank
-        self.compacting = cfg.get("compact", True) is not False
+        self.compacting = cfg.compact
         self.compaction = Compaction(ctx, s.groups) if self.compacting else None
         log.info("bernoulli: %d unit groups, %d residual layers, theta starts at %g (probe: %s)", len(self.theta),
                  len(self.phi), self.init, ", ".join(f"{t:g}: {f:.3f}" for t, f in self.init_probe))
@@ -368,15 +370,7 @@ class Bernoulli(PruningMethod):
         """Activation statistics of the kept channels back to the original's (:mod:`recalibrate`):
         the units were trained under samples that dropped some of them, the rounded network
         drops none of the kept ones."""
-        if self.teacher is None or not ctx.calibration:
-            return
-        from onnxprune.methods._support.recalibrate import recalibrate
-
-        inputs = [x.to(ctx.device) for x in ctx.calibration]
-        try:
-            recalibrate(ctx.model, self.teacher.to(ctx.device), inputs)
-        except RuntimeError as exc:  # e.g. a graph that only runs at its fixed batch
-            log.warning("recalibration skipped: %s", str(exc).splitlines()[0])
+        recalibrate_to_teacher(ctx, self.teacher)
         self.teacher = None  # done once; free the copy
 
     @property

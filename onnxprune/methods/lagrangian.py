@@ -25,23 +25,25 @@ The plan lists the kept channels; the passes remove the others physically.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 
-import click
 import torch
 
 from onnxprune.methods._support.channel_gates import GateBank, Structure
-from onnxprune.methods._support.recalibrate import RECALIBRATE_OPTION
-from onnxprune.methods._support.resource import (
-    CHANNEL_MULTIPLE_OPTION,
-    GATE_LR_OPTION,
-    LATENCY_TABLE_OPTION,
-    TARGET_MACS_OPTION,
-    TRAIL_OPTION,
-    parse_target,
-    select_to_budget,
-)
+from onnxprune.methods._support.recalibrate import recalibrate_to_teacher
+from onnxprune.methods._support.resource import parse_target, select_to_budget
 from onnxprune.methods.base import PruningMethod, TrainContext, register
+from onnxprune.methods.options import (
+    MethodOptions,
+    channel_multiple_option,
+    gate_lr_option,
+    latency_table_option,
+    option,
+    recalibrate_option,
+    target_macs_option,
+    trail_option,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,28 +102,32 @@ class Taper:
         return self.budget <= self.target
 
 
+@dataclasses.dataclass(frozen=True)
+class LagrangianOptions(MethodOptions):
+    method = "lagrangian"
+    target_macs: str | None = target_macs_option()  # [default: 0.5]
+    trail: str | None = trail_option()
+    channel_multiple: int = channel_multiple_option()
+    latency_table: str | None = latency_table_option()
+    taper_epochs: int | None = option(None, "lagrangian: epochs within which the budget reaches the target "
+                                            "[default: half of --epochs].", min=1)
+    settle_epochs: int | None = option(None, "lagrangian: epochs after the taper with the budget held while the "
+                                             "gates settle to 0/1 [default: half of the epochs after the taper].",
+                                       min=0)
+    gate_lr: float | None = gate_lr_option()
+    recalibrate: bool = recalibrate_option()
+    dual_lr: float = option(2.0, "lagrangian: dual ascent rate of the multiplier (per step, h in units of B0).",
+                            min=0, min_open=True)
+    damping: float = option(5000.0, "lagrangian: quadratic damping rho of the constraint (0 = pure Lagrangian).",
+                            min=0)
+
+
 @register
 class Lagrangian(PruningMethod):
     name = "lagrangian"
     help = "Channel pruning: gates under a tapering MAC budget (Lagrange multiplier, adaptive rate)."
     granularities = ("channel",)
-    options = [
-        TARGET_MACS_OPTION,
-        TRAIL_OPTION,
-        CHANNEL_MULTIPLE_OPTION,
-        LATENCY_TABLE_OPTION,
-        click.Option(["--taper-epochs"], type=click.IntRange(1), default=None,
-                     help="lagrangian: epochs within which the budget reaches the target [default: half of --epochs]."),
-        click.Option(["--settle-epochs"], type=click.IntRange(0), default=None,
-                     help="lagrangian: epochs after the taper with the budget held while the gates settle to 0/1 "
-                          "[default: half of the epochs after the taper]."),
-        GATE_LR_OPTION,
-        RECALIBRATE_OPTION,
-        click.Option(["--dual-lr"], type=click.FloatRange(0, min_open=True), default=2.0, show_default=True,
-                     help="lagrangian: dual ascent rate of the multiplier (per step, h in units of B0)."),
-        click.Option(["--damping"], type=click.FloatRange(0), default=5000.0, show_default=True,
-                     help="lagrangian: quadratic damping rho of the constraint (0 = pure Lagrangian)."),
-    ]
+    Options = LagrangianOptions
     # gate temperature g = sigmoid(s / beta): beta anneals geometrically from beta0 to beta_end
     # over the taper epochs, so the gates end nearer 0 or 1 and the hard selection at export
     # changes the network less. At a fixed beta the equality R = B was met by many half-open
@@ -145,26 +151,25 @@ class Lagrangian(PruningMethod):
     # scale; the hard selection then was a big jump (distillation loss 0.04 -> 0.83 in the
     # first fine-tune epoch). After settling 8 of 568 are in (0.1, 0.9), dropped mass 3%.
     beta_settle = 0.02
-    dual_lr_default, damping_default = 2.0, 5000.0
 
     def setup(self, ctx: TrainContext) -> None:
         self.structure = Structure.from_context(ctx)
-        if self.config.get("latency_table"):  # the resource is the table's predicted latency
+        if self.options.latency_table:  # the resource is the table's predicted latency
             from onnxprune.methods._support.latency_table import latency_resource
 
-            self.structure.resource = latency_resource(self.structure, ctx, self.config["latency_table"])
+            self.structure.resource = latency_resource(self.structure, ctx, self.options.latency_table)
         res = self.structure.resource
         self.b0 = res.total_macs
         from onnxprune.methods._support.resource import smallest_reachable
 
-        floor = smallest_reachable(res, int(self.config.get("channel_multiple") or 8))  # refused below it
-        self.target = parse_target(self.config.get("target_macs"), self.b0, default=0.5, floor=floor)
-        self.multiple = int(self.config.get("channel_multiple") or 8)
+        floor = smallest_reachable(res, self.options.channel_multiple)  # refused below it
+        self.target = parse_target(self.options.target_macs, self.b0, default=0.5, floor=floor)
+        self.multiple = self.options.channel_multiple
         self.scores = {gid: torch.full((size,), self.s_init, device=ctx.device, requires_grad=True)
                        for gid, size in self.structure.groups.items()}
         self.selection: dict[str, torch.Tensor] | None = None  # fixed gates after the taper
         self.bank = GateBank()
-        self.teacher = copy.deepcopy(ctx.model) if self.config.get("recalibrate", True) else None
+        self.teacher = copy.deepcopy(ctx.model) if self.options.recalibrate else None
         self.structure.install(ctx.model, self.bank)
         for gid in self.scores:
             self.bank.set(gid, lambda gid=gid: self._gate(gid))
@@ -176,26 +181,26 @@ class Lagrangian(PruningMethod):
         # median damping share 0.33-0.59) tracked worse under this taper controller (2.0-2.9%);
         # rho 0 oscillated (eta 50: |h| 47%) or never bound (eta 2: 26%). Measured in
         # docs/method-lagrangian.md (benchmarks/lagrangian_tracking.py --damping --dual-lr)
-        self.dual_lr = float(self.config.get("dual_lr") or self.dual_lr_default)
-        self.rho = float(self.config.get("damping") if self.config.get("damping") is not None else self.damping_default)
+        self.dual_lr = self.options.dual_lr
+        self.rho = self.options.damping
         epochs = self.total_epochs(ctx)
         # half the epochs taper, the rest settles and fine-tunes: on the CNN samples at 25% of the
         # MACs (9 epochs, 4 seeds) a 4-epoch taper beat a 6-epoch one by 3.5 points on resnet
         # (97.7 vs 94.2) and 0.5 on mobilenet, vgg alike; a 3-epoch one tracked the budget worse
-        self.taper_epochs = min(int(self.config.get("taper_epochs") or max(1, epochs // 2)), epochs)
-        settle = self.config.get("settle_epochs")
+        self.taper_epochs = min(self.options.taper_epochs or max(1, epochs // 2), epochs)
+        settle = self.options.settle_epochs
         self.settle_epochs = min(int(settle), epochs - self.taper_epochs) if settle is not None else (epochs - self.taper_epochs) // 2
         self.settle_steps = self.settle_epochs * ctx.steps_per_epoch
-        self.gate_lr = float(self.config.get("gate_lr") or self.default_gate_lr(self.taper_epochs * ctx.steps_per_epoch))
+        self.gate_lr = float(self.options.gate_lr or self.default_gate_lr(self.taper_epochs * ctx.steps_per_epoch))
         self.optimizer = torch.optim.Adam(self.scores.values(), lr=self.gate_lr)
         start = float(self.resource_now().detach())
         self.taper = Taper(start, self.target, self.taper_epochs * ctx.steps_per_epoch, self.b0)
         self.trace: list[dict[str, float]] = []
         self.trail = None
-        if self.config.get("trail"):
+        if self.options.trail:
             from onnxprune.methods._support.trail import Trail
 
-            self.trail = Trail(self.config["trail"], self, ctx, start / self.b0, self.target / self.b0)
+            self.trail = Trail(self.options.trail, self, ctx, start / self.b0, self.target / self.b0)
         log.info("lagrangian: %d groups, %.4g MACs, target %.4g", len(self.scores), self.b0, self.target)
 
     @staticmethod
@@ -209,7 +214,7 @@ class Lagrangian(PruningMethod):
         return max(0.05, 4.0 / max(taper_steps, 1))
 
     def total_epochs(self, ctx: TrainContext) -> int:
-        taper = self.config.get("taper_epochs")
+        taper = self.options.taper_epochs
         return max(ctx.epochs, int(taper) + 1) if taper else max(ctx.epochs, 2)
 
     def _gate(self, gid: str) -> torch.Tensor:
@@ -300,15 +305,7 @@ class Lagrangian(PruningMethod):
 
     def recalibrate(self, ctx: TrainContext) -> None:
         """Activation statistics of the kept channels back to the original's (:mod:`recalibrate`)."""
-        if self.teacher is None or not ctx.calibration:
-            return
-        from onnxprune.methods._support.recalibrate import recalibrate
-
-        inputs = [x.to(ctx.device) for x in ctx.calibration]
-        try:
-            recalibrate(ctx.model, self.teacher.to(ctx.device), inputs)
-        except RuntimeError as exc:  # e.g. a graph that only runs at its fixed batch
-            log.warning("recalibration skipped: %s", str(exc).splitlines()[0])
+        recalibrate_to_teacher(ctx, self.teacher)
         self.teacher = None  # done once; free the copy
 
     def finalize(self, ctx: TrainContext):

@@ -37,7 +37,7 @@ class Spec:
     choices: tuple[str, ...] | None = None
     flags: tuple[str, ...] = ()  # extra spellings (aliases) besides --name-with-dashes
     negatable: bool = True  # booleans: --x/--no-x (else a plain --x flag)
-    kind: str | None = None  # "dir": a folder path; "target": a MAC budget (fraction or count with a unit)
+    kind: str | None = None  # "dir"/"file": a path; "target": a MAC budget (fraction or count with a unit)
     check: Callable[[str, Any], None] | None = None  # extra check(flag, value) raising OnnxPruneError
     show_default: bool = True
 
@@ -51,6 +51,7 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+@dataclasses.dataclass(frozen=True)
 class MethodOptions:
     """Base of every method's frozen options dataclass."""
 
@@ -152,3 +153,32 @@ def channel_multiple_option() -> Any:
 def trail_option() -> Any:
     return option(None, "Write pruned models at the MAC (or sparsity) levels training passes, with a table, "
                         "into this folder.", kind="dir", show_default=False)
+
+
+def target_macs_option() -> Any:
+    return option(None, "MAC budget: a fraction of the original in (0, 1] (0.5), or a count with a unit "
+                        "(350M, 1.2G)", kind="target", check=_check_target, show_default=False)
+
+
+def gate_lr_option() -> Any:
+    return option(None, "structured methods: learning rate of the gate parameters' own Adam optimizer "
+                        "[lagrangian: 0.05, or 4 / taper steps if larger; bernoulli 0.05].", min=0, min_open=True)
+
+
+def recalibrate_option() -> Any:
+    return option(True, "lagrangian, bernoulli: after the hard selection, map every kept conv channel onto the "
+                        "original's activation mean and spread (BN re-estimation that works with BN folded into "
+                        "the convs).")
+
+
+def latency_table_option() -> Any:
+    return option(None, "structured methods: a table from `onnxprune profile`; the budget is then the table's "
+                        "predicted latency (--target-macs F = F of the predicted full-width latency) and "
+                        "--channel-multiple M becomes a band: each layer keeps the largest count within M that "
+                        "the table says is no slower (docs/latency-table.md).", kind="file", show_default=False)
+
+
+def _check_target(where: str, value: str) -> None:
+    from onnxprune.methods._support.resource import read_target  # the one parser of the syntax
+
+    read_target(value)

@@ -207,7 +207,7 @@ def _run(config: PruneConfig, replica: Replica, original: onnx.ModelProto | None
         nonzero_before=nonzero_weights(original), nonzero_after=nonzero_weights(pruned),
         untied_params=count_params(imported.onnx_model) - before.total_params,
         # in full, defaults included; paths as the user gave them (the trail is staged meanwhile)
-        method_options={**(method.options.to_dict() if method.Options else {}), **config.method_options},
+        method_options={**method.options.to_dict(), **config.method_options},
         final=fidelity(run_batched(pruned, calib.eval.inputs), calib.eval_targets, calib.kinds, calib.eval.labels),
         baseline=fidelity(calib.eval_targets, calib.eval_targets, calib.kinds, calib.eval.labels),
         history=ctx.history, seconds=time.perf_counter() - started,

@@ -83,7 +83,7 @@ class OneShotMagnitude(PruningMethod):
     name = "one-shot-test"
 
     def __init__(self, sparsity: float) -> None:
-        super().__init__(sparsity=sparsity)
+        super().__init__()
         self.sparsity = sparsity
 
     def setup(self, ctx) -> None:

@@ -27,16 +27,9 @@ from __future__ import annotations
 
 import logging
 
-import click
 import torch
 
 log = logging.getLogger(__name__)
-
-# one option object for both structured methods (the prune command merges identical options)
-RECALIBRATE_OPTION = click.Option(
-    ["--recalibrate/--no-recalibrate"], default=True, show_default=True,
-    help="lagrangian, bernoulli: after the hard selection, map every kept conv channel onto the original's "
-         "activation mean and spread (BN re-estimation that works with BN folded into the convs).")
 
 _EPS = 1e-6
 
@@ -109,3 +102,17 @@ def recalibrate(student: torch.nn.Module, teacher: torch.nn.Module, inputs: list
             module.train(training)
     log.info("recalibrated %d convolutions on %d samples", len(corrected), len(inputs[0]))
     return len(corrected)
+
+
+def recalibrate_to_teacher(ctx, teacher: torch.nn.Module | None) -> None:
+    """:func:`recalibrate` ``ctx.model`` on the calibration inputs the loop keeps
+    (``ctx.calibration``) against ``teacher`` (the original, copied at setup); nothing without
+    either. A model that cannot run the calibration batch (one that runs only at its fixed
+    batch) is left as it is, with a warning."""
+    if teacher is None or not ctx.calibration:
+        return
+    inputs = [x.to(ctx.device) for x in ctx.calibration]
+    try:
+        recalibrate(ctx.model, teacher.to(ctx.device), inputs)
+    except RuntimeError as exc:
+        log.warning("recalibration skipped: %s", str(exc).splitlines()[0])

@@ -25,26 +25,18 @@ import math
 import re
 from typing import Mapping, Sequence
 
-import click
 import torch
 
-# shared with every method that takes a MAC budget or writes a trail (declared identically)
-TARGET_MACS_OPTION = click.Option(["--target-macs"], type=str, default=None, callback=lambda c, p, v: check_target_syntax(c, p, v),
-                                  help="MAC budget: a fraction of the original in (0, 1] (0.5), or a count with a "
-                                       "unit (350M, 1.2G)")
-TRAIL_OPTION = click.Option(["--trail"], type=click.Path(file_okay=False), default=None)
-CHANNEL_MULTIPLE_OPTION = click.Option(
-    ["--channel-multiple"], type=click.IntRange(1), default=8, show_default=True,
-    help="structured methods: round each layer's kept channels to a multiple of this (onnxruntime's "
-         "CPU convolutions slow down on odd channel counts; 1 = no rounding).")
-GATE_LR_OPTION = click.Option(["--gate-lr"], type=click.FloatRange(0, min_open=True), default=None,
-                              help="structured methods: learning rate of the gate parameters' own Adam "
-                                   "optimizer [lagrangian: 0.05, or 4 / taper steps if larger; bernoulli 0.05].")
-LATENCY_TABLE_OPTION = click.Option(
-    ["--latency-table"], type=click.Path(exists=True, dir_okay=False), default=None,
-    help="structured methods: a table from `onnxprune profile`; the budget is then the table's predicted latency "
-         "(--target-macs F = F of the predicted full-width latency) and --channel-multiple M becomes a band: "
-         "each layer keeps the largest count within M that the table says is no slower (docs/latency-table.md).")
+from onnxprune.errors import OnnxPruneError
+
+
+class TargetError(OnnxPruneError):
+    """A ``--target-macs`` the method cannot take (one line, naming the option)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"--target-macs {message}")
+
+
 _SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 
 
@@ -146,12 +138,12 @@ TARGET_RULE = ("a bare number is a fraction of the original MACs in (0, 1] (0.5 
                "K, M, G or T (350M, 1.2G)")
 
 
-def _read_target(text: str | float) -> tuple[float, bool]:
-    """(value, is_fraction) of a ``--target-macs`` text, or BadParameter (the rule: TARGET_RULE)."""
+def read_target(text: str | float) -> tuple[float, bool]:
+    """(value, is_fraction) of a ``--target-macs`` text, or TargetError (the rule: TARGET_RULE)."""
     match = _TARGET_SYNTAX.fullmatch(str(text))
     if match is None:
-        raise click.BadParameter(f"{text!r}: expected a fraction like 0.5 or a count with a unit like 1.2G; "
-                                 f"{TARGET_RULE}", param_hint="--target-macs")
+        raise TargetError(f"{text!r}: expected a fraction like 0.5 or a count with a unit like 1.2G; "
+                                 f"{TARGET_RULE}")
     value = float(match.group(1)) * _SUFFIX[match.group(2).upper()]
     fraction = not match.group(2)
     if fraction and not 0 < value <= 1:
@@ -159,10 +151,10 @@ def _read_target(text: str | float) -> tuple[float, bool]:
         if value > 1:
             hint = (f"; for a count write it with a unit ({_with_unit(value)})" if value >= 1e3 else
                     f"; for a count write it with a unit ({match.group(1)}K, {match.group(1)}M, ...)")
-        raise click.BadParameter(f"{text!r}: a bare number is a fraction of the original MACs and must lie in "
-                                 f"(0, 1]{hint}", param_hint="--target-macs")
+        raise TargetError(f"{text!r}: a bare number is a fraction of the original MACs and must lie in "
+                                 f"(0, 1]{hint}")
     if not value > 0:
-        raise click.BadParameter(f"{text!r}: expected a positive count of MACs", param_hint="--target-macs")
+        raise TargetError(f"{text!r}: expected a positive count of MACs")
     return value, fraction
 
 
@@ -173,13 +165,6 @@ def _with_unit(value: float) -> str:
     return f"{value:.4g}"
 
 
-def check_target_syntax(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> str | None:
-    """Click callback of ``--target-macs``: the rule is checked as the command line is read."""
-    if value is not None:
-        _read_target(value)
-    return value
-
-
 def parse_target(text: str | float | None, total: float, default: float | None = None,
                  floor: float | None = None) -> float:
     """``--target-macs`` as a MAC count: a bare number is a fraction of ``total`` in (0, 1]
@@ -188,18 +173,16 @@ def parse_target(text: str | float | None, total: float, default: float | None =
     (:func:`smallest_reachable`); a target below it is refused, naming it."""
     if text is None:
         if default is None:
-            raise click.BadParameter("a MAC target is required", param_hint="--target-macs")
+            raise TargetError("a MAC target is required")
         text = default
-    value, fraction = _read_target(text)
+    value, fraction = read_target(text)
     macs = value * total if fraction else value
     if macs > total * (1 + 1e-9):
-        raise click.BadParameter(f"{text!r} is {_with_unit(macs)} MACs, more than the model's {_with_unit(total)}",
-                                 param_hint="--target-macs")
+        raise TargetError(f"{text!r} is {_with_unit(macs)} MACs, more than the model's {_with_unit(total)}")
     if floor is not None and macs < floor * (1 - 1e-9):
-        raise click.BadParameter(
-            f"{text!r} is {_with_unit(macs)} MACs ({macs / total:.3g} of {_with_unit(total)}), below the smallest "
+        raise TargetError(f"{text!r} is {_with_unit(macs)} MACs ({macs / total:.3g} of {_with_unit(total)}), below the smallest "
             f"model this method can reach: {_with_unit(floor)} MACs (a fraction of {math.ceil(floor / total * 1e4) / 1e4:.4f}, "
-            f"one kept channel block per layer)", param_hint="--target-macs")
+            f"one kept channel block per layer)")
     return min(macs, total)
 
 
