@@ -344,7 +344,7 @@ class Bernoulli(PruningMethod):
                 for g in keep:
                     if not bool(keep[g].any()):
                         keep[g][torch.argmax(self.theta[g])] = True
-                masks = round_counts(self.theta, keep, self.multiple, self.available)
+                masks = round_counts(self.theta, keep, self.structure.resource.multiples(self.multiple), self.available)
             else:  # the target sets the size: units ranked by theta, kept until the MACs meet it
                 masks = select_to_budget(self.theta, self.structure.resource, self.target, dropped, self.multiple,
                                          self.available)

@@ -84,6 +84,7 @@ class LC(PruningMethod):
     help = "Learning-Compression: augmented-Lagrangian pruning with one global budget."
     granularities = ("weight", "channel")
     Options = LCOptions
+    analysis = None  # set in setup (channel groups, for the rounding of each group's kept count)
 
     def setup(self, ctx: TrainContext) -> None:
         o = self.options
@@ -93,6 +94,7 @@ class LC(PruningMethod):
             raise OnnxPruneError("--method lc --lc-form l0-constraint needs --sparsity")
         if self.channel and self.form != "l0-constraint":
             raise OnnxPruneError(f"--granularity channel supports --lc-form l0-constraint only, not {self.form}")
+        self.analysis = ctx.analysis
         if self.channel:
             self.groups, self.vars = self._channel_variables(ctx)
             self.relative = o.lc_channel_norm == "relative"
@@ -185,7 +187,10 @@ class LC(PruningMethod):
         if not align:
             return keep
         for gid, index in self.group_index.items():  # runtime-friendly channel counts
-            keep[index] = masking.align_kept(keep[index], sq[index], self.options.channel_multiple)
+            multiple = self.options.channel_multiple
+            if self.analysis is not None:  # a group of attention heads: each head is d columns already
+                multiple = masking.unit_multiple(self.analysis.group(gid), multiple)
+            keep[index] = masking.align_kept(keep[index], sq[index], multiple)
         return keep
 
     def penalty(self, ctx: TrainContext) -> torch.Tensor | None:

@@ -214,7 +214,8 @@ class LTP(PruningMethod):
         for layer in self.layers:
             keep = layer.hard()
             if self.channel:  # runtime-friendly channel counts
-                keep = masking.align_kept(keep, layer.score().detach(), self.options.channel_multiple)
+                keep = masking.align_kept(keep, layer.score().detach(),
+                                          masking.unit_multiple(layer.group, self.options.channel_multiple))
             layer.frozen = keep
         self.frozen = True
         ctx.metrics["sparsity"] = self.sparsity()

@@ -137,10 +137,10 @@ def test_teacher_outputs_match_onnxruntime_in_any_batching(tiny):
 
 
 def test_teacher_of_a_model_over_the_protobuf_limit_goes_through_external_data(tiny, monkeypatch):
-    import onnxprune.calibration.teacher as teacher
+    import onnxprune.graph.sessions as sessions
 
     data = load_calibration("synthetic", tiny)
     expected = teacher_outputs(tiny, data)[0]
-    monkeypatch.setattr(teacher, "_PROTOBUF_LIMIT", 10)  # every model counts as "over 2 GB"
+    monkeypatch.setattr(sessions, "PROTO_LIMIT", 10)  # every model counts as "over 2 GB" (the one rule)
     np.testing.assert_array_equal(teacher_outputs(tiny, data)[0], expected)
     assert all(init.raw_data for init in tiny.graph.initializer)  # the caller's model is untouched

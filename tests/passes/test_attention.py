@@ -20,7 +20,7 @@ from onnxprune.passes.analysis import AnalysisOptions
 from onnxprune.passes.groups import analyze
 from onnxprune.passes.plan import PruningPlan
 from onnxprune.passes.testing import ATOL, RTOL, check_exact, random_feeds, run
-from tests.support.encoders import export_bert, tiny_bert, tiny_vit, token_feeds
+from tests.support.encoders import SEQ, export_bert, tiny_bert, tiny_vit, token_feeds
 from tests.support.torch_models import export
 
 EXPORTERS = ["torchscript", "dynamo"]
@@ -229,3 +229,14 @@ g (float[2,8] x) => (float[2,4] y)
     plan = PruningPlan(kept={"w1": tuple(range(0, 16, 2)), "w2": (0, 1, 2, 3)})
     checked = check_exact(model, plan, analysis=analysis)
     assert checked.macs == checked.predicted_macs == 2 * 8 * 8 + 2 * 8 * 4 + 2 * 4 * 4
+
+
+def test_rounding_to_runtime_friendly_counts_leaves_whole_heads_alone(bert_models):
+    """--channel-multiple 8 rounds channel counts; a head is d columns already, so head groups
+    round to a multiple of 1 (a 12-head layer could otherwise keep only 8 or 12 heads)."""
+    from onnxprune.methods._support.threshold_masks import unit_multiple
+
+    analysis = analyze(bert_models[1]["torchscript"], {"input_ids": (1, SEQ), "attention_mask": (1, SEQ)})
+    heads, ffn = _heads(analysis), _ffn(analysis)
+    assert heads and ffn
+    assert {unit_multiple(g, 8) for g in heads} == {1} and {unit_multiple(g, 8) for g in ffn} == {8}

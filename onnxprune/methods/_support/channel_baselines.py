@@ -76,7 +76,7 @@ class UniformChannels(FixedChannels):
                 m = torch.zeros(len(s), dtype=torch.bool)
                 m[torch.argsort(s, descending=True)[:k]] = True
                 masks[gid] = m
-            return round_counts(scores, masks, self.multiple)
+            return round_counts(scores, masks, self.structure.resource.multiples(self.multiple))
 
         # rounded counts make the MACs a step function of the fraction: scan it for the largest
         # MACs that still meet the target

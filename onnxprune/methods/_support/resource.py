@@ -105,6 +105,21 @@ class Resource:
         self.params = torch.tensor([float(t.params) for t in terms], dtype=torch.float64)
         self.total_macs = float(self.macs.sum())
         self.total_params = float(self.params.sum())
+        # the fewest tensor elements one unit of a group spans anywhere (1 for conv channels, d
+        # for an attention head): the rounding to runtime-friendly counts is about elements
+        self.unit_elements = {g: 1 for g in self.group_ids}
+        seen: dict[str, int] = {}
+        for t in terms:
+            for group, _, _, block in (*t.inputs, *t.outputs):
+                if group in self.unit_elements:
+                    seen[group] = min(seen.get(group, block), block)
+        self.unit_elements.update(seen)
+
+    def multiples(self, multiple: int) -> dict[str, int]:
+        """Per group, the count its kept units round to a multiple of: ``multiple`` for groups
+        of single channels, 1 for groups whose unit already spans ``multiple`` elements or more
+        (an attention head of d columns: rounding 12 heads to 8 would waste most of a layer)."""
+        return {g: 1 if self.unit_elements[g] >= multiple else multiple for g in self.group_ids}
 
     def _gvec(self, gates: Mapping[str, torch.Tensor]) -> torch.Tensor:
         parts = [torch.ones(0, dtype=torch.float64)]
@@ -190,16 +205,16 @@ def smallest_reachable(resource: Resource, multiple: int = 1) -> float:
     """The MACs of the smallest selection a structured method can make: every gated group keeps
     one channel (``multiple`` channels when it has more than that, as :func:`round_counts`
     rounds), every gated residual branch removed."""
-    masks = {}
+    masks, multiples = {}, resource.multiples(multiple)
     for gid in resource.group_ids:
-        size = resource.sizes[gid]
+        size, m = resource.sizes[gid], multiples[gid]
         mask = torch.zeros(size, dtype=torch.bool)
-        mask[:1 if multiple <= 1 or size <= multiple else multiple] = True
+        mask[:1 if m <= 1 or size <= m else m] = True
         masks[gid] = mask
     return resource.hard(masks, resource.branch_ids)
 
 
-def round_counts(scores: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], multiple: int,
+def round_counts(scores: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], multiple: int | Mapping[str, int],
                  allowed: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Round each group's kept count to the nearest multiple of ``multiple`` (at least one
     multiple; a group of at most ``multiple`` channels is left alone), keeping the top scores.
@@ -207,17 +222,19 @@ def round_counts(scores: Mapping[str, torch.Tensor], masks: Mapping[str, torch.T
     onnxruntime's CPU convolutions run far slower on odd channel counts: on the resnet sample a
     plan keeping 2..55 channels per layer ran at 1.7x the original's latency with half the MACs,
     the same plan rounded to multiples of 8 at 0.85x. ``allowed`` (e.g. units not yet removed for
-    good) bounds the rounding up: a group then rounds down instead.
+    good) bounds the rounding up: a group then rounds down instead. ``multiple`` may be given per
+    group (:meth:`Resource.multiples`).
     """
     out = {}
     for gid, mask in masks.items():
         size, k = len(mask), int(mask.sum())
-        if multiple <= 1 or size <= multiple:
+        m = multiple if isinstance(multiple, int) else multiple.get(gid, 1)
+        if m <= 1 or size <= m:
             out[gid] = mask.clone()
             continue
         limit = size if allowed is None else int(allowed[gid].sum())
-        up = min(size, multiple * max(1, round(k / multiple)))
-        k = up if up <= limit else max(min(limit, multiple * (limit // multiple)), 1)
+        up = min(size, m * max(1, round(k / m)))
+        k = up if up <= limit else max(min(limit, m * (limit // m)), 1)
         s = scores[gid].detach().to(torch.float64).cpu().clone()
         if allowed is not None:
             s[~allowed[gid].cpu()] = -math.inf
@@ -254,7 +271,7 @@ def select_to_budget(scores: Mapping[str, torch.Tensor], resource: Resource, tar
             masks[gid][i] = False
         if multiple > 1 and hasattr(resource, "round_widths"):  # a latency table: its fastest widths
             return resource.round_widths(scores, masks, multiple, allowed, dropped_branches)
-        return round_counts(scores, masks, multiple, allowed) if multiple > 1 else masks
+        return round_counts(scores, masks, resource.multiples(multiple), allowed) if multiple > 1 else masks
 
     def fits(k: int) -> bool:
         return resource.hard(masks_after(k), dropped_branches) <= target

@@ -206,3 +206,11 @@ def align_kept(keep: torch.Tensor, scores: torch.Tensor, multiple: int) -> torch
     chosen = ranked_kept[:target] + ranked_free[: max(0, target - len(ranked_kept))]
     aligned[chosen] = True
     return aligned
+
+
+def unit_multiple(group, multiple: int) -> int:
+    """The count a channel group's kept units round to a multiple of: ``multiple`` for single
+    channels, 1 when one unit already spans ``multiple`` tensor elements or more everywhere (an
+    attention head of d columns), as :meth:`onnxprune.methods._support.resource.Resource.multiples`."""
+    blocks = [axis.block for axis in (*group.producers, *group.consumers)]
+    return 1 if blocks and min(blocks) >= multiple else multiple
