@@ -128,28 +128,12 @@ class Lagrangian(PruningMethod):
     help = "Channel pruning: gates under a tapering MAC budget (Lagrange multiplier, adaptive rate)."
     granularities = ("channel",)
     Options = LagrangianOptions
-    # gate temperature g = sigmoid(s / beta): beta anneals geometrically from beta0 to beta_end
-    # over the taper epochs, so the gates end nearer 0 or 1 and the hard selection at export
-    # changes the network less. At a fixed beta the equality R = B was met by many half-open
-    # gates: MLP sample at 25% of the MACs, two seeds, 93.6% / 95.3%; annealed to 0.3: 96.7% /
-    # 95.8% (to 0.1 the constraint tracked worse, 3.2% of B0, and a 2-epoch taper collapsed).
+    # gate temperature g = sigmoid(s / beta), beta annealed over the taper (measured: docs/method-lagrangian.md,
+    # "Measured choices")
     beta0, beta_end = 1.0, 0.3
-    # Scores start at s0 = 2, off the sigmoid's flat tail, so the gates answer the multiplier
-    # at once (s = 4 lagged: |R - B| / B0 reached 3% early in the taper on the resnet sample).
-    # The gate is normalized to 1 there, g = sigmoid(s/beta) / sigmoid(s0/beta): the network
-    # starts as the original. A raw sigmoid(2) = 0.88 on every channel scaled a BN-folded
-    # ImageNet MobileNetV2 by 0.88 per layer: top-1 agreement with the original 1.6% before any
-    # training (0.98: 70%), the pruned model one class for every input (docs/real-models.md).
-    # s is not capped at s0 (g may exceed 1 until beta anneals, where sigmoid(s0/beta) -> 1):
-    # a cap tied the kept channels at s0 and the final ranking broke the ties by channel index
-    # (mobilenet sample at 25% MACs: 95.3%, uncapped 98.1%, as before the normalization).
+    # scores start at s0 = 2, gates normalized to 1 there, not capped (docs/method-lagrangian.md, "Measured choices")
     s_init = 2.0
-    # settle: after the taper the budget holds at the target while beta anneals on to 0.02, over
-    # the first half of the remaining epochs. At beta 0.3 the equality R = B is met by many
-    # half-open gates (mobilenet sample at 50%: 392 of 568 gates in (0.1, 0.9), the dropped
-    # channels 18% of the gate mass), since the next layer's weights make up for a gate's
-    # scale; the hard selection then was a big jump (distillation loss 0.04 -> 0.83 in the
-    # first fine-tune epoch). After settling 8 of 568 are in (0.1, 0.9), dropped mass 3%.
+    # after the taper the budget holds while beta anneals on to 0.02 (docs/method-lagrangian.md, "Measured choices")
     beta_settle = 0.02
 
     def setup(self, ctx: TrainContext) -> None:
@@ -175,18 +159,11 @@ class Lagrangian(PruningMethod):
             self.bank.set(gid, lambda gid=gid: self._gate(gid))
         self.lam, self.h = 0.0, 0.0
         self._forces: list[tuple[float, float, float, float]] = []
-        # rho 5000 with eta 2: the damping force rho|h| is ~25x the multiplier's lam (median
-        # share 0.96 on the MLP sample), a quadratic penalty in effect, but it tracks (max |h|
-        # 0.8-1.5% of B0 on the samples). Settings where lam carries the force (rho 300, eta 10:
-        # median damping share 0.33-0.59) tracked worse under this taper controller (2.0-2.9%);
-        # rho 0 oscillated (eta 50: |h| 47%) or never bound (eta 2: 26%). Measured in
-        # docs/method-lagrangian.md (benchmarks/lagrangian_tracking.py --damping --dual-lr)
+        # rho 5000, eta 2: the damping carries the force, and tracks best (docs/method-lagrangian.md)
         self.dual_lr = self.options.dual_lr
         self.rho = self.options.damping
         epochs = self.total_epochs(ctx)
-        # half the epochs taper, the rest settles and fine-tunes: on the CNN samples at 25% of the
-        # MACs (9 epochs, 4 seeds) a 4-epoch taper beat a 6-epoch one by 3.5 points on resnet
-        # (97.7 vs 94.2) and 0.5 on mobilenet, vgg alike; a 3-epoch one tracked the budget worse
+        # half the epochs taper, the rest settles and fine-tunes (docs/method-lagrangian.md, "Measured choices")
         self.taper_epochs = min(self.options.taper_epochs or max(1, epochs // 2), epochs)
         settle = self.options.settle_epochs
         self.settle_epochs = min(int(settle), epochs - self.taper_epochs) if settle is not None else (epochs - self.taper_epochs) // 2

@@ -219,9 +219,8 @@ def round_counts(scores: Mapping[str, torch.Tensor], masks: Mapping[str, torch.T
     """Round each group's kept count to the nearest multiple of ``multiple`` (at least one
     multiple; a group of at most ``multiple`` channels is left alone), keeping the top scores.
 
-    onnxruntime's CPU convolutions run far slower on odd channel counts: on the resnet sample a
-    plan keeping 2..55 channels per layer ran at 1.7x the original's latency with half the MACs,
-    the same plan rounded to multiples of 8 at 0.85x. ``allowed`` (e.g. units not yet removed for
+    onnxruntime's CPU convolutions run far slower on odd channel counts (measured:
+    docs/method-lagrangian.md, on --channel-multiple). ``allowed`` (e.g. units not yet removed for
     good) bounds the rounding up: a group then rounds down instead. ``multiple`` may be given per
     group (:meth:`Resource.multiples`).
     """

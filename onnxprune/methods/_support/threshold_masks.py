@@ -193,8 +193,7 @@ def align_kept(keep: torch.Tensor, scores: torch.Tensor, multiple: int) -> torch
     at most the group size), adding the best-scoring pruned or dropping the worst kept channels.
 
     onnxruntime's CPU convolutions run blocked layouts (8 or 16 channels); a pruned layer with,
-    say, 13 or 21 channels can be slower than the unpruned one (measured: VGG sample at 60% of
-    the MACs with 13/13/26/21 channels ran 0.72 ms vs 0.45 ms; 16/16/24/24 ran 0.47 ms)."""
+    say, 13 or 21 channels can be slower than the unpruned one (measured: docs/method-lc.md)."""
     size, count = keep.numel(), int(keep.sum())
     if multiple <= 1 or size <= multiple:
         return keep
