@@ -187,7 +187,7 @@ def run_torch_pruning(args) -> dict:
     model.eval()
     proto = export_onnx(model, example)
     seconds = time.perf_counter() - started
-    path = cache_dir() / f"peer_torch-pruning_{args.target}.onnx"
+    path = cache_dir() / f"peer_torch-pruning_{args.count}_{args.target}.onnx"
     onnx.save(proto, path)
     with torch.no_grad():  # the export matches the trained torch model
         (_, _), (xt, _) = data()
