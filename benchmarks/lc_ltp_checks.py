@@ -31,8 +31,8 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from onnxprune.measure.latency import measure_latency
 from onnxprune.graph.macs import count_macs
+from onnxprune.measure.latency import measure_latency
 from onnxprune.run import pipeline
 from onnxprune.training.loop import TrainConfig
 

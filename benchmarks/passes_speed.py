@@ -59,9 +59,9 @@ def export(name: str, size: int = 224, net=None) -> onnx.ModelProto:
 
 
 def latency_table(seconds: float) -> None:
-    from onnxprune.measure.latency import measure_latency
     from onnxprune.graph.macs import count_macs
     from onnxprune.importing.normalize import normalize
+    from onnxprune.measure.latency import measure_latency
     from onnxprune.passes import analyze, apply_plan
     from onnxprune.passes.testing import random_plan
 

@@ -13,7 +13,7 @@ original's onnxruntime outputs) and is scored on the held-out test split with on
 The baselines are chosen before training and fine-tune for the whole budget, so they get at
 least as much fine-tuning as the learned methods. Latency: onnxruntime CPU, 1 thread, batch 256
 (``--latency-batch``; at batch 1 these tiny models time the runtime's per-call overhead),
-all models of one family timed interleaved in one session (:func:`onnxprune.bench.latency.measure_latency`);
+all models of one family timed interleaved in one session (:func:`onnxprune.measure.latency.measure_latency`);
 speedup = p50(original) / p50(pruned), and in brackets the same with the fastest call (min), which
 a shared, busy machine disturbs least.
 
@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from structured_harness import REPO, TrainConfig, prepare, prune, threads  # noqa: E402
 
-from onnxprune.bench.latency import measure_latency  # noqa: E402
 from onnxprune.graph.macs import count_macs  # noqa: E402
+from onnxprune.measure.latency import measure_latency  # noqa: E402
 from onnxprune.methods._support.channel_baselines import MagnitudeChannels, UniformChannels  # noqa: E402
 from onnxprune.methods.bernoulli import Bernoulli  # noqa: E402
 from onnxprune.methods.lagrangian import Lagrangian  # noqa: E402

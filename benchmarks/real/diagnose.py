@@ -54,12 +54,11 @@ def main() -> None:
     torch.set_num_threads(2)
 
     from onnxprune.calibration.losses import kd_loss
-    from onnxprune.passes.groups import analyze
-
     from onnxprune.graph.batching import run_in_slices
     from onnxprune.graph.shapes import resolve_input_shapes
     from onnxprune.importing.importer import import_model
     from onnxprune.methods._support.channel_gates import GateBank, Structure
+    from onnxprune.passes.groups import analyze
 
     original = onnx.load(str(imagenet_mobilenet_v2(args.exporter)))
     shapes = resolve_input_shapes(original, {})
