@@ -8,6 +8,7 @@ identically), and an option belonging to another method than the chosen one is r
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -27,6 +28,9 @@ from onnxprune.run import pipeline
 from onnxprune.training.loop import DEVICES, OPTIMIZERS, TrainConfig
 
 METHOD_OPTIONS, OPTION_READERS = merged_options(registry())
+# the defaults live in the run's dataclasses (the Python API uses them too), not here
+_TRAIN = TrainConfig()
+_RUN = {f.name: f.default for f in dataclasses.fields(pipeline.PruneConfig) if f.default is not dataclasses.MISSING}
 
 
 @click.command("prune", context_settings={"show_default": True})
@@ -46,24 +50,24 @@ METHOD_OPTIONS, OPTION_READERS = merged_options(registry())
               help="Tokens per sample for text calibration (truncated and padded to it); the MACs and the "
                    "latency are measured at it.")
 @input_shape_option
-@click.option("--holdout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.1,
+@click.option("--holdout", type=click.FloatRange(0.0, 1.0, max_open=True), default=_RUN["holdout"],
               help="Fraction of the calibration data held out for evaluation (never trained on).")
 @click.option("--loss", type=click.Choice(LOSSES), default=None,
               help="Task loss [default: kd+ce with labels, else kd].")
-@click.option("--temperature", type=click.FloatRange(0.0, min_open=True), default=2.0,
+@click.option("--temperature", type=click.FloatRange(0.0, min_open=True), default=_RUN["temperature"],
               help="Distillation temperature for logit outputs.")
-@click.option("--distill-loss", "distill_loss", type=click.Choice(DISTILL_LOSSES), default="auto",
+@click.option("--distill-loss", "distill_loss", type=click.Choice(DISTILL_LOSSES), default=_RUN["distill_loss"],
               help="Distillation term: auto (KL for logits, cosine for pooled embeddings, MSE otherwise), or kl, "
                    "mse, cosine for every logits/embedding output.")
-@click.option("--epochs", type=click.IntRange(1), default=30)
-@click.option("--batch-size", type=click.IntRange(1), default=64, help="Per process under torchrun.")
+@click.option("--epochs", type=click.IntRange(1), default=_TRAIN.epochs)
+@click.option("--batch-size", type=click.IntRange(1), default=_TRAIN.batch_size, help="Per process under torchrun.")
 @click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=None,
               help="Weights' learning rate [default: probed: the largest of 1e-3, 3e-4, 1e-4, 3e-5, 1e-5 whose first "
                    "10 steps leave the unpruned model's distillation loss near its start; see the report].")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam")
-@click.option("--weight-decay", type=click.FloatRange(0.0), default=0.0)
-@click.option("--seed", type=int, default=0, help="Seeds the holdout split, shuffling and the method.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: CUDA when available.")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_TRAIN.optimizer)
+@click.option("--weight-decay", type=click.FloatRange(0.0), default=_TRAIN.weight_decay)
+@click.option("--seed", type=int, default=_TRAIN.seed, help="Seeds the holdout split, shuffling and the method.")
+@click.option("--device", type=click.Choice(DEVICES), default=_TRAIN.device, help="auto: CUDA when available.")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="torch CPU threads for training [default: torch's own, the CPU count]. The same seed gives "
                    "the same bytes at the same thread count; another count rounds sums differently.")

@@ -52,7 +52,7 @@ _STATISTICS_SAMPLES = 256  # inputs a method may use for activation statistics (
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 30
     batch_size: int = 64
     lr: float | None = None  # None: probed (onnxprune.training.lr_probe)
     optimizer: str = "adam"
