@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from onnxprune.cli.bench import _split_list
+from onnxprune.cli.shared_options import input_shape_option
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.shapes import parse_input_shapes
 
@@ -27,7 +28,7 @@ from onnxprune.graph.shapes import parse_input_shapes
               help="Time budget of one layer's interleaved sweep.")
 @click.option("--min-runs", type=click.IntRange(1), default=20, show_default=True, help="Timed runs per width at least.")
 @click.option("--warmup", type=click.IntRange(0), default=5, show_default=True, help="Untimed runs per width first.")
-@click.option("--input-shape", multiple=True, help="NAME=1x3x224x224 for dynamic dimensions (axis 0 is the batch).")
+@input_shape_option
 @click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
               help="wall: wall-clock time per call; cpu: the calling thread's CPU time (cpu provider, 1 thread; "
                    "for a shared, overloaded machine: time preempted is not counted).")
