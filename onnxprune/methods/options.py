@@ -111,7 +111,7 @@ def _coerce(name: str, value: Any, hint: Any, s: Spec) -> Any:
             raise OnnxPruneError(f"{where} {value!r}: expected a whole number")
         value = int(value)
     elif kind is str:
-        value = str(value) if not isinstance(value, str) else value
+        value = str(value)
     if s.choices is not None and value not in s.choices:
         raise OnnxPruneError(f"{where} {value!r}: choose from {', '.join(s.choices)}")
     if kind in (int, float):
@@ -126,12 +126,11 @@ def _check_range(where: str, value: float, s: Spec) -> None:
     high_ok = s.max is None or (value < s.max if s.max_open else value <= s.max)
     if low_ok and high_ok:
         return
-    low = "" if s.min is None else ("(" if s.min_open else "[") + f"{s.min:g}"
-    high = "" if s.max is None else f"{s.max:g}" + (")" if s.max_open else "]")
-    span = f"{low}, {high}" if s.min is not None and s.max is not None else (
-        f">{'' if s.min_open else '='} {s.min:g}" if s.min is not None else f"<{'' if s.max_open else '='} {s.max:g}")
-    raise OnnxPruneError(f"{where} {value:g}: must be in {span}" if s.min is not None and s.max is not None
-                         else f"{where} {value:g}: must be {span}")
+    if s.min is not None and s.max is not None:
+        span = ("(" if s.min_open else "[") + f"{s.min:g}, {s.max:g}" + (")" if s.max_open else "]")
+        raise OnnxPruneError(f"{where} {value:g}: must be in {span}")
+    bound = f">{'' if s.min_open else '='} {s.min:g}" if s.min is not None else f"<{'' if s.max_open else '='} {s.max:g}"
+    raise OnnxPruneError(f"{where} {value:g}: must be {bound}")
 
 
 # --- declarations several methods share: one factory each, so they cannot drift apart ---------
