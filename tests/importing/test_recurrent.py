@@ -116,18 +116,19 @@ def test_unsupported_variants_are_refused_with_the_reason(attrs, message) -> Non
         import_model(recurrent_model("LSTM", **attrs))
 
 
-def test_hidden_units_are_frozen_with_the_reason() -> None:
-    """Gemm features -> LSTM -> Gemm: the features the LSTM reads are frozen with its reason; the
-    head after it opens its own (prunable) units."""
+@pytest.mark.parametrize("op, gates", [("LSTM", 4), ("GRU", 3), ("RNN", 1)])
+def test_hidden_units_are_frozen_with_the_reason(op, gates) -> None:
+    """Gemm features -> LSTM/GRU/RNN -> Gemm: the features the recurrent op reads are frozen with
+    its reason; the head after it opens its own (prunable) units."""
     rng = np.random.default_rng(0)
-    arrays = {"w1": (INPUT, 6), "W": (1, 4 * HIDDEN, 6), "R": (1, 4 * HIDDEN, HIDDEN), "w2": (HIDDEN, 8),
+    arrays = {"w1": (INPUT, 6), "W": (1, gates * HIDDEN, 6), "R": (1, gates * HIDDEN, HIDDEN), "w2": (HIDDEN, 8),
               "w3": (8, 2)}
     inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n) for n, s in arrays.items()]
     inits.append(numpy_helper.from_array(np.array([0], np.int64), "axis0"))
     nodes = [
         helper.make_node("MatMul", ["x", "w1"], ["f"], name="proj"),
         helper.make_node("Relu", ["f"], ["fr"], name="relu"),
-        helper.make_node("LSTM", ["fr", "W", "R"], ["", "h"], name="lstm", hidden_size=HIDDEN),
+        helper.make_node(op, ["fr", "W", "R"], ["", "h"], name=op.lower(), hidden_size=HIDDEN),
         helper.make_node("Squeeze", ["h", "axis0"], ["hs"], name="squeeze"),
         helper.make_node("MatMul", ["hs", "w2"], ["g"], name="fc1"),
         helper.make_node("Relu", ["g"], ["gr"], name="relu2"),
@@ -139,5 +140,5 @@ def test_hidden_units_are_frozen_with_the_reason() -> None:
     onnx.checker.check_model(model, full_check=True)
     import_model(model)
     groups = {g.id: g for g in analyze(model).groups}
-    assert not groups["w1"].prunable and "LSTM 'lstm': recurrent hidden units" in groups["w1"].reason
+    assert not groups["w1"].prunable and f"{op} '{op.lower()}': recurrent hidden units" in groups["w1"].reason
     assert groups["w2"].prunable

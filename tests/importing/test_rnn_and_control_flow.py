@@ -23,7 +23,6 @@ from onnxprune.errors import UnsupportedModelError
 from onnxprune.importing.importer import import_model, run_torch
 from onnxprune.importing.normalize import normalize
 from onnxprune.importing.writeback import write_back
-from onnxprune.passes import analyze
 from onnxprune.passes.testing import ATOL, RTOL, run
 
 SEQ, BATCH, INPUT, HIDDEN = 5, 2, 3, 4
@@ -90,26 +89,7 @@ def test_rnn_initial_state_no_bias_output_subsets_and_opset_7() -> None:
     _check_rnn(rnn_model("bidirectional", outputs=("Y",), opset=11, seed=4))
 
 
-def test_rnn_is_frozen_for_structured_methods_with_the_reason() -> None:
-    rng = np.random.default_rng(0)
-    arrays = {"w1": (INPUT, 6), "W": (1, HIDDEN, 6), "R": (1, HIDDEN, HIDDEN), "w2": (HIDDEN, 8), "w3": (8, 2)}
-    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n) for n, s in arrays.items()]
-    inits.append(numpy_helper.from_array(np.array([0], np.int64), "axis0"))
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["f"], name="proj"),
-             helper.make_node("Relu", ["f"], ["fr"], name="relu"),
-             helper.make_node("RNN", ["fr", "W", "R"], ["", "h"], name="rnn", hidden_size=HIDDEN),
-             helper.make_node("Squeeze", ["h", "axis0"], ["hs"], name="squeeze"),
-             helper.make_node("MatMul", ["hs", "w2"], ["g"], name="fc1"),
-             helper.make_node("Relu", ["g"], ["gr"], name="relu2"),
-             helper.make_node("MatMul", ["gr", "w3"], ["y"], name="fc2")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [SEQ, BATCH, INPUT])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [BATCH, 2])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
-    onnx.checker.check_model(model, full_check=True)
-    import_model(model)
-    groups = {g.id: g for g in analyze(model).groups}
-    assert not groups["w1"].prunable and "RNN 'rnn': recurrent hidden units" in groups["w1"].reason
-    assert groups["w2"].prunable
+# (frozen for structured methods: tests/importing/test_recurrent.py, with LSTM and GRU)
 
 
 # --- If, Loop, Scan ------------------------------------------------------------------------------
