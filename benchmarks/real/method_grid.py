@@ -1,10 +1,12 @@
-"""Models (c) and (a) of the real benchmark, every method at equal MACs, data and epochs.
+"""Models (c), (a) and (b) of the real benchmark, every method at equal MACs, data and epochs.
 
 Model (c), the default: the ImageNet MobileNetV2 itself, label-free, on real photos.
 Model (a), ``--model fashion``: the same network fine-tuned on Fashion-MNIST at 64 px
 (:mod:`fashion`), calibrated on training images it was not fine-tuned on, tested on the test split.
+Model (b), ``--model fashion-resnet18``: a ResNet-18 trained from scratch on Fashion-MNIST at 64 px
+(:mod:`fashion_resnet18`), with model (a)'s calibration and test images (it never trained on them).
 
-    python benchmarks/real/imagenet_mobilenet.py [--model imagenet|fashion] [--labels] [--target 0.5]
+    python benchmarks/real/method_grid.py [--model imagenet|fashion|fashion-resnet18] [--labels] [--target 0.5]
         [--calib 512] [--eval 256] [--epochs 3] [--lr 1e-5] [--methods uniform,magnitude,lagrangian]
 
 Calibration: random-resized 224 px crops of one half of the real photos (Debian opencv-doc and
@@ -88,6 +90,11 @@ def run_one(args) -> dict:
 
         calib, evaluate = fashion_data(args.calib, args.eval, args.labels)
         model = fashion_mobilenet_v2(exporter=args.exporter)
+    elif args.model == "fashion-resnet18":
+        from fashion_resnet18 import fashion_resnet18
+
+        calib, evaluate = fashion_data(args.calib, args.eval, args.labels)
+        model = fashion_resnet18(exporter=args.exporter)
     else:
         calib, evaluate = crops(args.calib, args.eval)
         model = imagenet_mobilenet_v2(args.exporter)
@@ -114,8 +121,9 @@ def run_one(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="imagenet", choices=("imagenet", "fashion"),
-                        help="imagenet: model (c), label-free on photos; fashion: model (a), Fashion-MNIST at 64 px")
+    parser.add_argument("--model", default="imagenet", choices=("imagenet", "fashion", "fashion-resnet18"),
+                        help="imagenet: model (c), label-free on photos; fashion: model (a), Fashion-MNIST at 64 px; "
+                             "fashion-resnet18: model (b), a ResNet-18 trained here on Fashion-MNIST at 64 px")
     parser.add_argument("--labels", action="store_true", help="fashion: calibrate with labels (kd+ce)")
     parser.add_argument("--exporter", default="torchscript", choices=("torchscript", "dynamo"))
     parser.add_argument("--target", type=float, default=0.5)
@@ -140,8 +148,9 @@ def main() -> None:
             crops(args.calib, args.eval)
     except AssetMissing as exc:
         sys.exit(f"skipped: {exc}")
-    what = (f"Fashion-MNIST MobileNetV2 at 64 px ({args.exporter}), {'with' if args.labels else 'without'} labels, "
-            f"{args.calib} calibration images, {args.eval} test images" if args.model == "fashion" else
+    network = {"fashion": "MobileNetV2", "fashion-resnet18": "ResNet-18"}.get(args.model)
+    what = (f"Fashion-MNIST {network} at 64 px ({args.exporter}), {'with' if args.labels else 'without'} labels, "
+            f"{args.calib} calibration images, {args.eval} test images" if network else
             f"ImageNet MobileNetV2 ({args.exporter}), label-free, {args.calib} calibration crops, {args.eval} "
             f"evaluation crops of other photos")
     print(f"{what}, {args.epochs} epochs, batch {args.batch_size}, lr {args.lr or 'probed'}, "

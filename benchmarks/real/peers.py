@@ -1,16 +1,20 @@
-"""The peers on model (a), at our MAC budgets, data and epochs: torch-pruning 1.6.1 and onnxsim 0.8.1.
+"""The peers on models (a) and (b), at our MAC budgets, data and epochs: torch-pruning 1.6.1 and onnxsim 0.8.1.
 
     python benchmarks/real/peers.py torch-pruning --target 0.5     # one peer run, prints JSON
     python benchmarks/real/peers.py onnxsim --target 0.5 [--recovery bn|finetune|block|none]
     python benchmarks/real/peers.py table [--ours lagrangian,magnitude]  # every saved model, one table
+    python benchmarks/real/peers.py ... --model fashion-resnet18   # the same on model (b)
 
-Model (a): the ImageNet MobileNetV2 fine-tuned on Fashion-MNIST at 64 px (:mod:`fashion`),
-TorchScript export. Data: the 2,000 labelled calibration images and the 2,000 test images of
-:mod:`method_grid` (``fashion_calib_2000_labelled.npz``, ``fashion_test_2000.npz``).
+Model (a), ``--model fashion`` (the default): the ImageNet MobileNetV2 fine-tuned on Fashion-MNIST
+at 64 px (:mod:`fashion`), TorchScript export. Model (b), ``--model fashion-resnet18``: the
+ResNet-18 trained here on Fashion-MNIST at 64 px (:mod:`fashion_resnet18`), TorchScript export;
+its runs go to ``peers_fashion-resnet18.jsonl`` and ``peer_fashion-resnet18_*.onnx``, our rows to
+``peers-ours-fashion-resnet18/``. Data, both models: the 2,000 labelled calibration images and the
+2,000 test images of :mod:`method_grid` (``fashion_calib_2000_labelled.npz``, ``fashion_test_2000.npz``).
 
 **torch-pruning** works on the torch model (BatchNorm unfolded): ``MetaPruner`` with
 ``GroupMagnitudeImportance(p=2)`` (L2 of each dependency group), ``round_to=8``, the classifier
-ignored, one shot (its README's "prune, then fine-tune"; with 3 epochs there is no room for
+(MobileNetV2's ``classifier[1]``, ResNet-18's ``fc``) ignored, one shot (its README's "prune, then fine-tune"; with 3 epochs there is no room for
 fine-tuning between iterative steps). ``pruning_ratio`` is bisected on
 ``tp.utils.count_ops_and_params`` until the MACs are within 2% of the target fraction. Then the
 distillation fine-tuning of our grid, in torch: loss ``T^2 KL(teacher/T || student/T) + CE``
@@ -50,6 +54,13 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 from assets import cache_dir  # noqa: E402
 
 SHAPE = {"image": (1, 3, 64, 64)}
+MODELS = ("fashion", "fashion-resnet18")
+MODEL = "fashion"  # which model the run is on; set once from --model in main()
+
+
+def tag() -> str:
+    """The model's part of the file names: none for model (a) (its files predate model (b))."""
+    return "" if MODEL == "fashion" else f"{MODEL}_"
 
 
 def data():
@@ -59,6 +70,10 @@ def data():
 
 
 def original_path() -> Path:
+    if MODEL == "fashion-resnet18":
+        from fashion_resnet18 import fashion_resnet18
+
+        return fashion_resnet18(exporter="torchscript")
     return cache_dir() / "fashion_mobilenet_v2_64_torchscript.onnx"
 
 
@@ -113,6 +128,10 @@ def fashion_torch():
     import torch
     from models import imagenet_mobilenet_v2_torch
 
+    if MODEL == "fashion-resnet18":
+        from fashion_resnet18 import trained_resnet18
+
+        return trained_resnet18()
     model = imagenet_mobilenet_v2_torch()
     model.classifier[1] = torch.nn.Linear(model.last_channel, 10)
     model.load_state_dict(torch.load(cache_dir() / "fashion_mobilenet_v2_64.pt", weights_only=True))
@@ -126,10 +145,14 @@ def tp_prune(ratio: float):
     model = fashion_torch()
     example = torch.randn(1, 3, 64, 64)
     pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                  pruning_ratio=ratio, iterative_steps=1, ignored_layers=[model.classifier[1]],
+                                  pruning_ratio=ratio, iterative_steps=1, ignored_layers=[classifier(model)],
                                   round_to=8, global_pruning=False)
     pruner.step()
     return model
+
+
+def classifier(model):
+    return model.fc if MODEL == "fashion-resnet18" else model.classifier[1]
 
 
 def export_onnx(model, example):
@@ -187,7 +210,7 @@ def run_torch_pruning(args) -> dict:
     model.eval()
     proto = export_onnx(model, example)
     seconds = time.perf_counter() - started
-    path = cache_dir() / f"peer_torch-pruning_{args.count}_{args.target}.onnx"
+    path = cache_dir() / f"peer_{tag()}torch-pruning_{args.count}_{args.target}.onnx"
     onnx.save(proto, path)
     with torch.no_grad():  # the export matches the trained torch model
         (_, _), (xt, _) = data()
@@ -231,7 +254,7 @@ def run_onnxsim(args) -> dict:
     except Exception as exc:  # noqa: BLE001 -- recorded: the table says what the peer's API did
         notes["recovery_error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
     seconds = time.perf_counter() - started
-    path = cache_dir() / f"peer_onnxsim_{args.recovery}_{args.target}.onnx"
+    path = cache_dir() / f"peer_{tag()}onnxsim_{args.recovery}_{args.target}.onnx"
     onnx.save(recovered, path)
     return {"method": f"onnxsim+{args.recovery}", "target": args.target, "prune_seconds": prune_s, "seconds": seconds,
             "path": str(path), **notes, **evaluate(recovered)}
@@ -251,7 +274,7 @@ def table(args) -> None:
     cached = json.loads(store.read_text()) if store.exists() else {}
     for name in args.ours.split(","):
         for target in (0.5, 0.25):
-            path = cache_dir() / args.ours_dir / f"pruned_fashion_torchscript_{name}_{target}.onnx"
+            path = cache_dir() / args.ours_dir / f"pruned_{MODEL}_torchscript_{name}_{target}.onnx"
             if path.exists():
                 scores = cached.get(str(path)) or evaluate(path)
                 cached[str(path)] = scores
@@ -282,6 +305,8 @@ def speedup(base, stat) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("torch-pruning", "onnxsim", "table"))
+    parser.add_argument("--model", default="fashion", choices=MODELS,
+                        help="fashion: model (a), the MobileNetV2; fashion-resnet18: model (b), the ResNet-18")
     parser.add_argument("--target", type=float, default=0.5)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -292,13 +317,19 @@ def main() -> None:
     parser.add_argument("--count", default="onnx", choices=("onnx", "tp"),
                         help="torch-pruning: bisect the ratio on count_macs of the export (onnx) or on tp.utils.count_ops_and_params")
     parser.add_argument("--recovery", default="bn", choices=("none", "finetune", "bn", "block"))
-    parser.add_argument("--results", default=str(cache_dir() / "peers.jsonl"), help="table: the JSON lines of the runs")
+    parser.add_argument("--results", default=None,
+                        help="the JSON lines of the runs [default: peers.jsonl in the cache; model (b): peers_fashion-resnet18.jsonl]")
     parser.add_argument("--ours", default="lagrangian,magnitude,uniform")
-    parser.add_argument("--ours-dir", default="peers-ours",
+    parser.add_argument("--ours-dir", default=None,
                         help="table: our grid's models (method_grid.py writes them to the cache; copied here so a rerun of the grid cannot mix)")
     parser.add_argument("--seconds", type=float, default=6.0, help="table: latency measurement time")
     parser.add_argument("--no-latency", action="store_true", help="table: accuracy only")
     args = parser.parse_args()
+    global MODEL
+    MODEL = args.model
+    suffix = "" if MODEL == "fashion" else f"_{MODEL}"
+    args.results = args.results or str(cache_dir() / f"peers{suffix}.jsonl")
+    args.ours_dir = args.ours_dir or ("peers-ours" if MODEL == "fashion" else f"peers-ours-{MODEL}")
     if args.what == "table":
         table(args)
         return
