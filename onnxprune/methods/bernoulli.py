@@ -55,7 +55,7 @@ from onnxprune.errors import OnnxPruneError
 from onnxprune.methods._support.channel_gates import GateBank, Structure
 from onnxprune.methods._support.compaction import Compaction, CompactionError, same_outputs
 from onnxprune.methods._support.recalibrate import recalibrate_to_teacher
-from onnxprune.methods._support.resource import parse_target, round_counts, select_to_budget
+from onnxprune.methods._support.resource import parse_target, refine_to_band, round_counts, select_to_budget
 from onnxprune.methods.base import PruningMethod, TrainContext, register
 from onnxprune.methods.options import (
     MethodOptions,
@@ -101,6 +101,9 @@ class Bernoulli(PruningMethod):
     granularities = ("channel", "layer")
     Options = BernoulliOptions
     eps, lr, tau = 0.02, 0.05, 2 / 3
+    # with --target-macs the rounded MACs land in [(1 - band) * target, target] where block moves
+    # can reach it (docs/method-bernoulli.md, "Target and decisions")
+    band = 0.01
     # theta's start, probed per model (see probe_init): the smallest of the grid whose gate samples
     # leave the network within init_tol of the original (share of the way to a constant output).
     # 0.9 drops a tenth of the units per sample: on the digits MLP that costs 3% of the way, on
@@ -355,6 +358,11 @@ class Bernoulli(PruningMethod):
                         dropped, self.alive[b] = trial, torch.ones_like(self.alive[b])
                         masks = select_to_budget(self.theta, self.structure.resource, self.target, dropped,
                                                  self.multiple, self.available)
+                # one block of a small layer is a large share of the model: block moves (swaps
+                # included) bring the MACs into the band just under the target
+                if self.multiple > 1 and not hasattr(self.structure.resource, "round_widths"):
+                    masks = refine_to_band(self.theta, self.structure.resource, self.target, masks, dropped,
+                                           self.multiple, self.available, band=self.band)
             for g in self.theta:
                 self.alive[g] = masks[g].to(self.alive[g].device)
             for key, p in [*self.theta.items(), *self.phi.items()]:
