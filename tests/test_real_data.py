@@ -126,3 +126,55 @@ def test_lr_probe_rejects_the_rates_that_destroy_a_pretrained_mobilenet_v2():
                       lambda m: _set_train_mode(m, True), 32, 0, torch.device("cpu"))
     assert [t["lr"] for t in result.trials if not t["accepted"]][:2] == [1e-3, 3e-4], result.summary()
     assert result.trials[0]["fraction"] > 0.2 and result.lr <= 1e-4, result.summary()
+
+
+def _real_benchmarks():
+    """benchmarks/real on the path (its modules import each other by name)."""
+    real = Path(__file__).resolve().parents[1] / "benchmarks" / "real"
+    for folder in (str(real), str(real.parent)):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+
+
+@pytest.mark.skipif(not _model_a()[1].exists(),
+                    reason="the grid's calibration images not cached (python benchmarks/real/method_grid.py --model fashion --labels --calib 2000 --eval 2000)")
+def test_model_b_never_trains_on_the_grids_calibration_images():
+    """Model (b) (benchmarks/real/fashion_resnet18.py) shares model (a)'s cached calibration file:
+    that file is exactly the training-split images order[12000:14000] of fashion.split's
+    permutation, and model (b)'s training indices avoid every one of them."""
+    _real_benchmarks()
+    from fashion import to_images
+    from fashion_resnet18 import CALIB_SLICE, train_indices
+
+    x, _ = _load("train")
+    order = np.random.default_rng(0).permutation(len(x))
+    calib = np.load(_model_a()[1])
+    rebuilt = to_images((x[order[CALIB_SLICE][:200], 0] * 255).round().astype(np.uint8), 64)
+    np.testing.assert_allclose(rebuilt, calib["image"][:200], atol=1e-5)
+    assert not set(train_indices(len(x) - 2000).tolist()) & set(order[CALIB_SLICE].tolist())
+    assert len(set(train_indices(12000).tolist())) == 12000
+
+
+def _model_b() -> tuple[Path, Path]:
+    folder = _model_a()[0].parent
+    return folder / "fashion_resnet18_64_torchscript.onnx", folder / "fashion_resnet18_64_dynamo.onnx"
+
+
+@pytest.mark.skipif(not all(p.exists() for p in _model_b()),
+                    reason="model (b) not built (python benchmarks/real/fashion_resnet18.py)")
+def test_model_b_exports_agree_and_score_their_stated_accuracy():
+    """Both exports of model (b) give the same logits (atol 1e-4) on 64 test images, and the
+    TorchScript export scores its stated test accuracy (metadata, all 10k images) within 4 points
+    on the first 1,000 test images (the binomial spread of 1,000 images is about 1.2 points)."""
+    _real_benchmarks()
+    from fashion import to_images
+
+    xt, yt = _load("t10k")
+    x = to_images((xt[:1000, 0] * 255).round().astype(np.uint8), 64)
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in _model_b()]
+    ts, dyn = (s.run(None, {"image": x[:64]})[0] for s in sessions)
+    np.testing.assert_allclose(ts, dyn, atol=1e-4)
+    stated = float({p.key: p.value for p in onnx.load(str(_model_b()[0])).metadata_props}["test_accuracy"])
+    measured = float(np.mean(np.concatenate([sessions[0].run(None, {"image": x[i:i + 250]})[0].argmax(1)
+                                             for i in range(0, 1000, 250)]) == yt[:1000]))
+    assert abs(measured - stated) < 0.04, (measured, stated)
