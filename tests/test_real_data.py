@@ -163,18 +163,18 @@ def _model_b() -> tuple[Path, Path]:
 @pytest.mark.skipif(not all(p.exists() for p in _model_b()),
                     reason="model (b) not built (python benchmarks/real/fashion_resnet18.py)")
 def test_model_b_exports_agree_and_score_their_stated_accuracy():
-    """Both exports of model (b) give the same logits (atol 1e-4) on 64 test images, and the
-    TorchScript export scores its stated test accuracy (metadata, all 10k images) within 4 points
-    on the first 1,000 test images (the binomial spread of 1,000 images is about 1.2 points)."""
+    """Both exports of model (b) give the same logits (atol 1e-4) on 32 test images, and the
+    TorchScript export scores its stated test accuracy (metadata, all 10k images) within 5 points
+    on the first 500 test images (the binomial spread of 500 images is about 1.6 points)."""
     _real_benchmarks()
     from fashion import to_images
 
     xt, yt = _load("t10k")
-    x = to_images((xt[:1000, 0] * 255).round().astype(np.uint8), 64)
+    x = to_images((xt[:500, 0] * 255).round().astype(np.uint8), 64)
     sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in _model_b()]
-    ts, dyn = (s.run(None, {"image": x[:64]})[0] for s in sessions)
+    ts, dyn = (s.run(None, {"image": x[:32]})[0] for s in sessions)
     np.testing.assert_allclose(ts, dyn, atol=1e-4)
     stated = float({p.key: p.value for p in onnx.load(str(_model_b()[0])).metadata_props}["test_accuracy"])
     measured = float(np.mean(np.concatenate([sessions[0].run(None, {"image": x[i:i + 250]})[0].argmax(1)
-                                             for i in range(0, 1000, 250)]) == yt[:1000]))
-    assert abs(measured - stated) < 0.04, (measured, stated)
+                                             for i in range(0, 500, 250)]) == yt[:500]))
+    assert abs(measured - stated) < 0.05, (measured, stated)
