@@ -22,16 +22,23 @@ For each sample model (issue 19 items 3 and 4):
    (never seen in training).
 
     OMP_NUM_THREADS=1 python benchmarks/latency_vs_macs.py --models resnet,vgg --out /tmp/lvm
+    OMP_NUM_THREADS=1 python benchmarks/latency_vs_macs.py --models fashion --batch 32 --epochs 3 --out /tmp/lvm-a
+
+``fashion`` is real model (a) of ``benchmarks/real/`` (MobileNetV2 fine-tuned on Fashion-MNIST at
+64 px), once built there: its 2,000 labelled calibration images and 2,000 test images, the
+grid's ``--lr 1e-4 --batch-size 32``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,14 +58,40 @@ def _cli(args: list[str], log: Path) -> None:
     print(f"  {log.stem}: {time.perf_counter() - started:.0f}s", file=sys.stderr)
 
 
-def accuracy(path: Path) -> float:
+@dataclass(frozen=True)
+class Subject:
+    """One benchmark model: the ONNX file, its calibration and test data, extra prune options."""
+
+    model: Path
+    train: Path
+    test: Path
+    prune_options: tuple[str, ...] = ()
+
+
+def subject(name: str) -> Subject:
+    """A digits sample by name, or ``fashion``: real model (a) of benchmarks/real (MobileNetV2
+    fine-tuned on Fashion-MNIST at 64 px, built by ``benchmarks/real/fashion.py`` and the grid's
+    2,000 labelled calibration / 2,000 test images), pruned with the grid's settings."""
+    if name != "fashion":
+        return Subject(SAMPLES / f"{name}.onnx", SAMPLES / "digits_train.npz", SAMPLES / "digits_test.npz")
+    cache = Path(os.environ.get("ONNXPRUNE_REAL_CACHE", Path.home() / ".cache" / "onnxprune-real"))
+    files = [cache / n for n in ("fashion_mobilenet_v2_64_torchscript.onnx", "fashion_calib_2000_labelled.npz",
+                                 "fashion_test_2000.npz")]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise SystemExit(f"model (a) is not built: {missing[0]} (python benchmarks/real/method_grid.py --model fashion)")
+    return Subject(*files, prune_options=("--lr", "1e-4", "--batch-size", "32"))
+
+
+def accuracy(path: Path, test: Path) -> float:
     import onnxruntime as ort
 
-    data = np.load(SAMPLES / "digits_test.npz")
+    data = np.load(test)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    logits = session.run(None, {"image": data["image"]})[0]
+    logits = np.concatenate([session.run(None, {"image": data["image"][i:i + 256]})[0]
+                             for i in range(0, len(data["image"]), 256)])
     return float((logits.argmax(1) == data["labels"]).mean())
 
 
@@ -87,10 +120,10 @@ def main() -> None:
     from onnxprune.measure.profile import time_cpu
     from onnxprune.methods._support.latency_table import LatencyTable, predict_model_latency
 
-    train = str(SAMPLES / "digits_train.npz")
     rows = []
     for name in args.models.split(","):
-        model = SAMPLES / f"{name}.onnx"
+        spec = subject(name)
+        model, train = spec.model, str(spec.train)
         table_path = args.out / f"{name}.latency.json"
         print(f"{name}:", file=sys.stderr)
         if not (args.reuse and table_path.exists()):
@@ -104,17 +137,17 @@ def main() -> None:
             path = args.out / f"{name}.macs{f:g}.onnx"
             if not (args.reuse and path.exists()):
                 _cli([str(model), "--method", "lagrangian", "--target-macs", f"{f:g}", "--calib", train,
-                      "--epochs", str(args.epochs), "--out", str(path)], args.out / f"{path.stem}.log")
+                      "--epochs", str(args.epochs), *spec.prune_options, "--out", str(path)], args.out / f"{path.stem}.log")
             variants.append((f"MACs {f:g}", path))
         matched = predict_model_latency(table, onnx.load(str(variants[0][1]))) / full
         path = args.out / f"{name}.lat{matched:.3f}.onnx"
         if not (args.reuse and path.exists()):
             _cli([str(model), "--method", "lagrangian", "--target-macs", f"{matched:.4f}", "--latency-table",
-                  str(table_path), "--calib", train, "--epochs", str(args.epochs), "--out", str(path)],
+                  str(table_path), "--calib", train, "--epochs", str(args.epochs), *spec.prune_options, "--out", str(path)],
                  args.out / f"{path.stem}.log")
         variants.append((f"latency {matched:.3f}", path))
 
-        feeds = {"image": np.load(SAMPLES / "digits_test.npz")["image"]}
+        feeds = {"image": np.load(spec.test)["image"][:256]}
         paths = [model, *(p for _, p in variants)]
         clocks = {"cpu": ([[] for _ in paths], [[] for _ in paths]), "wall": ([[] for _ in paths], [[] for _ in paths])}
         protos = [onnx.load(str(p)) for p in paths]
@@ -148,7 +181,7 @@ def main() -> None:
                 "wall_ms": statistics.median(clocks["wall"][1][i]),
                 "wall_ratio_error": predicted / full / statistics.median(wall_ratios[i]) - 1,
                 "absolute_error": predicted / statistics.median(absolute[i]) - 1,
-                "accuracy": accuracy(p), "table_model_ms": table.model_ms,
+                "accuracy": accuracy(p, spec.test), "table_model_ms": table.model_ms,
                 "table_model_spread_ms": table.profile["model_p50_spread_ms"],
             })
         (args.out / "results.json").write_text(json.dumps(rows, indent=1))
