@@ -10,7 +10,11 @@ resident set (``ru_maxrss`` from ``os.wait4``) is its own:
 2. ``onnxprune apply`` with a plan keeping the first half of every prunable group (no training:
    training a 2 GiB model on this machine's 2 shared cores would take far too long);
 3. optionally (``--magnitude``), ``onnxprune prune --method magnitude`` for one epoch on a tiny
-   random calibration set.
+   random calibration set (``--no-apply``: this one only).
+
+Also measured: the baseline, a process that only imports what a prune run imports (torch, onnx,
+onnxruntime, onnxprune), so each figure can be read as the run's own memory over that baseline
+(``over baseline``, in model sizes) as well as in total.
 
 Prints the model's size on disk, each command, its wall time, its peak RSS and the ratio
 peak RSS / model size (the goal is <= 2.5x), and checks that the outputs were written with
@@ -92,6 +96,24 @@ def run_measured(argv: list[str]) -> tuple[float, int, str]:
     return wall, usage.ru_maxrss * 1024, out
 
 
+_BASELINE = """
+import onnxruntime, torch, onnx
+import onnxprune.cli.main, onnxprune.run.gated, onnxprune.run.pipeline
+print(int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024)
+"""
+
+
+def baseline_rss() -> int:
+    """Peak RSS of a process that imports what a prune run imports and does nothing else."""
+    return int(subprocess.run([sys.executable, "-c", _BASELINE], capture_output=True, text=True,
+                              check=True).stdout.split()[-1])
+
+
+def figures(rss: int, size: int, baseline: int) -> str:
+    return (f"peak RSS {rss / 2**30:.2f} GiB  ({rss / size:.2f}x the model; "
+            f"{(rss - baseline) / size:.2f}x over the baseline)")
+
+
 def check_pruned(original: Path, pruned: Path, kept: dict[str, list[int]]) -> float:
     """onnxruntime on ``pruned`` vs the masked reference in numpy; returns the max abs error."""
     import onnxruntime as ort
@@ -128,6 +150,7 @@ def main() -> None:
     parser.add_argument("--narrow", type=int, default=8192)
     parser.add_argument("--magnitude", action="store_true",
                         help="also a 1-epoch (weight-level) magnitude prune (SGD, lr 1e-4, 8 random samples)")
+    parser.add_argument("--no-apply", action="store_true", help="skip the `apply` measurement")
     parser.add_argument("--inspect", action="store_true", help="also measure `onnxprune inspect` (slow)")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     parser.add_argument("--reuse", action="store_true", help="reuse a model --keep left in --folder")
@@ -140,11 +163,13 @@ def main() -> None:
     size = size_on_disk(model)
     print(f"model      {model} + {model.name}.data: {size / 2**30:.3f} GiB on disk "
           f"(built in {time.perf_counter() - started:.0f} s)")
+    baseline = baseline_rss()
+    print(f"baseline   {baseline / 2**30:.2f} GiB: a process importing torch, onnx, onnxruntime and onnxprune")
 
     if args.inspect:
         wall, rss, out = run_measured([ONNXPRUNE, "inspect", str(model), "--json", "--no-import-check"])
         groups = [g for g in json.loads(out)["groups"] if g["prunable"]]
-        print(f"inspect    {wall:6.1f} s  peak RSS {rss / 2**30:.2f} GiB  ({rss / size:.2f}x the model)  "
+        print(f"inspect    {wall:6.1f} s  {figures(rss, size, baseline)}  "
               f"{len(groups)} prunable groups")
     else:  # the groups of this MLP are known: each hidden Gemm's output units, named after its weight
         groups = [{"id": f"fc{i}.weight", "size": args.wide if i % 2 == 0 else args.narrow}
@@ -157,13 +182,14 @@ def main() -> None:
     out_dir.mkdir(exist_ok=True)
     pruned = out_dir / "small.onnx"
     argv = [ONNXPRUNE, "apply", str(model), "--plan", str(plan), "--out", str(pruned)]
-    wall, rss, _ = run_measured(argv)
-    data = pruned.with_name(pruned.name + ".data")
-    print(f"apply      {wall:6.1f} s  peak RSS {rss / 2**30:.2f} GiB  ({rss / size:.2f}x the model)  "
-          f"-> {pruned.name} {pruned.stat().st_size} B + {data.name} {data.stat().st_size / 2**30:.3f} GiB")
-    print(f"           command: {' '.join(argv[1:])}")
-    error = check_pruned(model, pruned, kept)
-    print(f"           onnxruntime on the pruned model vs the masked reference: max abs error {error:.2e}")
+    if not args.no_apply:
+        wall, rss, _ = run_measured(argv)
+        data = pruned.with_name(pruned.name + ".data")
+        print(f"apply      {wall:6.1f} s  {figures(rss, size, baseline)}  "
+              f"-> {pruned.name} {pruned.stat().st_size} B + {data.name} {data.stat().st_size / 2**30:.3f} GiB")
+        print(f"           command: {' '.join(argv[1:])}")
+        error = check_pruned(model, pruned, kept)
+        print(f"           onnxruntime on the pruned model vs the masked reference: max abs error {error:.2e}")
 
     if args.magnitude:
         calib = args.folder / "calib.npz"
@@ -176,7 +202,7 @@ def main() -> None:
                 "--out", str(pruned)]
         wall, rss, _ = run_measured(argv)
         data = pruned.with_name(pruned.name + ".data")
-        print(f"magnitude  {wall:6.1f} s  peak RSS {rss / 2**30:.2f} GiB  ({rss / size:.2f}x the model)  "
+        print(f"magnitude  {wall:6.1f} s  {figures(rss, size, baseline)}  "
               f"-> {pruned.name} + {data.name} {data.stat().st_size / 2**30:.3f} GiB")
         print(f"           command: {' '.join(argv[1:])}")
 

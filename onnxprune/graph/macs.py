@@ -83,7 +83,7 @@ def count_macs(
 ) -> ModelCost:
     """Per-layer MACs and params for every MAC-bearing node, plus model totals."""
     input_shapes = input_shapes or resolve_input_shapes(model)
-    shaped = infer_static_shapes(model, input_shapes)
+    shaped = infer_static_shapes(model, input_shapes, weights=False)  # shapes only: no copy of large weights
     shapes = static_shape_map(shaped)
     initializers = _weights(model)
     layers = []

@@ -128,7 +128,7 @@ def save_model_atomic(
         tmp_file = tmp_dir / out_path.name
         if external:
             data_name = out_path.name + ".data"
-            _save_with_external_data(model, tmp_file, data_name)
+            save_with_external_data(model, tmp_file, data_name)
             os.replace(tmp_dir / data_name, parent / data_name)
         else:
             onnx.save_model(model, str(tmp_file))
@@ -142,7 +142,7 @@ def save_model_atomic(
 EXTERNAL_THRESHOLD = 1024
 
 
-def _save_with_external_data(model: onnx.ModelProto, path: Path, data_name: str) -> None:
+def save_with_external_data(model: onnx.ModelProto, path: Path, data_name: str) -> None:
     """Save ``model`` to ``path`` with every main-graph initializer of at least
     :data:`EXTERNAL_THRESHOLD` bytes in ``data_name`` beside it, without copying the model and
     without touching it: each tensor's bytes are appended to the data file (one tensor in memory
@@ -217,6 +217,59 @@ def weightless_header(model: onnx.ModelProto, strip=None) -> onnx.ModelProto:
             empty.doc_string = tensor.doc_string
         empty.metadata_props.extend(tensor.metadata_props)
     return header
+
+
+def serialized_size(model: onnx.ModelProto) -> int:
+    """``model.ByteSize()`` computed without encoding the weights: upb encodes the whole message
+    to count it (a transient copy of every weight) and refuses to at 2 GiB. The header without
+    the large raw tensors is measured, and each tensor's raw bytes and the length prefixes they
+    lengthen (its own entry's, the graph's) are added. Equal to ``ByteSize()`` below 2 GiB. A
+    weight whose data torch holds (no data here) counts as the raw data written back for it."""
+    large = [_is_large(tensor) or _is_stripped(tensor) for tensor in model.graph.initializer]
+    if not any(large):
+        return model.ByteSize()
+    header = weightless_header(model, lambda tensor: _is_large(tensor) or _is_stripped(tensor))
+    graph_header = header.graph.ByteSize()
+    graph = graph_header
+    for stripped, tensor, kept in zip(large, model.graph.initializer, header.graph.initializer, strict=True):
+        if not stripped:
+            continue
+        rest = onnx.TensorProto()
+        _copy_fields(tensor, rest, skip="raw_data")  # every field but the bytes (data_location, ...)
+        length = _raw_nbytes(tensor)  # raw data of a numeric tensor: dims x item size
+        full = rest.ByteSize() + 1 + _varint_size(length) + length  # raw_data: tag 74, length, bytes
+        graph += full + _varint_size(full) - kept.ByteSize() - _varint_size(kept.ByteSize())
+    return header.ByteSize() + graph + _varint_size(graph) - graph_header - _varint_size(graph_header)
+
+
+_DATA_FIELDS = {"raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data",
+                "external_data"}
+
+
+def _is_stripped(tensor: onnx.TensorProto) -> bool:
+    """A numeric tensor of nonzero size without any data: a weight torch holds
+    (``importer.release_weights``), counted as the raw data it is written back as."""
+    if any(field.name in _DATA_FIELDS for field, _ in tensor.ListFields()):
+        return False
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return count > 0 and tensor.data_type not in (0, onnx.TensorProto.STRING)
+
+
+def _raw_nbytes(tensor: onnx.TensorProto) -> int:
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+
+
+def _varint_size(value: int) -> int:
+    size = 1
+    while value >= 0x80:
+        value >>= 7
+        size += 1
+    return size
 
 
 def stores_external_data(path: str | os.PathLike | onnx.ModelProto) -> bool:

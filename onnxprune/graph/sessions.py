@@ -3,8 +3,10 @@
 Every session is quiet (warnings off: what matters is checked and raised by the caller) and takes
 a ModelProto, its serialized bytes or a path. The >2 GiB rule lives here and only here: protobuf
 cannot serialize a message of 2 GiB or more, so a ModelProto of at least :data:`PROTO_LIMIT`
-bytes (2 GiB less a 32 MiB margin for the graph itself) is saved with its tensors as external
-data in a temporary folder and the session is built from that file. :mod:`onnxprune.graph.modelio`
+bytes (2 GiB less a 32 MiB margin for the graph itself), and any model over 64 MiB of weights
+(``modelio.LARGE_MODEL_BYTES``: a session from bytes keeps them beside its own copy), is saved
+with its tensors as external data in a temporary folder (tensor by tensor, no copy of the model)
+and the session is built from that file. :mod:`onnxprune.graph.modelio`
 uses the same limit to decide when a written model needs external data.
 
 Needs onnx and onnxruntime only, so the torch-free ``bench`` can use it.
@@ -73,11 +75,14 @@ def make_session(model: onnx.ModelProto | bytes | str | os.PathLike, providers: 
         return ort.InferenceSession(model, options, providers=providers)
     if not isinstance(model, onnx.ModelProto):
         return ort.InferenceSession(os.fspath(model), options, providers=providers)
-    if not needs_external_data(model):
+    from onnxprune.graph.modelio import is_large_model, save_with_external_data
+
+    if not needs_external_data(model) and not is_large_model(model):
         return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    # over 64 MiB of weights (over 2 GiB it is a must): through a file with external data written
+    # tensor by tensor from the model. The session from bytes keeps them (InferenceSession's
+    # _model_bytes) next to its own copy of the weights: twice the weights, now once.
     with tempfile.TemporaryDirectory(prefix="onnxprune-ort-") as tmp:
         path = Path(tmp) / "model.onnx"
-        detached = onnx.ModelProto()
-        detached.CopyFrom(model)  # saving as external data rewrites the tensors in place
-        onnx.save_model(detached, str(path), save_as_external_data=True, location="model.onnx.data")
+        save_with_external_data(model, path, "model.onnx.data")
         return ort.InferenceSession(str(path), options, providers=providers)

@@ -106,7 +106,7 @@ def with_static_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int
 
 
 def infer_static_shapes(
-    model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None
+    model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None, *, weights: bool = True
 ) -> onnx.ModelProto:
     """A copy of ``model`` with a static shape recorded for every value (a model of more than
     :data:`~onnxprune.graph.modelio.LARGE_MODEL_BYTES` of weights is inferred on its weightless
@@ -115,6 +115,10 @@ def infer_static_shapes(
     ONNX shape inference (with data propagation, for Reshape targets computed from Shape) is
     tried first; values it leaves unknown are measured by one onnxruntime run on zeros, which
     also covers ops whose output shape depends on data.
+
+    ``weights=False``: a caller that reads only shapes (and initializer dims) may get the large
+    model's weightless header back, when ONNX inference alone fixed every shape (no copy of the
+    weights).
     """
     from onnxprune.graph.modelio import is_large_model, weightless_header
 
@@ -129,15 +133,25 @@ def infer_static_shapes(
     else:  # inferred on the header, the shapes copied into one plain copy of the model
         header = with_static_inputs(weightless_header(model), input_shapes)
         header.graph.ClearField("value_info")
-        inferred = with_static_inputs(model, input_shapes)
-        inferred.graph.ClearField("value_info")
+        inferred = None
         try:
             shaped = shape_inference.infer_shapes(header, check_type=False, strict_mode=False, data_prop=True)
+            if not weights:
+                header.graph.value_info.extend(shaped.graph.value_info)
+                for given, found in zip(header.graph.output, shaped.graph.output, strict=True):
+                    given.CopyFrom(found)
+                if not _unknown_values(header):
+                    return header
+            inferred = with_static_inputs(model, input_shapes)
+            inferred.graph.ClearField("value_info")
             inferred.graph.value_info.extend(shaped.graph.value_info)
             for given, found in zip(inferred.graph.output, shaped.graph.output, strict=True):
                 given.CopyFrom(found)
         except Exception:  # noqa: BLE001 -- best effort, as above
             pass
+        if inferred is None:
+            inferred = with_static_inputs(model, input_shapes)
+            inferred.graph.ClearField("value_info")
     if _unknown_values(inferred):
         inferred = _shapes_from_onnxruntime(inferred, input_shapes)
     return inferred

@@ -35,6 +35,7 @@ output and its error.
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 from dataclasses import dataclass, field
 
@@ -45,6 +46,7 @@ from onnx import shape_inference
 from torch import nn
 
 from onnxprune.errors import OnnxPruneError, UnsupportedModelError, VerificationError
+from onnxprune.graph.modelio import is_large_model
 from onnxprune.graph.names import TorchNames
 from onnxprune.graph.shapes import infer_static_shapes, resolve_input_shapes, with_static_inputs
 from onnxprune.graph.shapes import random_feeds as sample_feeds  # the feeds of the import check
@@ -54,7 +56,8 @@ from onnxprune.importing.normalize import normalize
 
 _LOG = logging.getLogger(__name__)
 
-__all__ = ["ImportCheck", "ImportedModel", "ParamRef", "check_import", "import_model", "run_torch", "sample_feeds"]
+__all__ = ["ImportCheck", "ImportedModel", "ParamRef", "check_import", "import_model", "release_weights", "run_torch",
+           "sample_feeds"]
 
 NOISE_FACTOR = 4.0  # torch and onnxruntime each carry ~1x the float32 noise; 4x leaves margin
 
@@ -83,6 +86,9 @@ class ImportedModel:
     check: ImportCheck | None = None
     frozen: tuple[str, ...] = field(default=())  # float initializers baked into modules as constants
     names: TorchNames | None = None  # ONNX name <-> torch attribute name (onnxprune.graph.names)
+    # initializers whose data only torch holds (:func:`release_weights`): in ``onnx_model`` they
+    # have their name, type and dims but no data; write-back fills them from torch
+    torch_only: frozenset[str] = field(default=frozenset())
 
     def tensor(self, name: str) -> torch.Tensor:
         """The live parameter/buffer for initializer ``name``, as a view in ONNX layout."""
@@ -110,6 +116,12 @@ def import_model(
     shapes = resolve_input_shapes(normalized, input_shapes)
     static = conversion_view(_static_shapes(normalized, shapes))
     module, params, frozen, names = build_module(static)
+    # the static copy (a third copy of every weight) is only reachable through reference cycles
+    # of the converters' graph objects: collected now, not whenever the allocation count says
+    del static
+    large = is_large_model(normalized)
+    if large:
+        gc.collect()
     inits = {init.name for init in normalized.graph.initializer}
     imported = ImportedModel(
         onnx_model=normalized,
@@ -123,6 +135,8 @@ def import_model(
     )
     if check:
         imported.check = check_import(imported, atol=atol, rtol=rtol)
+        if large:
+            gc.collect()  # the check's onnxruntime session and its serialized model, likewise
     return imported
 
 
@@ -169,14 +183,80 @@ def float32_noise(imported: ImportedModel, feeds: dict[str, np.ndarray]) -> list
     """Per output, max |torch_float32 - torch_float64| on ``feeds``; None if float64 cannot run
     (e.g. a graph that casts to float32 explicitly)."""
     float32 = run_torch(imported, feeds)
-    twin = ImportedModel(**{**imported.__dict__, "module": copy.deepcopy(imported.module).double()})
     wide = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in feeds.items()}
+    was_training = imported.module.training
+    imported.module.eval()
     try:
-        float64 = run_torch(twin, wide)
+        with torch.no_grad():
+            out = float64_forward(imported.module)(*(torch.from_numpy(np.asarray(wide[n]))
+                                                     for n in imported.input_names))
     except Exception:  # noqa: BLE001 -- any failure means: no noise estimate, plain rule only
         return None
+    finally:
+        imported.module.train(was_training)
+    float64 = [o.detach().cpu().numpy() if isinstance(o, torch.Tensor) else np.asarray(o)
+               for o in (out if isinstance(out, (tuple, list)) else (out,))]
     return [float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) if a.size else 0.0
             for a, b in zip(float32, float64)]
+
+
+def release_weights(imported: ImportedModel) -> int:
+    """Drop from ``imported.onnx_model`` the data of every large initializer torch holds (its
+    parameters and buffers are the weights now; :func:`onnxprune.importing.writeback.write_back`
+    fills them back from torch), so the normalized model is no longer a second copy of every
+    weight while training. ``onnx_model`` becomes a new header (protobuf frees a message's
+    memory only with the message). Returns the bytes released. For callers that read no
+    initializer values of ``onnx_model`` after this (the weight-level pipeline)."""
+    from onnxprune.graph.modelio import weightless_header
+    from onnxprune.graph.sessions import tensor_nbytes
+
+    def held_by_torch(tensor: onnx.TensorProto) -> bool:
+        return tensor.name in imported.params and tensor.HasField("raw_data") and tensor_nbytes(tensor) >= 1024
+
+    source = imported.onnx_model
+    stripped = {tensor.name: tensor_nbytes(tensor) for tensor in source.graph.initializer if held_by_torch(tensor)}
+    if stripped:
+        imported.onnx_model = weightless_header(source, held_by_torch)
+        imported.torch_only = imported.torch_only | frozenset(stripped)
+    return sum(stripped.values())
+
+
+class _Float64Interpreter(torch.fx.Interpreter):
+    """Runs a GraphModule as ``copy.deepcopy(module).double()`` would, holding the float64 copy of
+    one submodule at a time: each called submodule runs on float64 casts of its own parameters
+    and buffers (``torch.func.functional_call``), and every attribute read of a floating tensor
+    is cast on read. The same ops on the same float64 values, so the same outputs; the memory is
+    the module plus its largest layer in float64, not the whole model twice more."""
+
+    def call_module(self, target, args, kwargs):
+        sub = self.fetch_attr(target)
+        wide = {name: value.double() if value.is_floating_point() else value
+                for name, value in (*sub.named_parameters(), *sub.named_buffers())}
+        return torch.func.functional_call(sub, wide, tuple(args), dict(kwargs))
+
+    def get_attr(self, target, args, kwargs):
+        value = super().get_attr(target, args, kwargs)
+        return value.double() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+
+def float64_forward(module: nn.Module):
+    """A callable computing ``copy.deepcopy(module).double()(*inputs)`` (inputs already float64).
+    For an fx GraphModule, layer by layer (:class:`_Float64Interpreter`); should that fail, and
+    for any other module, on the whole float64 copy: the estimate is never lost to the saving."""
+
+    def whole(*inputs):
+        return copy.deepcopy(module).double()(*inputs)
+
+    if not isinstance(module, torch.fx.GraphModule):
+        return whole
+
+    def layered(*inputs):
+        try:
+            return _Float64Interpreter(module).run(*inputs)
+        except Exception:  # noqa: BLE001 -- the whole copy decides, as it did before
+            return whole(*inputs)
+
+    return layered
 
 
 def run_torch(imported: ImportedModel, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

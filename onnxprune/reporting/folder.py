@@ -32,6 +32,7 @@ import onnx
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.macs import PRUNABLE_OPS as WIDTH_OPS
 from onnxprune.graph.macs import format_count
+from onnxprune.graph.modelio import serialized_size
 from onnxprune.reporting import run_report as run_report
 from onnxprune.reporting.plots import plot_latency_curve, plot_layer_widths, plot_trail
 from onnxprune.reporting.toml import to_toml
@@ -80,7 +81,8 @@ def add_model_figures(report: dict[str, Any], before: onnx.ModelProto, after: on
     be the normalized original (``RunResult.imported.onnx_model``), whose initializer names the
     pruned model keeps."""
     report["layer_widths"] = widths_table(before, after)
-    report["size_bytes"] = {"before": before.ByteSize(), "after": after.ByteSize()}
+    # serialized sizes counted without encoding the weights (ByteSize fails at 2 GiB)
+    report["size_bytes"] = {"before": serialized_size(before), "after": serialized_size(after)}
 
 
 def read_trail(folder: str | os.PathLike) -> list[dict[str, Any]]:

@@ -31,7 +31,13 @@ import onnx
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.batching import fixed_batch
-from onnxprune.graph.modelio import load_model, model_size_bytes, save_model_atomic, stores_external_data
+from onnxprune.graph.modelio import (
+    is_large_model,
+    load_model,
+    model_size_bytes,
+    save_model_atomic,
+    stores_external_data,
+)
 from onnxprune.graph.shapes import parse_input_shapes, random_feeds, resolve_input_shapes
 from onnxprune.graph.sparse_storage import to_sparse_storage
 from onnxprune.graph.verify import assert_close, run_onnxruntime
@@ -112,7 +118,11 @@ def _run(config, ci: CiOptions, outputs: RunOutputs) -> tuple[Any, list[GateResu
     staging = {**config.staging, "trail": os.fspath(outputs.staged(trail))} if trail else config.staging
     inner = dataclasses.replace(config, staging=staging)
     if ci.target_latency_ms is None:
-        result = pipeline.run(inner, original)
+        if is_large_model(original):  # the pipeline reads it again and frees it once the teacher
+            del original  # and the figures are done: one copy of the weights less while training
+            result = pipeline.run(inner)
+        else:
+            result = pipeline.run(inner, original)
     else:
         feeds = random_feeds(original, resolve_input_shapes(original, parse_input_shapes(config.input_shapes)))
         started = time.perf_counter()

@@ -14,8 +14,8 @@ Under torchrun every process trains; only rank 0 verifies and evaluates.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import gc
 import logging
 import time
 from pathlib import Path
@@ -46,16 +46,17 @@ from onnxprune.graph.batching import (
     torch_in_slices,
 )
 from onnxprune.graph.macs import count_macs, count_params
-from onnxprune.graph.modelio import load_model
+from onnxprune.graph.modelio import is_large_model, load_model
 from onnxprune.graph.runtime_checks import check_runtime_opset
+from onnxprune.graph.sessions import make_session
 from onnxprune.graph.shapes import parse_input_shapes, resolve_input_shapes
 from onnxprune.graph.verify import assert_close
-from onnxprune.importing.importer import import_model
+from onnxprune.importing.importer import float64_forward, import_model, release_weights
 from onnxprune.importing.writeback import write_back
 from onnxprune.methods._support.chunks import round_plan_for
 from onnxprune.methods.base import PruningMethod, registry
 from onnxprune.passes import apply_plan
-from onnxprune.passes.groups import analyze
+from onnxprune.passes.groups import analyze, skeleton_model
 from onnxprune.reporting.run_report import add_layers, build_run_report, nonzero_weights
 from onnxprune.run.plan_check import check_plan_shapes, is_structured
 from onnxprune.training.loop import Replica, TrainConfig, TrainData, distributed, prunable_weights, train
@@ -157,6 +158,7 @@ class _Calibration:
 def _run(config: PruneConfig, replica: Replica, original: onnx.ModelProto | None) -> RunResult:
     started = time.perf_counter()
     method = make_method(config.method, {**config.method_options, **config.staging})
+    owned = original is None  # read here: released once the teacher and the figures need it no more
     original = load_model(config.model) if original is None else original
     check_runtime_opset(original, config.model)  # the teacher and the checks run on onnxruntime
     overrides = parse_input_shapes(config.input_shapes)
@@ -164,8 +166,15 @@ def _run(config: PruneConfig, replica: Replica, original: onnx.ModelProto | None
     if config.calib is None:  # refuse before any work
         load_calibration(None, original)
     imported = import_model(original, shapes)  # model errors (unsupported ops) before data errors
+    large = is_large_model(original)  # over 64 MiB of weights: copies freed as soon as they are dead
     batch, torch_batch, imported, freed = _fixed_batches(original, imported, shapes)
-    calib = _calibrate(config, original, overrides, replica, batch or 1)
+    # a large model read here runs the teacher from its file (no serialized copy for onnxruntime)
+    calib = _calibrate(config, original, overrides, replica, batch or 1,
+                       teacher=config.model if owned and large else None)
+    before, nonzero_before = count_macs(original, shapes), nonzero_weights(original)
+    if owned and large:  # the loaded model: another copy of every weight, not needed from here on
+        original = None  # (RunResult.original None: the latency reads config.model)
+    _release(large)  # and the teacher's session (reference cycles keep its model alive otherwise)
     weights = prunable_weights(imported)
     if not weights:
         raise OnnxPruneError(f"{config.model}: no prunable weights (Conv/ConvTranspose/Gemm/MatMul initializers)")
@@ -186,9 +195,15 @@ def _run(config: PruneConfig, replica: Replica, original: onnx.ModelProto | None
     analysis = _analysis(method, imported.onnx_model, shapes, config.prune_hidden_size)
     if analysis is not None and is_structured(method):  # a plan shape the passes cannot apply: refused now
         check_plan_shapes(config.method, imported.onnx_model, analysis, shapes)
+    if large and analysis is None:  # weight-level: nothing reads the normalized model's weights
+        release_weights(imported)  # from here on but the write-back, which takes them from torch
+        _release(large)
     ctx = train(method, imported.module, weights, data, calib.loss, train_config, replica, imported=imported,
                 analysis=analysis, evaluate=evaluate)
     plan = method.finalize(ctx)
+    for parameter in imported.module.parameters():  # gradients: another copy of every weight
+        parameter.grad = None
+    _release(large)
     if analysis is not None:  # grouped Convs: equally many kept per conv group (rounded up, exact)
         plan = round_plan_for(plan, analysis)
     if config.prune_hidden_size:  # the passes analyze the model again: with the same choice
@@ -197,18 +212,22 @@ def _run(config: PruneConfig, replica: Replica, original: onnx.ModelProto | None
     pruned = apply_plan(write_back(imported), plan, shapes)
     if freed:  # the Reshape targets trained as "copy the batch" read the fixed batch again
         pruned = restore_batch_constants(pruned, freed, batch)
+    _release(large)  # the written-back model the passes read
     result = RunResult(pruned, imported, plan, {}, None, replica, original)
     if not replica.is_main:
         return result
-    verify(pruned, imported.module, calib.eval, fixed=torch_batch)
-    before, after = count_macs(original, shapes), count_macs(pruned, shapes)
+    session = verify(pruned, imported.module, calib.eval, fixed=torch_batch)
+    final = fidelity(run_batched(session, calib.eval.inputs), calib.eval_targets, calib.kinds, calib.eval.labels)
+    del session  # onnxruntime's copy of the pruned weights
+    _release(large)
+    after = count_macs(pruned, shapes)
     result.report = build_run_report(
         config=config, method=method, plan=plan, before=before, after=after,
-        nonzero_before=nonzero_weights(original), nonzero_after=nonzero_weights(pruned),
+        nonzero_before=nonzero_before, nonzero_after=nonzero_weights(pruned),
         untied_params=count_params(imported.onnx_model) - before.total_params,
         # in full, defaults included; paths as the user gave them (the trail is staged meanwhile)
         method_options={**method.options.to_dict(), **config.method_options},
-        final=fidelity(run_batched(pruned, calib.eval.inputs), calib.eval_targets, calib.kinds, calib.eval.labels),
+        final=final,
         baseline=fidelity(calib.eval_targets, calib.eval_targets, calib.kinds, calib.eval.labels),
         history=ctx.history, seconds=time.perf_counter() - started,
         samples={"train": len(calib.train), "holdout": calib.held_out, "has_labels": labels is not None,
@@ -228,18 +247,20 @@ def _run(config: PruneConfig, replica: Replica, original: onnx.ModelProto | None
 
 
 def _calibrate(config: PruneConfig, original: onnx.ModelProto, overrides, replica: Replica,
-               batch: int = 1) -> _Calibration:
-    """Load and validate the data, split the holdout, compute the teacher's targets once."""
+               batch: int = 1, teacher=None) -> _Calibration:
+    """Load and validate the data, split the holdout, compute the teacher's targets once
+    (onnxruntime on ``teacher``, the original's file, when given; else on ``original``)."""
     data = load_calibration(config.calib, original, overrides, config.labels, seed=config.train.seed,
                             image_options=config.image_options, tokenizer=config.tokenizer, seq_len=config.seq_len)
     train_set, holdout = split_holdout(data, config.holdout, config.train.seed, multiple=batch)
     providers = None
     if replica.device.type == "cuda":  # each process's teacher on its own GPU
         providers = [("CUDAExecutionProvider", {"device_id": replica.device.index or 0}), "CPUExecutionProvider"]
-    train_targets = teacher_outputs(original, train_set, providers=providers)
+    teacher = original if teacher is None else teacher
+    train_targets = teacher_outputs(teacher, train_set, providers=providers)
     eval_set, eval_targets = train_set, train_targets
     if holdout is not None:
-        eval_set, eval_targets = holdout, teacher_outputs(original, holdout, providers=providers)
+        eval_set, eval_targets = holdout, teacher_outputs(teacher, holdout, providers=providers)
     kinds = output_kinds(train_targets, original)
     check_labels(data.labels, train_targets, kinds)  # class ids within the logits, before training
     loss = TaskLoss(kinds, config.loss, data.labels is not None, config.temperature, config.distill_loss)
@@ -292,15 +313,20 @@ def run_batched(model: onnx.ModelProto, inputs: dict[str, np.ndarray], batch: in
     return run_in_slices(model, inputs, chunk=batch)
 
 
-def verify(model: onnx.ModelProto, module: torch.nn.Module, data: CalibrationSet, fixed: int | None = None) -> None:
-    """Checker (full) and onnxruntime vs the trained torch model, atol 1e-5 / rtol 1e-4."""
+def verify(model: onnx.ModelProto, module: torch.nn.Module, data: CalibrationSet, fixed: int | None = None,
+           session=None):
+    """Checker (full) and onnxruntime vs the trained torch model, atol 1e-5 / rtol 1e-4.
+
+    Returns the onnxruntime session it ran (``session``, or one made after the checker passed),
+    for the caller's further runs of the same model."""
     try:
-        onnx.checker.check_model(model, full_check=True)
+        check_full(model)
     except onnx.checker.ValidationError as exc:
         raise VerificationError(f"the pruned model fails the ONNX checker: {str(exc).splitlines()[0]}") from None
+    session = make_session(model) if session is None else session
     sample = {k: v[:_VERIFY_SAMPLES] for k, v in data.inputs.items()}
     expected = torch_outputs(module, sample.values(), torch.device("cpu"), fixed=fixed)
-    actual = run_batched(model, sample)
+    actual = run_batched(session, sample)
     what = "pruned model (onnxruntime) vs trained torch model"
     try:
         assert_close(expected, actual, what=what)
@@ -312,14 +338,38 @@ def verify(model: onnx.ModelProto, module: torch.nn.Module, data: CalibrationSet
         if noise is None or any(np.abs(e - a).max() > 4 * n for e, a, n in zip(expected, actual, noise)):
             raise
         log.warning("pruned model matches within 4x float32 noise (%s), not atol 1e-5", noise)
+    return session
+
+
+def check_full(model: onnx.ModelProto) -> None:
+    """``onnx.checker.check_model(model, full_check=True)``; a model over 64 MiB of weights is
+    checked as its skeleton (large float weights as typed graph inputs, as the passes check it):
+    the checker serializes its argument, two more copies of every weight. What the skeleton does
+    not check, each weight's data against its dims, the onnxruntime session checks on loading."""
+    if is_large_model(model):
+        skeleton, _ = skeleton_model(model)
+        onnx.checker.check_model(skeleton, full_check=True)
+    else:
+        onnx.checker.check_model(model, full_check=True)
+
+
+def _release(large: bool) -> None:
+    """Collect reference cycles now on a large model: the copies of its weights that died with
+    a stage (a session, a written-back model) are freed at once, not at the next automatic
+    collection, which counts objects, not bytes."""
+    if large:
+        gc.collect()
 
 
 def _float32_noise(module: torch.nn.Module, sample: dict[str, np.ndarray],
                    float32: list[np.ndarray], fixed: int | None = None) -> list[float] | None:
-    """Per output, max |module(x) in float32 - the same module in float64|; None if it cannot run."""
-    wide = copy.deepcopy(module).double()
-    try:
-        float64 = torch_outputs(wide, [v.astype(np.float64) if v.dtype == np.float32 else v
+    """Per output, max |module(x) in float32 - the same module in float64|; None if it cannot run.
+
+    The float64 run is ``copy.deepcopy(module).double()`` on the sample cast to float64, computed
+    layer by layer (``importer.float64_forward``): the same values without a float64 copy of
+    every weight."""
+    try:  # float64 one layer at a time: a float64 copy of the whole module is 2x its size
+        float64 = torch_outputs(float64_forward(module), [v.astype(np.float64) if v.dtype == np.float32 else v
                                        for v in sample.values()], torch.device("cpu"), fixed=fixed)
     except Exception:  # noqa: BLE001 -- no estimate: the strict rule stands
         return None

@@ -110,3 +110,35 @@ def test_group_l0_keeps_largest_norm_groups_across_tensors():
     assert set(best) == {0, 2}
     assert out["w1"][1].abs().sum() == 0 and out["b1"][1] == 0 and out["w2"].abs().sum() == 0
     assert torch.equal(out["w1"][0], w1[0]) and torch.equal(out["w1"][2], w1[2])
+
+
+def _topk_by_stable_sort(tensors, kappa):
+    """The reference: a stable descending sort of the concatenated |w| (ties: flat order)."""
+    flat = torch.cat([t.reshape(-1) for t in tensors.values()]).abs()
+    keep = torch.zeros(flat.numel(), dtype=torch.bool)
+    keep[torch.sort(flat, descending=True, stable=True).indices[:kappa]] = True
+    out, offset = {}, 0
+    for name, t in tensors.items():
+        out[name] = keep[offset:offset + t.numel()].view(t.shape)
+        offset += t.numel()
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("chunk", [5, 1 << 24])
+def test_topk_equals_a_stable_sort_with_many_ties(monkeypatch, dtype, chunk):
+    # integer-valued weights (many ties, zeros among them, as after a prune) and Gaussian ones;
+    # a tiny tie chunk walks the chunked tie scan across tensor and chunk boundaries
+    monkeypatch.setattr(P, "_CHUNK", chunk)
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(40):
+        shapes = [tuple(int(v) for v in torch.randint(1, 9, (2,), generator=generator)) for _ in range(3)]
+        make = (lambda s: torch.randint(-3, 4, s, generator=generator).float()) if trial % 2 else \
+            (lambda s: torch.randn(s, generator=generator))
+        tensors = {f"t{i}": make(s).to(dtype) for i, s in enumerate(shapes)}
+        n = sum(t.numel() for t in tensors.values())
+        for kappa in {0, 1, n // 3, n // 2, n - 1, n, n + 3}:
+            got, want = P.global_topk_mask(tensors, kappa), _topk_by_stable_sort(tensors, min(kappa, n))
+            for name, t in tensors.items():
+                assert got[name].dtype == torch.bool and got[name].shape == t.shape
+                assert torch.equal(got[name], want[name]), (trial, kappa, name)

@@ -39,14 +39,77 @@ def _unflat(flat: torch.Tensor, like: Tensors) -> Tensors:
 
 
 def global_topk_mask(tensors: Tensors, kappa: int) -> Tensors:
-    """Boolean masks keeping the κ largest |values| jointly across all tensors."""
-    flat = _flat(tensors).abs()
-    kappa = max(0, min(int(kappa), flat.numel()))
-    keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-    # a stable sort makes ties deterministic: equal magnitudes are kept in flat order
-    order = torch.sort(flat, descending=True, stable=True).indices
-    keep[order[:kappa]] = True
-    return _unflat(keep, tensors)
+    """Boolean masks keeping the κ largest |values| jointly across all tensors.
+
+    Ties at the threshold keep the earlier entries in dict/flat order (what a stable descending
+    sort keeps). The κ-th largest |w| is found by radix selection on the bit patterns of |w|
+    (:func:`_kth_largest_abs`), so no concatenated copy is made: every temporary is one chunk
+    of one tensor (a sort of the concatenation held 5 copies of the weights, in values and int64
+    indices; even ``torch.kthvalue`` copies its input and allocates int64 indices)."""
+    n = sum(t.numel() for t in tensors.values())
+    kappa = max(0, min(int(kappa), n))
+    if kappa in (0, n):
+        return {name: torch.full_like(t, kappa == n, dtype=torch.bool) for name, t in tensors.items()}
+    threshold = _kth_largest_abs(tensors, kappa)
+    masks, above = {}, 0
+    for name, t in tensors.items():
+        flat = t.detach().reshape(-1)
+        keep = torch.empty(flat.numel(), dtype=torch.bool, device=flat.device)
+        for start in range(0, flat.numel(), _CHUNK):
+            keep[start:start + _CHUNK] = flat[start:start + _CHUNK].abs() > threshold
+        above += int(keep.sum())
+        masks[name] = keep.view(t.shape)
+    need = kappa - above
+    for name, t in tensors.items():  # ties: the earliest in flat order, chunked (ties may be most entries)
+        flat, keep = t.detach().reshape(-1), masks[name].view(-1)
+        for start in range(0, flat.numel(), _CHUNK):
+            if need <= 0:
+                return masks
+            ties = (flat[start:start + _CHUNK].abs() == threshold).nonzero().flatten()[:need]
+            keep[start + ties] = True
+            need -= len(ties)
+    return masks
+
+
+_CHUNK = 1 << 24  # elements per temporary
+_BITS = {torch.float16: (torch.int16, 16), torch.bfloat16: (torch.int16, 16), torch.float32: (torch.int32, 32),
+         torch.float64: (torch.int64, 64)}
+
+
+def _kth_largest_abs(tensors: Tensors, kappa: int) -> torch.Tensor:
+    """The κ-th largest |value| over all tensors (a 0-d tensor of their dtype, on their device).
+
+    Radix selection: the bit patterns of non-negative floats order as the floats do (NaN above
+    +inf, as a descending sort puts it first), so the κ-th largest pattern is fixed 16 bits at a
+    time from the top: count the next 16-bit digit of every pattern matching the prefix found
+    so far (``bincount``), take the digit where the running count from the top reaches the
+    rank still needed. Two passes over the weights for float32, one chunk's temporaries at a
+    time."""
+    dtype = next(iter(tensors.values())).dtype
+    if any(t.dtype != dtype for t in tensors.values()) or dtype not in _BITS:
+        flat = torch.cat([t.detach().reshape(-1).abs() for t in tensors.values()])  # mixed: plain path
+        return torch.kthvalue(flat.double() if flat.dtype in (torch.float16, torch.bfloat16) else flat,
+                              flat.numel() - kappa + 1).values.to(flat.dtype)
+    int_dtype, width = _BITS[dtype]
+    prefix, rank = 0, kappa  # the pattern's bits found so far; its rank among the patterns matching them
+    device = next(iter(tensors.values())).device
+    for shift in range(width - 16, -1, -16):
+        counts = torch.zeros(1 << 16, dtype=torch.int64, device=device)
+        for t in tensors.values():
+            flat = t.detach().reshape(-1)
+            for start in range(0, flat.numel(), _CHUNK):
+                bits = flat[start:start + _CHUNK].abs().view(int_dtype).long()  # >= 0: no sign bit
+                if shift + 16 < width:  # only the patterns that match the prefix found so far
+                    bits = bits[(bits >> (shift + 16)) == prefix]
+                counts += torch.bincount((bits >> shift) & 0xFFFF, minlength=1 << 16)
+        from_top = counts.flip(0).cumsum(0)  # from_top[i]: patterns whose digit >= 65535 - i
+        index = int(torch.searchsorted(from_top, torch.tensor([rank], device=device)).item())
+        digit = 0xFFFF - index
+        rank -= int(from_top[index - 1]) if index > 0 else 0
+        prefix = (prefix << 16) | digit
+    if prefix >= 1 << (width - 1):  # back to the signed pattern the float view reads
+        prefix -= 1 << width
+    return torch.tensor(prefix, dtype=int_dtype, device=device).view(dtype)
 
 
 def l0_constraint(tensors: Tensors, kappa: int) -> Tensors:
