@@ -180,7 +180,10 @@ def run_torch_pruning(args) -> dict:
     example = torch.randn(1, 3, 64, 64)
     base_ops, _ = tp.utils.count_ops_and_params(fashion_torch(), example)
     m0 = macs(onnx.load(str(original_path())))[0]
-    if args.count == "tp":
+    if args.ratio is not None:  # a ratio given: no bisection (the MACs jump across round_to steps)
+        ratio = args.ratio
+        tp_frac = tp.utils.count_ops_and_params(tp_prune(ratio), example)[0] / base_ops
+    elif args.count == "tp":
         ratio, tp_frac = bisect(lambda r: tp.utils.count_ops_and_params(tp_prune(r), example)[0] / base_ops, args.target)
     else:  # the MACs every row of the table is measured by: count_macs on the export
         ratio, _ = bisect(lambda r: macs(export_onnx(tp_prune(r).eval(), example))[0] / m0, args.target)
@@ -210,12 +213,13 @@ def run_torch_pruning(args) -> dict:
     model.eval()
     proto = export_onnx(model, example)
     seconds = time.perf_counter() - started
-    path = cache_dir() / f"peer_{tag()}torch-pruning_{args.count}_{args.target}.onnx"
+    name = args.count if args.ratio is None else f"ratio{args.ratio}"
+    path = cache_dir() / f"peer_{tag()}torch-pruning_{name}_{args.target}.onnx"
     onnx.save(proto, path)
     with torch.no_grad():  # the export matches the trained torch model
         (_, _), (xt, _) = data()
         gap = float(np.abs(model(torch.from_numpy(xt[:64])).numpy() - ort_logits(proto, xt[:64])).max())
-    return {"method": "torch-pruning", "count": args.count, "target": args.target, "pruning_ratio": round(ratio, 4), "tp_macs_frac": tp_frac,
+    return {"method": "torch-pruning", "count": name, "target": args.target, "pruning_ratio": round(ratio, 4), "tp_macs_frac": tp_frac,
             "prune_seconds": prune_s, "seconds": seconds, "export_max_abs_diff": gap, "path": str(path), **evaluate(proto)}
 
 
@@ -316,6 +320,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--count", default="onnx", choices=("onnx", "tp"),
                         help="torch-pruning: bisect the ratio on count_macs of the export (onnx) or on tp.utils.count_ops_and_params")
+    parser.add_argument("--ratio", type=float, default=None,
+                        help="torch-pruning: this pruning_ratio, not bisected (to bracket a target no ratio reaches)")
     parser.add_argument("--recovery", default="bn", choices=("none", "finetune", "bn", "block"))
     parser.add_argument("--results", default=None,
                         help="the JSON lines of the runs [default: peers.jsonl in the cache; model (b): peers_fashion-resnet18.jsonl]")
