@@ -297,7 +297,8 @@ def table(args) -> None:
     for row, stat in sorted(zip(rows, stats[1:]), key=lambda rs: (-rs[0]["target"], rs[0]["method"])):
         seconds = "-" if row.get("seconds") is None else f"{row['seconds']:.0f}"
         if row["method"] == "torch-pruning":  # which MAC count its ratio was bisected on
-            row["method"] += f" (ratio on {row.get('count', 'tp')} count)"
+            count = row.get("count", "tp")
+            row["method"] += f" ({count[5:]} fixed)" if count.startswith("ratio") else f" (ratio on {count} count)"
         print(f"| {row['target']} | {row['method']} | {100 * row['accuracy']:.2f} | {row['agreement']:.3f} | "
               f"{row['macs_frac']:.3f} | {row['params_frac']:.3f} | {speedup(stats[0], stat)} | {seconds} |", flush=True)
 
