@@ -5,9 +5,11 @@ accuracy on the test split by onnxruntime, as in benchmarks/structured_table.py)
 the written model's MACs fraction and its relative miss of the target (goal: within +-3%), the
 share of the parameters (theta per unit, phi per residual layer) that training itself took to
 0 (removed) or 1 (locked) before the last third rounds the rest (goal: >= 90%), theta's probed
-start, and the accuracy.
+start, the accuracy, and per pruning epoch the lowest expected MACs (the pace: how fast the
+strength controller takes the model down).
 
     python benchmarks/bernoulli_targets.py [--models mlp,resnet,vgg,mobilenet] [--targets 0.5,0.25]
+        [--pace-epochs N]
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def main() -> None:
     parser.add_argument("--targets", default="0.5,0.25")
     parser.add_argument("--epochs", type=int, default=9)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pace-epochs", type=int, default=None, help="the method's option [default: its own]")
     args = parser.parse_args()
     threads(1)
     logging.basicConfig(level=logging.WARNING)
@@ -40,7 +43,7 @@ def main() -> None:
         setup = prepare(REPO / "sample_models" / f"{name}.onnx", str(REPO / "sample_models/digits_train.npz"), SHAPES,
                         test=str(REPO / "sample_models/digits_test.npz"), seed=args.seed)
         for target in args.targets.split(","):
-            method = Bernoulli(target_macs=target)
+            method = Bernoulli(target_macs=target, pace_epochs=args.pace_epochs)
             result = prune(setup, method, TrainConfig(epochs=args.epochs, seed=args.seed, quiet=True))
             print(json.dumps({
                 "model": name, "target": float(target), "macs_frac": round(result["macs_frac"], 4),
@@ -48,7 +51,9 @@ def main() -> None:
                 "decided_before_rounding": round(method.decided_fraction, 4), "undecided": method.undecided,
                 "parameters": sum(int(p.numel()) for p in method.params), "theta_start": method.init,
                 "lock": round(method.lock, 4), "removed_layers": len(result["plan"].dropped_branches),
-                "accuracy": result["accuracy"], "lr": result["ctx"].lr, "seconds": round(result["seconds"], 1)}),
+                "accuracy": result["accuracy"], "pace_epochs": method.pace_steps // max(result["ctx"].steps_per_epoch, 1),
+                "expected_min_per_epoch": [round(h["macs_expected_min"], 3) for h in result["ctx"].history
+                                           if "macs_expected_min" in h][:method.prune_epochs], "lr": result["ctx"].lr, "seconds": round(result["seconds"], 1)}),
                 flush=True)
 
 

@@ -26,7 +26,18 @@ theta and phi take projected Adam steps (clamped to [0, 1]); one below ``eps`` i
 for good, one above ``1 - eps`` at 1 (a plain structure); every group keeps its last unit (only
 residual layers can vanish whole). The last ``--finetune-epochs`` round the remaining ones to
 0 or 1 and fine-tune with all gates fixed. ``--target-macs`` turns ``strength`` into a
-controlled variable: log(strength) follows the expected MACs' excess over the target.
+controlled variable: log(strength) follows the expected MACs' excess over a level that tapers
+from the start's expected MACs to the target over ``--pace-epochs`` (aimed at the target from
+the first step, the strength took a pretrained network to a quarter of its MACs within one
+epoch); structures lock only once the level is at the target, and a residual layer is not
+removed when without it the rounding could not reach the target's band. The rounding moves the
+kept counts into [0.99, 1] x target (``resource.refine_to_band``).
+
+Settle phase (the second half of the pruning epochs): E[L] and C are affine in each theta_j
+with the others fixed, so the minimum over [0, 1] is at 0 or 1 by the sign of the slope; the
+marginal parameters, whose slope is noise about 0 where the cost and the loss balance, also step
+against the sign of their slope's moving average, so training rather than rounding takes them
+to 0 or 1 (docs/method-bernoulli.md, "Target and decisions").
 
 Removed structures leave the trained model too (``--compact``, default on; :mod:`compaction`):
 at the end of an epoch where the units and layers removed since the last compaction are worth
@@ -92,6 +103,9 @@ class BernoulliOptions(MethodOptions):
     finetune_epochs: int | None = option(None, "bernoulli: final epochs with all gates rounded to 0/1 "
                                                "[default: 1/3 of --epochs].", min=0)
     compact: bool = option(True, "bernoulli: rebuild the trained model without removed structures as training goes.")
+    pace_epochs: int | None = option(None, "bernoulli, with --target-macs: epochs over which the strength controller's "
+                                           "MACs level falls from the start to the target (0: the target from the "
+                                           "first step) [default: half of the epochs before the fine-tune].", min=0)
 
 
 @register
@@ -104,6 +118,11 @@ class Bernoulli(PruningMethod):
     # with --target-macs the rounded MACs land in [(1 - band) * target, target] where block moves
     # can reach it (docs/method-bernoulli.md, "Target and decisions")
     band = 0.01
+    # integral gain of log(strength) on the expected MACs' relative excess over the level, per step
+    gain = 0.05
+    start_strength: float | None = None  # with a target: the controller's first strength (None: --strength)
+    lock_after_pace, guard_branches = True, True
+    settle_share, settle_rate, settle_beta = 0.5, 4.0, 0.9
     # theta's start, probed per model (see probe_init): the smallest of the grid whose gate samples
     # leave the network within init_tol of the original (share of the way to a constant output).
     # 0.9 drops a tenth of the units per sample: on the digits MLP that costs 3% of the way, on
@@ -124,7 +143,7 @@ class Bernoulli(PruningMethod):
         self.b0 = s.resource.total_macs
         self.p0 = max(s.resource.total_params, 1.0)
         cfg = self.options
-        self.strength = cfg.strength
+        self.strength = cfg.strength if self.start_strength is None or not cfg.target_macs else self.start_strength
         self.unit_w = 2 * (1 - cfg.layer_vs_unit)
         self.flops_w = cfg.flops_vs_params
         from onnxprune.methods._support.resource import smallest_reachable
@@ -153,6 +172,20 @@ class Bernoulli(PruningMethod):
         epochs = self.total_epochs(ctx)
         ft = cfg.finetune_epochs
         self.prune_epochs = max(1, epochs - (int(ft) if ft is not None else max(1, epochs // 3)))
+        # the controller's MACs level tapers from the start's expected MACs to the target over
+        # pace_steps (the Lagrangian's budget does the same): aimed straight at the target, the
+        # strength removed half of a pretrained MobileNetV2's MACs within its first epoch
+        pace = cfg.pace_epochs if cfg.pace_epochs is not None else max(1, self.prune_epochs // 2)
+        self.pace_steps = min(int(pace), self.prune_epochs) * max(1, ctx.steps_per_epoch)
+        self.steps = 0
+        prune_steps = self.prune_epochs * max(1, ctx.steps_per_epoch)
+        self.settle_from = max(self.pace_steps if self.target is not None else 0,
+                               int(prune_steps * (1 - self.settle_share)))
+        self.settle_step = self.settle_rate / max(prune_steps - self.settle_from, 1) if self.settle_share > 0 else 0.0
+        self.slope: dict[str, torch.Tensor] = {}
+        self.guard_memo: dict[tuple, bool] = {}
+        self.start_macs = float(self.structure.resource(self.theta, self.phi).detach()) / self.b0
+        self.min_expected = self.start_macs
         self.epoch_macs: list[float] = []
         self.trained_macs: list[float] = []
         self.current_bank = self.bank
@@ -249,25 +282,72 @@ class Bernoulli(PruningMethod):
         if self.fixed is not None:
             return
         self.structure.average_grads(self.params)
+        settling = self.settling()
+        if settling:  # the objective's average slope per parameter (see settling)
+            for key, p in [*self.theta.items(), *self.phi.items()]:
+                g = p.grad if p.grad is not None else torch.zeros_like(p)
+                self.slope[key] = self.settle_beta * self.slope.get(key, torch.zeros_like(p)) + (1 - self.settle_beta) * g
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if settling:
+            with torch.no_grad():
+                for key, p in [*self.theta.items(), *self.phi.items()]:
+                    p.sub_(self.settle_step * torch.sign(self.slope[key]) * (self.alive[key] & ~self.settled[key]))
         # with a MAC target, nothing more dies once the surviving structures are at the target:
         # removal is permanent, so an overshoot could not be undone at rounding
         reaped = self.target is None or self.hard_macs() * self.b0 > self.target
+        locking = self.locking()
         with torch.no_grad():
             for key, p in [*self.theta.items(), *self.phi.items()]:
                 p.clamp_(0 if reaped else self.eps, 1)
                 dead = self.alive[key] & (p < self.eps)
                 if key in self.theta and bool(dead.any()) and int((self.alive[key] & ~dead).sum()) == 0:
                     dead[torch.argmax(p * self.alive[key])] = False  # a group keeps its last unit
+                if key in self.phi and bool(dead) and self.target is not None and self.guard_branches:
+                    # a residual layer is a large block that rounding cannot bring back (compaction
+                    # cuts it): it stays (at eps) if without it the rounding could not reach the band
+                    rest = [b for b in self.phi if b != key and not bool(self.alive[b])] + [key]
+                    if self.too_small_without(rest):
+                        dead = torch.zeros_like(dead)
+                        p.clamp_(min=self.eps)
                 self.alive[key] &= ~dead
-                self.settled[key] |= p >= self.lock  # at 1 a structure becomes plain for good
+                if locking:
+                    self.settled[key] |= p >= self.lock  # at 1 a structure becomes plain for good
                 p.mul_(self.alive[key])
                 p.masked_fill_(self.settled[key] & self.alive[key], 1.0)
             expected = float(self.structure.resource(self.theta, self.phi)) / self.b0
-        if self.target is not None:  # integral control of log(strength) on the expected MACs
-            self.strength *= math.exp(0.05 * (expected - self.target / self.b0) / (self.target / self.b0))
-        ctx.metrics.update(macs_expected=expected, strength=self.strength)
+        self.steps += 1
+        self.min_expected = min(self.min_expected, expected)
+        level = self.level()
+        if level is not None:  # integral control of log(strength) on the expected MACs
+            self.strength *= math.exp(self.gain * (expected - level) / level)
+        ctx.metrics.update(macs_expected=expected, strength=self.strength, macs_expected_min=self.min_expected,
+                           **({} if level is None else {"macs_level": level}))
+
+    def settling(self) -> bool:
+        """The settle phase (the last ``settle_share`` of the pruning steps, after the pace): E[L]
+        and C are affine in each theta_j (the others fixed), so the objective's minimum over
+        [0, 1] is at 0 or 1 by the sign of its slope. Adam's normalized steps on a noisy slope of
+        about 0 leave the marginal parameters in between; here each undecided parameter also
+        takes a step of ``settle_step`` against the sign of its slope's moving average (decay
+        ``settle_beta``), sized to cross [0, 1] ``settle_rate`` times within the phase."""
+        return self.settle_step > 0 and self.steps >= self.settle_from
+
+    def locking(self) -> bool:
+        """Whether a structure at ``lock`` becomes plain now: without a target always; with one,
+        once the controller's level has reached the target (``lock_after_pace``). theta starts
+        near the lock (0.99 -> 0.998 on the resnet sample), so one step of the loss's pull would
+        lock a unit for good before the cost has acted."""
+        return self.target is None or not self.lock_after_pace or self.steps >= self.pace_steps
+
+    def level(self) -> float | None:
+        """The MACs fraction the strength controller aims at after ``self.steps`` steps: from the
+        start's expected MACs down to the target, linearly over ``pace_steps`` (None: no target)."""
+        if self.target is None:
+            return None
+        final = self.target / self.b0
+        share = 1.0 if self.pace_steps <= 0 else min(1.0, self.steps / self.pace_steps)
+        return max(final, self.start_macs - (self.start_macs - final) * share)
 
     def hard_macs(self) -> float:
         dropped = [b for b in self.phi if not bool(self.alive[b])]
@@ -275,6 +355,7 @@ class Bernoulli(PruningMethod):
 
     def end_epoch(self, ctx: TrainContext) -> None:
         ctx.metrics.pop("compact_seconds", None)  # only in the row of an epoch that compacted
+        self.min_expected = float("inf")  # macs_expected_min: the lowest expected MACs within each epoch
         self.epoch_macs.append(self.hard_macs())
         self.trained_macs.append((self.compaction.macs if self.compaction else self.b0) / self.b0)
         ctx.metrics.update(macs_frac=self.epoch_macs[-1], macs_trained=self.trained_macs[-1],
@@ -331,7 +412,13 @@ class Bernoulli(PruningMethod):
         """Round every parameter to 0/1 (enforcing --target-macs if set) and freeze the gates."""
         with torch.no_grad():
             # decided by training: removed (theta 0) or plain (theta 1) before any rounding
-            decided = sum(int((~self.alive[k] | self.settled[k]).sum()) for k in [*self.theta, *self.phi])
+            # (a parameter held at eps, where removal stops once the survivors fit the target, is at 0;
+            # the units of a removed residual layer go with it: their gradients are 0 from then on)
+            gone = self.groups_inside([b for b in self.phi if not bool(self.alive[b])])
+            decided = sum(int((~self.alive[k] | self.settled[k] | (self._param(k) <= self.eps)).sum()) if k not in gone
+                          else int(self._param(k).numel()) for k in [*self.theta, *self.phi])
+            self.at_floor = sum(int((self.alive[k] & ~self.settled[k] & (self._param(k) <= self.eps)).sum())
+                                for k in [*self.theta, *self.phi])
             total = sum(int(p.numel()) for p in self.params)
             undecided = total - decided
             self.decided_fraction = decided / max(total, 1)
@@ -349,20 +436,18 @@ class Bernoulli(PruningMethod):
                         keep[g][torch.argmax(self.theta[g])] = True
                 masks = round_counts(self.theta, keep, self.structure.resource.multiples(self.multiple), self.available)
             else:  # the target sets the size: units ranked by theta, kept until the MACs meet it
-                masks = select_to_budget(self.theta, self.structure.resource, self.target, dropped, self.multiple,
-                                         self.available)
-                # branches that rounding dropped come back (highest phi first) while they fit
+                masks = self.select(dropped)
+                now = self.structure.resource.hard(masks, dropped)
+                # under the band, branches that rounding dropped come back (highest phi first)
+                # when the selection with them lands closer to the target
                 for b in sorted((b for b in dropped if bool(self.alive_before[b])), key=lambda b: -float(self.phi[b])):
+                    if now >= (1 - self.band) * self.target:
+                        break
                     trial = [d for d in dropped if d != b]
-                    if self.structure.resource.hard({**masks}, trial) <= self.target:
-                        dropped, self.alive[b] = trial, torch.ones_like(self.alive[b])
-                        masks = select_to_budget(self.theta, self.structure.resource, self.target, dropped,
-                                                 self.multiple, self.available)
-                # one block of a small layer is a large share of the model: block moves (swaps
-                # included) bring the MACs into the band just under the target
-                if self.multiple > 1 and not hasattr(self.structure.resource, "round_widths"):
-                    masks = refine_to_band(self.theta, self.structure.resource, self.target, masks, dropped,
-                                           self.multiple, self.available, band=self.band)
+                    candidate = self.select(trial)
+                    macs = self.structure.resource.hard(candidate, trial)
+                    if now < macs <= self.target:
+                        dropped, masks, now, self.alive[b] = trial, candidate, macs, torch.ones_like(self.alive[b])
             for g in self.theta:
                 self.alive[g] = masks[g].to(self.alive[g].device)
             for key, p in [*self.theta.items(), *self.phi.items()]:
@@ -373,6 +458,43 @@ class Bernoulli(PruningMethod):
         self.recalibrate(ctx)
         log.info("bernoulli: rounded (%d parameters were strictly between eps and 1-eps); MACs %.3f",
                  undecided, self.hard_macs())
+
+    def groups_inside(self, dropped: list[str]) -> set[str]:
+        """The unit groups whose every MAC term lies inside one of the ``dropped`` residual layers."""
+        r = self.structure.resource
+        if not dropped or not hasattr(r, "brs"):
+            return set()
+        index = {b: i for i, b in enumerate(r.branch_ids)}
+        inside = torch.isin(r.brs, torch.tensor([index[b] for b in dropped if b in index])).any(dim=1)
+        out, at = set(), 0
+        for g in r.group_ids:
+            terms = [side.rows[(side.cols >= at) & (side.cols < at + r.sizes[g])] for side in (r.ins, r.outs)]
+            terms = torch.cat(terms).unique()
+            if len(terms) and bool(inside[terms].all()):
+                out.add(g)
+            at += r.sizes[g]
+        return out
+
+    def too_small_without(self, dropped: list[str]) -> bool:
+        """Whether the rounding, with ``dropped`` residual layers gone, stays under the band (a
+        selection per set of dropped layers and removed units, remembered: a refused layer asks
+        again at every step it sits at eps)."""
+        key = (tuple(sorted(dropped)), self.removed_units())
+        if key not in self.guard_memo:
+            self.guard_memo[key] = self.structure.resource.hard(self.select(dropped), dropped) < (
+                (1 - self.band) * self.target)
+        return self.guard_memo[key]
+
+    def select(self, dropped: list[str]) -> dict[str, torch.Tensor]:
+        """With --target-macs: units ranked by theta, kept until the MACs meet the target
+        (``select_to_budget``), then, since one block of a small layer is a large share of the
+        model, block moves (swaps included) into the band just under the target (``refine_to_band``)."""
+        r = self.structure.resource
+        masks = select_to_budget(self.theta, r, self.target, dropped, self.multiple, self.available)
+        if self.multiple > 1 and not hasattr(r, "round_widths"):
+            masks = refine_to_band(self.theta, r, self.target, masks, dropped, self.multiple, self.available,
+                                   band=self.band)
+        return masks
 
     def recalibrate(self, ctx: TrainContext) -> None:
         """Activation statistics of the kept channels back to the original's (:mod:`recalibrate`):
@@ -398,7 +520,7 @@ class Bernoulli(PruningMethod):
             "method": self.name, "strength": self.strength, "original_macs": self.b0,
             "predicted_macs": self.hard_macs() * self.b0, "removed_units": self.removed_units(),
             "removed_layers": len(dropped), "undecided_at_rounding": self.undecided,
-            "decided_before_rounding": self.decided_fraction, "theta_start": self.init,
+            "decided_before_rounding": self.decided_fraction, "held_at_eps": self.at_floor, "theta_start": self.init,
             "theta_start_probe": self.init_probe, "lock": self.lock,
             "macs_per_epoch": self.epoch_macs, "trained_macs_per_epoch": self.trained_macs})
 

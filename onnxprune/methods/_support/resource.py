@@ -334,9 +334,9 @@ def refine_to_band(scores: Mapping[str, torch.Tensor], resource: Resource, targe
     counts every one is evaluated (the digits samples: vgg 512, mlp 494). Otherwise moves from
     the given selection: a move sets one group's count, or two groups' counts at once (a swap
     when one grows and the other shrinks), each within ``J`` ladder steps of now (``J`` from
-    ``singles``: about that many one-group moves are tried); per move, the candidate by the
-    same choice, taken if it is closer to the band than now; it stops in the band or when no
-    move gets closer. Nothing changes when the selection is already in the band. Groups of at
+    ``singles``: about that many one-group moves are tried), or, when none of those gets closer,
+    one ladder step in each of three groups; per move, the candidate by the same choice, taken
+    if it is closer to the band than now; it stops in the band or when no move gets closer. Nothing changes when the selection is already in the band. Groups of at
     most ``multiple`` channels do not move. Bernoulli's rounding only (the Lagrangian's and the
     baselines' selections are unchanged).
 
@@ -436,6 +436,17 @@ def refine_to_band(scores: Mapping[str, torch.Tensor], resource: Resource, targe
                 continue
             r = ((f_in + d_in[a] + d_in[others]) * (f_out + d_out[a] + d_out[others]) * scale).sum(1)
             consider(r, d_worth[a] + d_worth[others], lambda i, a=a, others=others: [cand[a], cand[others[i]]])
+        if best is None or best[3] >= max(0.0, low - now) - tol:  # stuck: one ladder step in three groups
+            step = [i for i, (g, j) in enumerate(cand) if abs(j - index[g]) == 1]
+            for x, a in enumerate(step):
+                for y, b in enumerate(step[x + 1:], x + 1):
+                    others = [c for c in step[y + 1:] if len({group[a], group[b], group[c]}) == 3]
+                    if group[a] == group[b] or not others:
+                        continue
+                    r = ((f_in + d_in[a] + d_in[b] + d_in[others]) * (f_out + d_out[a] + d_out[b] + d_out[others])
+                         * scale).sum(1)
+                    consider(r, d_worth[a] + d_worth[b] + d_worth[others],
+                             lambda i, a=a, b=b, others=others: [cand[a], cand[b], cand[others[i]]])
         if best is None or best[3] >= max(0.0, low - now) - tol:
             break
         for g, j in best[1]:
