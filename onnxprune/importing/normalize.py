@@ -18,6 +18,9 @@ Exporters hide weights in three ways that break training and write-back by name:
    nodes and initializers move into the graph under fresh names (the If's outputs keep theirs;
    an output the branch passes through from outside becomes an ``Identity``). A branch holding
    control flow of its own is left as it is (the importer then refuses the If by name).
+6. Slice bounds and Split sizes computed from static dims only (ultralytics' C2f ``chunk``
+   exported with a dynamic batch slices at ``Shape(h)[1] / 2``) become initializers
+   (:mod:`onnxprune.importing.shape_folding`), and the shape arithmetic left unread goes.
 
 Values are copied, never changed, so the normalized graph computes exactly what the input graph
 computes. Node names, graph inputs/outputs (names, dtypes, dynamic axes), opsets, and metadata
@@ -38,6 +41,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 from onnxprune.graph.names import OnnxNames
+from onnxprune.importing.shape_folding import evaluate_node, fold_static_shape_bounds
 
 _LOG = logging.getLogger(__name__)
 
@@ -57,7 +61,10 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
         _fold_layout_ops_of_weights(graph, kept_outputs, opset)
         _fold_constant_ifs(graph, opset)
     _split_shared_float_initializers(graph)
-    return _infer_shapes(out)
+    out = _infer_shapes(out)
+    if fold_static_shape_bounds(out):  # step 6 reads the inferred dims, and changes shapes' sources
+        out = _infer_shapes(out)
+    return out
 
 
 def _constant_tensor(node: onnx.NodeProto) -> TensorProto | None:
@@ -200,48 +207,31 @@ def _fold_constant_ifs(graph: onnx.GraphProto, opset: int) -> None:
                       "then branch" if taken is attrs.get("then_branch") else "else branch")
         if not folded:
             return
-        while True:  # the nodes that only computed a folded condition are dead now
-            used = _used_names_of(keep, graph)
-            alive = [n for n in keep if any(o in used for o in n.output if o)]
-            if len(alive) == len(keep):
-                break
-            keep = alive
         del graph.node[:]
         graph.node.extend(keep)
-        _drop_unused_initializers(graph)
+        drop_dead_nodes(graph)  # the nodes that only computed a folded condition
 
 
 def _constant_value(name: str, initializers, producers, opset: int, depth: int) -> np.ndarray | None:
     """The value of ``name`` when it is an initializer or computed (within ``depth`` nodes) from
     initializers only, by the ONNX reference evaluator; None otherwise."""
-    from onnx.reference import ReferenceEvaluator
-
     if name in initializers:
         return numpy_helper.to_array(initializers[name])
     node = producers.get(name)
-    if depth <= 0 or node is None or node.domain not in ("", "ai.onnx") or node.op_type in _RANDOM_OPS or any(
-            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+    if depth <= 0 or node is None:
         return None
     values = {}
     for source in dict.fromkeys(i for i in node.input if i):
         value = _constant_value(source, initializers, producers, opset, depth - 1)
         if value is None:
             return None
-        values[source] = numpy_helper.from_array(np.asarray(value), source)
-    try:
-        single = helper.make_model(
-            helper.make_graph([node], "fold", [], [helper.make_empty_tensor_value_info(o) for o in node.output if o],
-                              list(values.values())),
-            opset_imports=[helper.make_opsetid("", opset)])
-        results = ReferenceEvaluator(single).run(None, {})
-    except Exception as exc:  # noqa: BLE001 -- not constant for us: the If stays
-        _LOG.debug("normalize: %r not folded (%s)", name, exc)
+        values[source] = value
+    results = evaluate_node(node, values, opset)
+    if results is None:  # not constant for us: the If stays
         return None
     outputs = [o for o in node.output if o]
-    return np.asarray(results[outputs.index(name)])
+    return results[outputs.index(name)]
 
-
-_RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
 def _inline_branch(node: onnx.NodeProto, branch: onnx.GraphProto, names) -> tuple[list, list] | None:
@@ -308,6 +298,27 @@ def _used_names_of(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> set[s
             for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
                 used |= _used_names(sub)
     return used
+
+
+def drop_dead_nodes(graph: onnx.GraphProto) -> None:
+    """Remove the nodes none of whose outputs is read (by a node, a subgraph or the graph
+    outputs), their value_info, and the initializers then unread."""
+    nodes = list(graph.node)
+    while True:
+        used = _used_names_of(nodes, graph)
+        alive = [n for n in nodes if any(o in used for o in n.output if o)]
+        if len(alive) == len(nodes):
+            break
+        nodes = alive
+    if len(nodes) != len(graph.node):
+        produced = {o for n in nodes for o in n.output}
+        stale = {o for n in graph.node for o in n.output} - produced
+        keep_info = [v for v in graph.value_info if v.name not in stale]
+        del graph.value_info[:]
+        graph.value_info.extend(keep_info)
+        del graph.node[:]
+        graph.node.extend(nodes)
+    _drop_unused_initializers(graph)
 
 
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
