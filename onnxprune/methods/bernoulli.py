@@ -465,7 +465,10 @@ class Bernoulli(PruningMethod):
         if not dropped or not hasattr(r, "brs"):
             return set()
         index = {b: i for i, b in enumerate(r.branch_ids)}
-        inside = torch.isin(r.brs, torch.tensor([index[b] for b in dropped if b in index])).any(dim=1)
+        ids = [index[b] for b in dropped if b in index]
+        if not ids:
+            return set()
+        inside = torch.isin(r.brs, torch.tensor(ids, dtype=r.brs.dtype)).any(dim=1)
         out, at = set(), 0
         for g in r.group_ids:
             terms = [side.rows[(side.cols >= at) & (side.cols < at + r.sizes[g])] for side in (r.ins, r.outs)]
