@@ -114,12 +114,15 @@ def import_model(
     """Normalize, convert and (optionally) verify ``model``; see the module docstring."""
     normalized = normalize(model)
     shapes = resolve_input_shapes(normalized, input_shapes)
-    static = conversion_view(_static_shapes(normalized, shapes))
-    module, params, frozen, names = build_module(static)
-    # the static copy (a third copy of every weight) is only reachable through reference cycles
-    # of the converters' graph objects: collected now, not whenever the allocation count says
-    del static
     large = is_large_model(normalized)
+    built = _build_in_place(normalized, shapes) if large else None
+    if built is None:
+        static = conversion_view(_static_shapes(normalized, shapes))
+        built = build_module(static)
+        # the static copy (another copy of every weight) is only reachable through reference
+        # cycles of the converters' graph objects: collected now, not when the allocation count says
+        del static
+    module, params, frozen, names = built
     if large:
         gc.collect()
     inits = {init.name for init in normalized.graph.initializer}
@@ -138,6 +141,45 @@ def import_model(
         if large:
             gc.collect()  # the check's onnxruntime session and its serialized model, likewise
     return imported
+
+
+def _build_in_place(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]):
+    """:func:`build_module` on ``model`` itself, its static shapes (inputs, outputs, value_info,
+    from ONNX inference on its weightless header) and the conversion view's attribute edits
+    swapped in for the build and restored after it, instead of on a static-shape copy: for a
+    large model that copy is one more copy of every weight at the import's peak. None (the caller
+    builds on a copy) when inference alone does not fix every shape (onnxruntime must measure
+    some: that needs the weights)."""
+    try:
+        shaped = infer_static_shapes(model, shapes, weights=False)
+    except Exception:  # noqa: BLE001 -- the copy's path has its own fallback
+        return None
+    if is_large_model(shaped):  # a full copy came back: onnxruntime measured shapes
+        return None
+    graph, fields = model.graph, ("input", "output", "value_info")
+    saved = {name: [_copied(value) for value in getattr(graph, name)] for name in fields}
+    attributes = {index: [_copied(a) for a in node.attribute] for index, node in enumerate(graph.node)
+                  if node.op_type == "Reshape"}
+    try:
+        for name in fields:
+            _replace(getattr(graph, name), getattr(shaped.graph, name))
+        return build_module(conversion_view(model))
+    finally:
+        for name, values in saved.items():
+            _replace(getattr(graph, name), values)
+        for index, values in attributes.items():
+            _replace(graph.node[index].attribute, values)
+
+
+def _copied(message):
+    copy_ = type(message)()
+    copy_.CopyFrom(message)
+    return copy_
+
+
+def _replace(field, values) -> None:
+    del field[:]
+    field.extend(values)
 
 
 def check_import(imported: ImportedModel, atol: float = 1e-5, rtol: float = 1e-4, seed: int = 0) -> ImportCheck:

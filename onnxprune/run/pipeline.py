@@ -46,7 +46,7 @@ from onnxprune.graph.batching import (
     torch_in_slices,
 )
 from onnxprune.graph.macs import count_macs, count_params
-from onnxprune.graph.modelio import is_large_model, load_model
+from onnxprune.graph.modelio import is_large_model, load_model, weightless_header
 from onnxprune.graph.runtime_checks import check_runtime_opset
 from onnxprune.graph.sessions import make_session
 from onnxprune.graph.shapes import parse_input_shapes, resolve_input_shapes
@@ -168,13 +168,17 @@ def _run(config: PruneConfig, replica: Replica, original: onnx.ModelProto | None
     imported = import_model(original, shapes)  # model errors (unsupported ops) before data errors
     large = is_large_model(original)  # over 64 MiB of weights: copies freed as soon as they are dead
     batch, torch_batch, imported, freed = _fixed_batches(original, imported, shapes)
-    # a large model read here runs the teacher from its file (no serialized copy for onnxruntime)
-    calib = _calibrate(config, original, overrides, replica, batch or 1,
-                       teacher=config.model if owned and large else None)
     before, nonzero_before = count_macs(original, shapes), nonzero_weights(original)
-    if owned and large:  # the loaded model: another copy of every weight, not needed from here on
-        original = None  # (RunResult.original None: the latency reads config.model)
-    _release(large)  # and the teacher's session (reference cycles keep its model alive otherwise)
+    teacher = None
+    if owned and large:  # the loaded model, another copy of every weight, is not needed from here
+        # on: the data checks read its header, the teacher runs from its file (no serialized copy
+        # either), RunResult.original is None (the latency reads config.model)
+        original, teacher = weightless_header(original), config.model
+        _release(large)
+    calib = _calibrate(config, original, overrides, replica, batch or 1, teacher=teacher)
+    if teacher is not None:
+        original = None
+    _release(large)  # the teacher's session (reference cycles keep its model alive otherwise)
     weights = prunable_weights(imported)
     if not weights:
         raise OnnxPruneError(f"{config.model}: no prunable weights (Conv/ConvTranspose/Gemm/MatMul initializers)")

@@ -71,7 +71,7 @@ def global_topk_mask(tensors: Tensors, kappa: int) -> Tensors:
     return masks
 
 
-_CHUNK = 1 << 24  # elements per temporary
+_CHUNK = 1 << 22  # elements per temporary (a chunk's int64 patterns: 32 MiB)
 _BITS = {torch.float16: (torch.int16, 16), torch.bfloat16: (torch.int16, 16), torch.float32: (torch.int32, 32),
          torch.float64: (torch.int64, 64)}
 
@@ -101,7 +101,9 @@ def _kth_largest_abs(tensors: Tensors, kappa: int) -> torch.Tensor:
                 bits = flat[start:start + _CHUNK].abs().view(int_dtype).long()  # >= 0: no sign bit
                 if shift + 16 < width:  # only the patterns that match the prefix found so far
                     bits = bits[(bits >> (shift + 16)) == prefix]
-                counts += torch.bincount((bits >> shift) & 0xFFFF, minlength=1 << 16)
+                bits >>= shift
+                bits &= 0xFFFF
+                counts += torch.bincount(bits, minlength=1 << 16)
         from_top = counts.flip(0).cumsum(0)  # from_top[i]: patterns whose digit >= 65535 - i
         index = int(torch.searchsorted(from_top, torch.tensor([rank], device=device)).item())
         digit = 0xFFFF - index
