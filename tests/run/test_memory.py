@@ -3,12 +3,12 @@
 A 72 MiB two-layer MLP (weights in ``mlp.onnx.data``) is pruned by the real command
 (magnitude, one SGD step on 8 samples) in a subprocess that reads its own resident set: the
 baseline after its imports (torch, onnx, onnxruntime: ~0.7 GiB, more than the model) and its
-high-water mark (``VmHWM``) at the end. At this size the peak is the import: the loaded and
-the normalized model, the static-shape copy the converters read, and the torch parameters
+high-water mark (``VmHWM``) at the end. At this size the peak is the import (the loaded and
+the normalized model, the torch parameters) or the final mask update, plus allocator slack
 (docs/structures.md, "External data"). The same run peaked 12.2x the model over the baseline
 before the changes this test guards (the mask's sort of the concatenated weights, a second copy
 in the write-back, the verification's checker and session copies, gradients kept, the loaded
-and the normalized model held through training, cycles collected late) and 6.5x after. The bound
+and the normalized model held through training, cycles collected late) and 5.2x after. The bound
 (9x) is loose, so that load and allocator noise do not fail it; the old figure fails it.
 """
 
