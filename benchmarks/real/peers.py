@@ -197,7 +197,7 @@ def run_torch_pruning(args) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     torch.manual_seed(args.seed)
     for epoch in range(args.epochs):
-        model.train()
+        model.train(not args.bn_eval)  # --bn-eval: BatchNorm fixed at its statistics, as in a BN-folded graph
         order = torch.from_numpy(np.random.default_rng(epoch).permutation(len(x)))
         total = 0.0
         for start in range(0, len(order), args.batch_size):
@@ -213,7 +213,7 @@ def run_torch_pruning(args) -> dict:
     model.eval()
     proto = export_onnx(model, example)
     seconds = time.perf_counter() - started
-    name = args.count if args.ratio is None else f"ratio{args.ratio}"
+    name = (args.count if args.ratio is None else f"ratio{args.ratio}") + ("_bneval" if args.bn_eval else "")
     path = cache_dir() / f"peer_{tag()}torch-pruning_{name}_{args.target}.onnx"
     onnx.save(proto, path)
     with torch.no_grad():  # the export matches the trained torch model
@@ -323,6 +323,9 @@ def main() -> None:
                         help="torch-pruning: bisect the ratio on count_macs of the export (onnx) or on tp.utils.count_ops_and_params")
     parser.add_argument("--ratio", type=float, default=None,
                         help="torch-pruning: this pruning_ratio, not bisected (to bracket a target no ratio reaches)")
+    parser.add_argument("--bn-eval", action="store_true",
+                        help="torch-pruning: fine-tune with BatchNorm in eval mode (its statistics fixed, as our "
+                             "methods train the BN-folded export), to isolate what BatchNorm's train mode adds")
     parser.add_argument("--recovery", default="bn", choices=("none", "finetune", "bn", "block"))
     parser.add_argument("--results", default=None,
                         help="the JSON lines of the runs [default: peers.jsonl in the cache; model (b): peers_fashion-resnet18.jsonl]")
