@@ -37,6 +37,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.cli.main import main
 from tests.support.models import SAMPLE_MODELS, make_tiny_conv
+from tests.support.processes import default_sigint
 
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 
@@ -382,7 +383,8 @@ def test_float16_calibration_is_cast_with_a_warning(work: Work, capsys, caplog):
 
 def _cli(args: list[str], env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "onnxprune", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}, **kwargs)
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+                            preexec_fn=default_sigint, **kwargs)
 
 
 # (before-commit, between the last write and the first rename, lies between these; left out for time)

@@ -33,6 +33,7 @@ from onnxprune.cli.main import main
 from onnxprune.graph import sessions
 from onnxprune.graph.modelio import load_model, save_model_atomic, stores_external_data
 from tests.support.models import SAMPLE_MODELS
+from tests.support.processes import default_sigint
 
 
 def _tree(folder: Path) -> dict[str, str]:
@@ -158,7 +159,7 @@ def test_a_model_over_the_protobuf_limit_is_written_with_external_data(tmp_path,
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "onnxprune", *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, preexec_fn=default_sigint)
 
 
 def test_ctrl_c_between_the_renames_leaves_neither_file(tmp_path):
