@@ -24,9 +24,9 @@ For each sample model (issue 19 items 3 and 4):
     OMP_NUM_THREADS=1 python benchmarks/latency_vs_macs.py --models resnet,vgg --out /tmp/lvm
     OMP_NUM_THREADS=1 python benchmarks/latency_vs_macs.py --models fashion --batch 32 --epochs 3 --out /tmp/lvm-a
 
-``fashion`` is real model (a) of ``benchmarks/real/`` (MobileNetV2 fine-tuned on Fashion-MNIST at
-64 px), once built there: its 2,000 labelled calibration images and 2,000 test images, the
-grid's ``--lr 1e-4 --batch-size 32``.
+``fashion`` and ``fashion-resnet18`` are real models (a) and (b) of ``benchmarks/real/``
+(MobileNetV2 fine-tuned, ResNet-18 trained, on Fashion-MNIST at 64 px), once built there: their
+2,000 labelled calibration images and 2,000 test images, the grid's ``--lr 1e-4 --batch-size 32``.
 """
 
 from __future__ import annotations
@@ -69,17 +69,18 @@ class Subject:
 
 
 def subject(name: str) -> Subject:
-    """A digits sample by name, or ``fashion``: real model (a) of benchmarks/real (MobileNetV2
-    fine-tuned on Fashion-MNIST at 64 px, built by ``benchmarks/real/fashion.py`` and the grid's
-    2,000 labelled calibration / 2,000 test images), pruned with the grid's settings."""
-    if name != "fashion":
+    """A digits sample by name, or ``fashion`` / ``fashion-resnet18``: real model (a) / (b) of
+    benchmarks/real (MobileNetV2 fine-tuned, ResNet-18 trained, on Fashion-MNIST at 64 px, built
+    by ``benchmarks/real/fashion.py`` / ``fashion_resnet18.py``, with the grid's 2,000 labelled
+    calibration / 2,000 test images), pruned with the grid's settings."""
+    real = {"fashion": "fashion_mobilenet_v2_64_torchscript.onnx", "fashion-resnet18": "fashion_resnet18_64_torchscript.onnx"}
+    if name not in real:
         return Subject(SAMPLES / f"{name}.onnx", SAMPLES / "digits_train.npz", SAMPLES / "digits_test.npz")
     cache = Path(os.environ.get("ONNXPRUNE_REAL_CACHE", Path.home() / ".cache" / "onnxprune-real"))
-    files = [cache / n for n in ("fashion_mobilenet_v2_64_torchscript.onnx", "fashion_calib_2000_labelled.npz",
-                                 "fashion_test_2000.npz")]
+    files = [cache / n for n in (real[name], "fashion_calib_2000_labelled.npz", "fashion_test_2000.npz")]
     missing = [str(f) for f in files if not f.exists()]
     if missing:
-        raise SystemExit(f"model (a) is not built: {missing[0]} (python benchmarks/real/method_grid.py --model fashion)")
+        raise SystemExit(f"{name} is not built: {missing[0]} (python benchmarks/real/method_grid.py --model {name})")
     return Subject(*files, prune_options=("--lr", "1e-4", "--batch-size", "32"))
 
 
