@@ -18,7 +18,8 @@ Each int tensor computed from a ``Shape`` gets a value known element by element:
     any other op, all inputs known           evaluated by the ONNX reference evaluator
 
 The starts/ends/axes/steps of a Slice, and the sizes of a Split, whose values are fully known
-become initializers. The Shape/Gather/arithmetic nodes that fed them and have no other reader
+become initializers, and so do the sizes a Split-18 ``num_outputs`` stands for on a static axis
+(the dynamo exporter's ``chunk``: ``ceil(d / n)`` each, the last one the rest). The Shape/Gather/arithmetic nodes that fed them and have no other reader
 are removed. This is exact: a folded value depends only on dims that shape inference proved
 static, and a static dim of a graph input is part of the model's contract (onnxruntime refuses
 an input that differs from it).
@@ -84,6 +85,7 @@ def fold_static_shape_bounds(model: onnx.ModelProto) -> int:
                       node.op_type, node.name, position, value.tolist())
             node.input[position] = name
             folded += 1
+    folded += _split_sizes_from_num_outputs(graph, _static_dims(graph), names, initializers)
     if folded:
         from onnxprune.importing.normalize import drop_dead_nodes
 
@@ -133,3 +135,32 @@ def _static_dims(graph: onnx.GraphProto) -> dict[str, list[int | None]]:
     for init in graph.initializer:
         dims[init.name] = list(init.dims)
     return dims
+
+
+def _split_sizes_from_num_outputs(graph: onnx.GraphProto, dims, names: OnnxNames, initializers: set[str]) -> int:
+    """Split-18's ``num_outputs`` (the dynamo exporter's ``chunk``) on a static axis becomes the
+    explicit sizes it stands for: ``ceil(d / n)`` each, the last one the rest (the ONNX spec)."""
+    folded = 0
+    for node in graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        if (node.op_type != "Split" or node.domain not in ("", "ai.onnx") or "num_outputs" not in attrs
+                or (len(node.input) > 1 and node.input[1])):
+            continue
+        shape = dims.get(node.input[0])
+        axis = attrs["axis"].i if "axis" in attrs else 0
+        if shape is None or not -len(shape) <= axis < len(shape) or shape[axis] is None:
+            continue
+        total, count = shape[axis], attrs["num_outputs"].i
+        chunk = -(-total // count)
+        sizes = [chunk] * (count - 1) + [total - chunk * (count - 1)]
+        if sizes[-1] < 0:
+            continue
+        name = names.fresh(f"{node.name or 'Split'}_sizes")
+        graph.initializer.append(numpy_helper.from_array(np.asarray(sizes, dtype=np.int64), name))
+        initializers.add(name)
+        del node.input[1:]
+        node.input.append(name)
+        node.attribute.remove(attrs["num_outputs"])
+        _LOG.info("normalize: Split %r num_outputs=%d on a static axis; sizes %s", node.name, count, sizes)
+        folded += 1
+    return folded

@@ -94,7 +94,34 @@ def test_bounds_from_a_dynamic_dim_stay_computed() -> None:
     assert not groups["wc1"].prunable
 
 
-def _yolov8n_onnx(size: int) -> onnx.ModelProto:
+SPLIT_NUM_OUTPUTS = f"""<ir_version: 9, opset_import: ["" : 18]>
+g (float[1,3,8,8] x) => (float[1,4,8,8] y)
+<float[8,3,3,3] w0, float[8] k0, float[3,3,3,3] wm, float[3] km, float[4,8,1,1] wy, float[4] ky>
+{{
+  {_silu("s0", "x", "w0", "k0")}
+  a0, a1, a2 = Split <axis=1, num_outputs=3> (s0)
+  {_silu("m", "a1", "wm", "km")}
+  cat = Concat <axis=1> (a0, m, a2)
+  y = Conv (cat, wy, ky)
+}}"""
+
+
+def test_split_num_outputs_on_a_static_axis_becomes_sizes() -> None:
+    """The dynamo exporter's chunk: 8 channels in 3 outputs are 3, 3 and 2 (the spec's ceil)."""
+    original = model_from_text(SPLIT_NUM_OUTPUTS)
+    frozen = {g.id: g for g in analyze(original).groups}
+    assert not frozen["w0"].prunable and "no constant split sizes" in frozen["w0"].reason
+    model = normalize(original)
+    (split,) = [n for n in model.graph.node if n.op_type == "Split"]
+    sizes = {i.name: onnx.numpy_helper.to_array(i).tolist() for i in model.graph.initializer}[split.input[1]]
+    assert sizes == [3, 3, 2] and not any(a.name == "num_outputs" for a in split.attribute)
+    analysis = analyze(model)
+    assert {"w0[0:3]", "w0[3:6]", "w0[6:8]"} <= {g.id for g in analysis.prunable_groups}
+    checked = check_exact(model, random_plan(analysis, seed=0, fraction=0.5), analysis=analysis)
+    assert checked.macs == checked.predicted_macs
+
+
+def _yolov8n_onnx(size: int, dynamo: bool = False) -> onnx.ModelProto:
     """YOLOv8n from ultralytics' architecture file (random weights, nothing downloaded), BatchNorm
     fused and exported the way ultralytics' own ONNX export does: TorchScript, dynamic batch."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -108,6 +135,8 @@ def _yolov8n_onnx(size: int) -> onnx.ModelProto:
     for module in model.modules():
         if isinstance(module, Detect):
             module.export, module.format = True, "onnx"
+    if dynamo:  # torch.onnx.export's defaults: dynamo, fixed batch 1; chunk becomes Split num_outputs
+        return torch.onnx.export(model, (torch.randn(1, 3, size, size),), verbose=False).model_proto
     buffer = io.BytesIO()
     torch.onnx.export(model, (torch.randn(1, 3, size, size),), buffer, dynamo=False, opset_version=17,
                       input_names=["images"], output_names=["output0"],
@@ -115,10 +144,11 @@ def _yolov8n_onnx(size: int) -> onnx.ModelProto:
     return onnx.load_from_string(buffer.getvalue())
 
 
-def test_ultralytics_yolov8n_backbone_and_neck_are_prunable() -> None:
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript-dynamic-batch", "export-defaults"])
+def test_ultralytics_yolov8n_backbone_and_neck_are_prunable(dynamo) -> None:
     pytest.importorskip("ultralytics")
-    model = normalize(_yolov8n_onnx(64))
-    shapes = {"images": (1, 3, 64, 64)}
+    model = normalize(_yolov8n_onnx(64, dynamo))
+    shapes = {model.graph.input[0].name: (1, 3, 64, 64)}
     analysis = analyze(model, shapes)
     frozen = {g.id: g.reason for g in analysis.groups if not g.prunable}
     # only the detect head's output convs stay: their channels are the box bins and the classes
