@@ -7,9 +7,20 @@ inference at the profiled batch), its weight sliced to a kept width. Two sweeps 
     out-sweep: k_out of C_out output channels kept, all C_in inputs     -> L_out(k_out)
     in-sweep:  k_in of C_in input channels kept, all C_out outputs      -> L_in(k_in)
 
-over a grid of kept counts (1/8 .. 8/8 of the width and a few counts that are not multiples of 8,
-:func:`kept_grid`). A depthwise conv has one sweep (its inputs are its outputs); a grouped conv and
-a layer that does not fit the shapes handled here are timed at full width only and say why.
+over a grid of kept counts (:func:`kept_grid`): the multiples of 8 up to the width (at most 12 of
+them) and the width -- the counts the width rounding keeps -- plus a few counts that are not
+multiples of 8, recorded but not interpolated (:func:`curve_points`). A width of 8 or less gets
+every eighth. A depthwise conv has one sweep (its inputs are its outputs); a grouped conv and a
+layer that does not fit the shapes handled here are timed at full width only and say why.
+
+Why only the multiples of 8 are interpolated: onnxruntime's CPU convs run in its NCHWc layout
+(blocks of 8 channels on AVX2) only at multiples of the block. At other counts a one-node conv
+takes another kernel with other costs (on the digits mobilenet at batch 64, a depthwise conv with
+29 of 96 channels 0.54 ms, with 24 or 48 of them 0.10 and 0.14 ms; a 1x1 conv with 9 of its 16
+inputs 0.20 ms, with all 16 0.48 ms, since it skips the reorders). The old grid, k/8 of the width,
+put half of a 96-wide layer's points at such counts (12, 36, 60, 84), and the curve read a pruned
+model's 40 channels off the 36 and 48 points: the depthwise conv at 40 of 96 at 0.64 of its full
+latency, where timed alone at 40 it took 0.33.
 
 All widths of one layer are timed *interleaved* in one :func:`~onnxprune.measure.latency.measure_latency`
 call (warm-up, then alternating rounds; p50, p90 and the spread), together with the whole model as
@@ -39,8 +50,9 @@ A constant remainder predicted the digits samples' pruned latency 6-18% off (thr
 one-node conv also pays onnxruntime's layout reorders (NCHW <-> NCHWc) and misses the fusions it
 gets in the model, costs that shrink with the widths (resnet: layers 4.3 ms, model 3.2 ms). So when
 the channel-group analysis is importable (``onnxprune.passes``, which needs onnx-ir), the whole model
-is also timed uniformly pruned -- every prunable group keeping its first ``f * size`` channels, for
-f in :data:`CALIBRATION_FRACTIONS` -- and the table's layer sum S(f) is mapped onto the measured
+is also timed uniformly pruned -- every prunable group keeping its first ``f * size`` channels
+rounded to a multiple of 8 (:func:`uniform_kept`), for f in :data:`CALIBRATION_FRACTIONS` -- and
+the table's layer sum S(f) is mapped onto the measured
 whole-model latency through those points and the full model:
 
     L_model ~ C(S)     C piecewise-linear through the points (S(f), L_model(f)), made
@@ -75,6 +87,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "onnxprune-latency-table/1"
 CALIBRATION_FRACTIONS = (0.75, 0.5, 0.25)
+CALIBRATION_SECONDS, CALIBRATION_MIN_RUNS = 12, 50  # the calibration's budget, in --seconds, and its runs
 PROFILED_OPS = ("Conv", "Gemm", "MatMul")
 
 
@@ -99,17 +112,35 @@ class Layer:
         return self.node.name or self.node.output[0]
 
 
-def kept_grid(width: int, eighths: int = 8, odd: Sequence[float] = (0.3, 0.55, 0.8)) -> list[int]:
-    """Kept counts to time for a layer of ``width`` channels: k/8 of the width for k = 1..8
-    (rounded, at least 1) and, for widths of 16 or more, a few counts that are not multiples of 8
-    (fractions ``odd`` of the width moved off the multiple of 8), so the table sees how much an
-    odd count costs."""
-    counts = {max(1, round(width * k / eighths)) for k in range(1, eighths + 1)}
+def kept_grid(width: int, eighths: int = 8, odd: Sequence[float] = (0.3, 0.55, 0.8), align: int = 8,
+              max_aligned: int = 12) -> list[int]:
+    """Kept counts to time for a layer of ``width`` channels.
+
+    A width of at most ``align``: every count k/8 of the width (k = 1..8). Wider: the multiples of
+    ``align`` (at most ``max_aligned`` of them, evenly spread, 8 and the width always in) -- the
+    counts the width rounding can keep (:data:`onnxprune.methods._support.latency_table.ALIGN`), so
+    the curve that predicts them interpolates only counts of the same kind -- and, for widths of
+    16 or more, a few counts that are not multiples of 8 (fractions ``odd`` of the width moved off
+    the multiple of 8), so the table records how much an odd count costs."""
+    if width <= align:
+        counts = {max(1, round(width * k / eighths)) for k in range(1, eighths + 1)}
+    else:
+        multiples = list(range(align, width + 1, align))
+        if len(multiples) > max_aligned:
+            picks = np.linspace(0, len(multiples) - 1, max_aligned).round().astype(int)
+            multiples = [multiples[i] for i in sorted(set(picks))]
+        counts = {*multiples, width}
     if width >= 16:
         for frac in odd:
             k = max(1, round(width * frac))
-            counts.add(k + 1 if k % 8 == 0 else k)
+            counts.add(k + 1 if k % align == 0 else k)
     return sorted(c for c in counts if 1 <= c <= width)
+
+
+def aligned(kept: int, full: int, align: int = 8) -> bool:
+    """Whether ``kept`` of ``full`` channels is a count the width rounding can keep: a multiple
+    of ``align``, the whole width, or any count of a layer no wider than ``align``."""
+    return full <= align or kept % align == 0 or kept == full
 
 
 def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -324,7 +355,7 @@ def profile_model(model: onnx.ModelProto | str | os.PathLike, *, providers: Sequ
                     for point in sweep:
                         point["p50_ms"] = point["p50_ms"] * scale
                         point["p90_ms"] = point["p90_ms"] * scale
-                entry["full_p50_ms"] = entry["sweeps"]["out"][-1]["p50_ms"]
+                entry["full_p50_ms"] = full_latency(entry)
             layer_sum = sum(entry["full_p50_ms"] for entry in entries)
             calibration = _calibrate(model, entries, whole_feeds, provider, batch, threads, seconds, min_runs,
                                      warmup, clock, whole, progress)
@@ -346,11 +377,16 @@ def _profile_layer(layer: Layer, model, whole_feeds, opset, provider, batch, thr
     plan: list[tuple[str, int, int]] = [("out", k, layer.full_in) for k in kept_grid(layer.full_out)]
     note = layer.note
     if layer.in_axis is not None and not layer.depthwise:
-        plan += [("in", layer.full_out, k) for k in kept_grid(layer.full_in) if k != layer.full_in]
+        # the full width once more, in the in-sweep: each sweep's ratios come from its own points
+        plan += [("in", layer.full_out, k) for k in kept_grid(layer.full_in)]
     elif not layer.depthwise and not note:
         note = "input side not sliceable: out-sweep only"
     if layer.note:  # grouped conv: full width only
         plan = [("out", layer.full_out, layer.full_in)]
+    # in a shuffled order: timed in plan order, the in-sweep (the second half of the list) ran
+    # 10-15% faster than the out-sweep on the digits mlp's 100x300 Gemm, and its full-width point,
+    # shared from the out-sweep, put a step of that size between 296 and 300 inputs
+    plan = [plan[i] for i in rng.permutation(len(plan))]
     models, feeds, names = [model], [whole_feeds], ["whole"]
     for side, k_out, k_in in plan:
         single, x_shape = single_layer_model(layer, k_out, k_in, opset)
@@ -368,11 +404,9 @@ def _profile_layer(layer: Layer, model, whole_feeds, opset, provider, batch, thr
 
 def _entry(layer: Layer, plan, stats, note: str) -> dict[str, Any]:
     sweeps: dict[str, list[dict[str, Any]]] = {"out": [], "in": []}
-    for (side, k_out, k_in), s in zip(plan, stats[1:]):
+    for (side, k_out, k_in), s in sorted(zip(plan, stats[1:]), key=lambda ps: ps[0]):
         kept = k_out if side == "out" else k_in
         sweeps[side].append({"kept": kept, "p50_ms": s.p50_ms, "p90_ms": s.p90_ms, "runs": s.runs})
-    if layer.in_axis is not None and not layer.depthwise and not layer.note:
-        sweeps["in"].append(dict(sweeps["out"][-1], kept=layer.full_in))  # the full width, shared
     entry = {"node": layer.name, "output": layer.node.output[0], "op": layer.node.op_type,
              "full_out": layer.full_out, "full_in": layer.full_in, "depthwise": layer.depthwise,
              "input_shape": list(layer.input_shape), "sweeps": {k: v for k, v in sweeps.items() if v}}
@@ -381,7 +415,22 @@ def _entry(layer: Layer, plan, stats, note: str) -> dict[str, Any]:
     return entry
 
 
+def full_latency(entry: dict) -> float:
+    """A layer's full-width latency: the mean of its sweeps' full-width points (timed once in each)."""
+    ends = [sweep[-1]["p50_ms"] for sweep in entry["sweeps"].values()]
+    return float(sum(ends) / len(ends))
+
+
+def curve_points(points: Sequence[dict], full: int) -> list[dict]:
+    """The points of a sweep that its latency curve interpolates: the :func:`aligned` counts where
+    there are two or more of them (the width rounding keeps only those; an odd count's reorders
+    and slower kernels say nothing about the multiples of 8 next to it), else all."""
+    kept = [p for p in points if aligned(p["kept"], full)]
+    return kept if len(kept) >= 2 else list(points)
+
+
 def _sweep_curve(points: list[dict], full: int) -> tuple[np.ndarray, np.ndarray]:
+    points = curve_points(points, full)
     x = np.asarray([p["kept"] for p in points], dtype=np.float64) / full
     y = np.asarray([p["p50_ms"] for p in points], dtype=np.float64)
     order = np.argsort(x)
@@ -397,13 +446,30 @@ def layers_sum(entries: Sequence[dict], widths: dict[str, tuple[int, int]]) -> f
         if w is None:
             continue
         k_in, k_out = w
+        # lat = L * P_out(f_out) / P_out(1) * P_in(f_in) / P_in(1): each sweep read as ratios
+        lat = entry["full_p50_ms"]
         x, y = _sweep_curve(entry["sweeps"]["out"], entry["full_out"])
-        lat = float(np.interp(k_out / entry["full_out"], x, y)) if len(x) > 1 else entry["full_p50_ms"]
+        if len(x) > 1:
+            lat *= float(np.interp(k_out / entry["full_out"], x, y)) / y[-1]
         if "in" in entry["sweeps"] and not entry["depthwise"]:
             x, y = _sweep_curve(entry["sweeps"]["in"], entry["full_in"])
-            lat *= float(np.interp(k_in / entry["full_in"], x, y)) / entry["full_p50_ms"]
+            lat *= float(np.interp(k_in / entry["full_in"], x, y)) / y[-1]
         total += lat
     return total
+
+
+def uniform_kept(fraction: float, size: int, align: int = 8) -> int:
+    """A group's kept count in the calibration's pruned copies of the model: ``fraction * size``
+    rounded to a multiple of ``align`` (at least ``align``; groups no larger keep
+    ``fraction * size``), as the width rounding keeps them. Unaligned counts made the calibration
+    wrong: on the digits mobilenet at batch 64 (thread CPU time), every group at 3/4 (12 of 16, 18
+    of 24, ...) took 1.60 ms against 1.44 ms at multiples of 8, so the map C read pruned models,
+    which keep multiples of 8, too slow: re-timing only these points at multiples of 8 took three
+    pruned models' errors from +35%, +35%, +13% to +8%, +24%, -9%."""
+    k = max(1, round(fraction * size))
+    if size > align:
+        k = min(size, max(align, align * round(k / align)))
+    return k
 
 
 def _calibrate(model, entries, whole_feeds, provider, batch, threads, seconds, min_runs, warmup, clock, whole,
@@ -424,28 +490,32 @@ def _calibrate(model, entries, whole_feeds, provider, batch, threads, seconds, m
     try:
         analysis = analyze(model)
         groups = [g for g in analysis.groups if g.prunable and g.size > 1]
-        pruned = []
+        pruned, kept = [], [{g.id: g.size for g in groups}]
         for f in CALIBRATION_FRACTIONS:
-            plan = PruningPlan(kept={g.id: tuple(range(max(1, round(f * g.size)))) for g in groups})
+            kept.append({g.id: uniform_kept(f, g.size) for g in groups})
+            plan = PruningPlan(kept={gid: tuple(range(k)) for gid, k in kept[-1].items()})
             pruned.append(apply_plan(model, plan, analysis=analysis))
     except OnnxPruneError as exc:
         return {"note": f"not calibrated: the uniformly pruned models could not be built ({exc})"}
     models = [model, *pruned]
+    # longer than a layer's sweep: these four points map every prediction (on the digits mobilenet
+    # at 4 x 0.3 s, the 3/4 point's ratio to the full model came out 0.74 to 0.83 in four profiles)
+    budget, runs = CALIBRATION_SECONDS * seconds, max(min_runs, CALIBRATION_MIN_RUNS)
     if clock == "cpu":
-        stats = time_cpu(models, [batch_feeds(whole_feeds, batch)] * len(models), 4 * seconds, min_runs, warmup)
+        stats = time_cpu(models, [batch_feeds(whole_feeds, batch)] * len(models), budget, runs, warmup)
     else:
         stats = measure_latency(models, whole_feeds, provider=provider, threads=threads, batch=batch,
-                                seconds=4 * seconds, min_runs=min_runs, warmup=warmup, memory_runs=0)
+                                seconds=budget, min_runs=runs, warmup=warmup, memory_runs=0)
     measured = [whole * s.p50_ms / stats[0].p50_ms for s in stats]  # in ms of the median whole-model p50
     sums = [layers_sum(entries, _widths(m)) for m in models]
     scale, offset = np.polyfit(sums, measured, 1)
+    points = [{"fraction": f, "layers_sum_ms": s, "model_ms": m, "kept": k}
+              for f, s, m, k in zip((1.0, *CALIBRATION_FRACTIONS), sums, measured, kept)]
     if not scale > 0:
         return {"note": f"not calibrated: the fit was not increasing (scale {scale:.3g}); constant remainder used",
-                "points": [{"fraction": f, "layers_sum_ms": s, "model_ms": m}
-                           for f, s, m in zip((1.0, *CALIBRATION_FRACTIONS), sums, measured)]}
+                "points": points}
     return {"offset_ms": float(offset), "scale": float(scale), "map": "piecewise-linear through points",
-            "points": [{"fraction": f, "layers_sum_ms": s, "model_ms": m}
-                       for f, s, m in zip((1.0, *CALIBRATION_FRACTIONS), sums, measured)]}
+            "points": points}
 
 
 def _widths(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:

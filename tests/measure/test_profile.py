@@ -13,7 +13,7 @@ from onnx import helper
 
 from onnxprune.cli.main import main
 from onnxprune.graph.shapes import infer_static_shapes
-from onnxprune.measure.profile import FORMAT, find_layers, kept_grid, single_layer_model
+from onnxprune.measure.profile import FORMAT, find_layers, kept_grid, single_layer_model, uniform_kept
 from tests.support.models import text_model
 
 
@@ -44,11 +44,20 @@ def _run(model: onnx.ModelProto, feeds: dict, outputs: list[str] | None = None) 
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(outputs, feeds)
 
 
-def test_kept_grid_covers_eighths_and_odd_counts():
+def test_kept_grid_covers_the_multiples_of_8_and_odd_counts():
     grid = kept_grid(64)
     assert {8, 16, 24, 32, 40, 48, 56, 64} <= set(grid)
     assert any(k % 8 for k in grid) and grid == sorted(set(grid)) and grid[-1] == 64
     assert kept_grid(3) == [1, 2, 3] and kept_grid(1) == [1]
+    # 96 wide: every multiple of 8 the width rounding can keep (k/8 of 96 would be 12, 36, 60, 84:
+    # not multiples of 8, where onnxruntime's CPU convs leave the NCHWc layout)
+    assert set(range(8, 97, 8)) <= set(kept_grid(96))
+    assert [k for k in kept_grid(100) if k % 8] == [30, 55, 81, 100]  # the odd counts and the width
+    wide = [k for k in kept_grid(1280) if k % 8 == 0]
+    assert len(wide) == 12 and wide[0] == 8 and wide[-1] == 1280
+    assert [uniform_kept(f, 24) for f in (0.75, 0.5, 0.25)] == [16, 16, 8]  # multiples of 8, not 18, 12, 6
+    assert [uniform_kept(f, 96) for f in (0.75, 0.5, 0.25)] == [72, 48, 24]
+    assert uniform_kept(0.5, 6) == 3 and uniform_kept(0.25, 16) == 8
 
 
 def test_single_layer_models_compute_what_the_layer_computes_at_full_and_sliced_width():
@@ -109,11 +118,16 @@ def test_profile_writes_a_well_formed_table(tmp_path, capsys):
                 assert "in" not in entry["sweeps"]
             else:
                 assert [p["kept"] for p in entry["sweeps"]["in"]] == kept_grid(entry["full_in"])
-                assert entry["sweeps"]["in"][-1]["p50_ms"] == out_sweep[-1]["p50_ms"]  # the shared full width
+                # the full width timed in each sweep (in a shuffled order); L_t is their mean
+                ends = (entry["sweeps"]["in"][-1]["p50_ms"], out_sweep[-1]["p50_ms"])
+                assert entry["full_p50_ms"] == pytest.approx(sum(ends) / 2)
         assert any(p["kept"] % 8 for p in layers["conv2"]["sweeps"]["out"])  # 24 wide: odd counts swept
         # the whole model also timed uniformly pruned: S(f) falls with f, the map is increasing
         points = profile["calibration"]["points"]
         assert [p["fraction"] for p in points] == [1.0, 0.75, 0.5, 0.25]
+        # pruned as the width rounding prunes: multiples of 8 (groups of 24, 24 and 10: at 3/4
+        # 16, 16, 8, not 18, 18, 8)
+        assert [sorted(p["kept"].values()) for p in points] == [[10, 24, 24], [8, 16, 16], [8, 16, 16], [8, 8, 8]]
         assert points[0]["model_ms"] == pytest.approx(profile["model_p50_ms"])
         assert points[0]["layers_sum_ms"] == pytest.approx(profile["layers_sum_ms"])
         assert all(a["layers_sum_ms"] >= b["layers_sum_ms"] for a, b in zip(points, points[1:]))  # suffix minima

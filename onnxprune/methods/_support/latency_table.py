@@ -7,14 +7,20 @@ and ``L_in,t(k)`` with k of its C_in inputs kept (all outputs), both ending at t
 already computes from the gates (linear in them), the predicted latency is
 
     R(g, b) = C( sum_t lat_t(f_in(t), f_out(t)) * prod_{B contains t} b_B )
-    lat_t(f_in, f_out) = P_out,t(f_out) * P_in,t(f_in) / L_t        (separable)
+    lat_t(f_in, f_out) = L_t * P_out,t(f_out) / P_out,t(1) * P_in,t(f_in) / P_in,t(1)   (separable)
 
-where ``P`` is the piecewise-linear interpolation of a sweep in the kept fraction k / C (the
-sweep made non-decreasing first by a suffix minimum, m(k) = min over k' >= k of L(k'): an odd-count
-bump -- on onnxruntime's CPU a conv with 13 of 16 input channels ran 2.5x slower than with all 16 --
-must not reward keeping *more* channels in the gradient, and the width rounding below moves a count
-off such a bump to the no-slower larger one, which is what m(k) assumes), extended below the smallest measured width
-along its first segment and clipped at 0. A depthwise layer has only ``P_out`` (its inputs are its
+(each sweep's own full-width point P(1); ``L_t`` their mean; a table whose sweeps share the full
+width reads ``P_out * P_in / L_t``)
+
+where ``P`` is the piecewise-linear interpolation of a sweep in the kept fraction k / C through
+its multiples of :data:`ALIGN` and its full width only (``curve_points``: the width rounding keeps
+nothing else, and a count off the multiple runs another onnxruntime kernel whose cost says nothing
+about its neighbours; interpolating through such points read pruned mobilenets' layers up to 2x
+too slow), the sweep made non-decreasing first by a suffix minimum, m(k) = min over k' >= k of
+L(k') (noise, or a multiple of 8 slower than a larger one, must not reward keeping *more* channels
+in the gradient, and the width rounding below moves a count to the no-slower larger one, which is
+what m(k) assumes), extended below the smallest measured width along its first segment and
+clipped at 0. A depthwise layer has only ``P_out`` (its inputs are its
 outputs). The sum is mapped onto the whole model by the profile's calibration C (piecewise-linear
 through the whole model timed at full width and uniformly pruned, :mod:`onnxprune.measure.profile`);
 an uncalibrated table adds the remainder (the whole model's p50 minus the layers' full-width sum). A MAC-bearing node the table does not list costs its MACs times the median ms per MAC
@@ -127,19 +133,23 @@ class LatencyTable:
 
 class _LayerModel:
     def __init__(self, entry: dict, monotone: bool) -> None:
+        from onnxprune.measure.profile import curve_points
+
         sweeps = entry["sweeps"]
         self.full_ms = float(entry["full_p50_ms"])
-        out = sweeps["out"]
+        out = curve_points(sweeps["out"], entry["full_out"])
         self.out = Curve([p["kept"] for p in out], [p["p50_ms"] for p in out], entry["full_out"], monotone) \
             if len(out) > 1 else None
-        inn = sweeps.get("in", [])
+        inn = curve_points(sweeps.get("in", []), entry["full_in"])
         self.inn = Curve([p["kept"] for p in inn], [p["p50_ms"] for p in inn], entry["full_in"], monotone) \
             if len(inn) > 1 else None
 
     def __call__(self, f_in: torch.Tensor, f_out: torch.Tensor) -> torch.Tensor:
-        lat = self.out(f_out) if self.out is not None else self.full_ms * f_out
+        # L_t * P_out(f_out) / P_out(1) * P_in(f_in) / P_in(1): each sweep read as ratios to its
+        # own full-width point (the profile times the full width once in each sweep)
+        lat = self.full_ms * (self.out(f_out) / self.out.y[-1] if self.out is not None else f_out)
         if self.inn is not None:
-            lat = lat * self.inn(f_in) / self.full_ms
+            lat = lat * self.inn(f_in) / self.inn.y[-1]
         elif not isinstance(f_in, float):
             lat = lat * f_in  # not swept on the input side: proportional
         return lat
