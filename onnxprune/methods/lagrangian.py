@@ -10,7 +10,11 @@ gradient's scale, and a gate's gradient is invariant to rescaling W1 by a and W2
 With ``R(g)`` the differentiable MAC count (:mod:`onnxprune.methods._support.resource`) and ``B(t)`` the
 budget, the constraint ``h = (R(g) - B(t)) / B0 = 0`` enters the loss as ``lam * h + rho/2 * h^2``;
 the weights descend on the task loss, ``s`` on the Lagrangian, and ``lam <- lam + eta * h``
-(dual ascent: lam rises while the constraint binds). The budget tapers from the current MACs
+(dual ascent: lam rises while the constraint binds). This is Platt and Barr's damped multiplier
+method: the force on the scores is ``(lam + rho * h) * dh/ds``; lam, the integral of h, carries it
+once tracking, and ``rho * h``, proportional to the error, damps the oscillation the integral
+alone would have (a PI controller on the constraint). The scores' Adam has momentum beta1 0.5: its
+lag (about 1 / (1 - beta1) steps) is inside that loop. The budget tapers from the current MACs
 to the target, ``B(t+1) = B(t) - r(t) * B0``, with the controller in :class:`Taper`.
 
 Phases: taper (``--taper-epochs``, default half the epochs: the budget reaches the target within
@@ -51,24 +55,30 @@ log = logging.getLogger(__name__)
 class Taper:
     """Budget schedule with an adaptive rate (per step, in MACs).
 
-    Warm-up: over the first ``warmup`` steps the rate ramps from 0 towards the nominal rate (the
-    one that would reach the target at 60% of the taper) while the gates follow (|h| < tol/2),
-    and holds while they do not, as the multiplier builds up. Then r grows by 5% per step while
+    Warm-up: over the first ``warmup`` steps (10% of the taper, at least 3) the rate ramps from 0
+    towards the nominal rate (the one that would reach the target at 60% of the taper) while the
+    gates follow or run ahead (h < tol/2), and holds while they lag, as the multiplier builds up. Then r grows by 5% per step while
     the constraint tracks (|h| < tol/2) and the loss is steady, shrinks by 30% when the gates
     lag (h > tol) or the loss jumped, and holds otherwise (gates ahead of the budget: slowing
     down would widen the gap); it stays between the rate that still reaches the target by the
-    last taper step and 4x the nominal rate, and brakes near the target (at most 20% of the
+    last taper step and 4x the nominal rate, and brakes near the target (at most 10% of the
     remaining gap per step).
     """
 
     def __init__(self, start: float, target: float, steps: int, b0: float | None = None, tol: float = 0.01,
-                 warmup: float = 0.1) -> None:
+                 warmup: float = 0.1, min_warmup: int = 3) -> None:
         self.budget, self.target, self.b0, self.tol = start, target, b0 or start, tol
         self.steps, self.t = max(steps, 1), 0
-        self.warmup = max(1, int(warmup * self.steps))
+        # at least 3 steps (or the whole of a shorter taper): the multiplier starts at 0 and the
+        # gates' Adam needs a few steps to answer it (16-step taper, 1-step warm-up: |h| 8-14%
+        # at the first steps after it, the budget already down 8% of B0)
+        self.warmup = min(max(min_warmup, int(warmup * self.steps)), self.steps)
         self.nominal = (start - target) / (0.6 * self.steps)
         self.rate = 0.0
         self.jumped = False
+        # brake on the approach: at most this share of the remaining gap per step (0.2 left the
+        # multiplier's momentum overshooting the target: MLP sample at 50%, R 2.7% of B0 under it)
+        self.brake = 0.1
 
     def step(self, h: float) -> float:
         self.t += 1
@@ -81,16 +91,16 @@ class Taper:
             # ramp only while the gates follow: at the start the gates' Adam momentum still
             # carries the loss's pull to open them (mobilenet sample: R rose for 3 steps), and a
             # blind ramp left R 4.9% of B0 behind at the end of a 9-step warm-up
-            if abs(h) < tol / 2:
+            if h < tol / 2:  # following, or ahead: only a lag holds the ramp
                 self.rate = max(self.rate, self.nominal * self.t / self.warmup)
         elif abs(h) < tol / 2:
             self.rate = min(self.rate * 1.05, 4 * self.nominal)
         self.jumped = False
         gap = self.budget - self.target
         floor = gap / max(self.steps - self.t, 1) if self.t > self.warmup else 0.0
-        # brake on the approach (at most 20% of the gap per step): an abrupt stop at full
+        # brake on the approach (at most 10% of the gap per step): an abrupt stop at full
         # speed overshoots the target while the gates still move
-        speed = min(self.rate, max(0.2 * gap, 1e-3 * self.b0))
+        speed = min(self.rate, max(self.brake * gap, 1e-3 * self.b0))
         self.budget = max(self.target, self.budget - max(speed, floor))
         return self.budget
 
@@ -116,9 +126,10 @@ class LagrangianOptions(MethodOptions):
                                        min=0)
     gate_lr: float | None = gate_lr_option()
     recalibrate: bool = recalibrate_option()
-    dual_lr: float = option(2.0, "lagrangian: dual ascent rate of the multiplier (per step, h in units of B0).",
+    dual_lr: float = option(50.0, "lagrangian: dual ascent rate eta of the multiplier (per step, h in units of B0).",
                             min=0, min_open=True)
-    damping: float = option(5000.0, "lagrangian: quadratic damping rho of the constraint (0 = pure Lagrangian).",
+    damping: float = option(200.0, "lagrangian: damping rho of the constraint (0 = pure Lagrangian; large "
+                                   "= a quadratic penalty, the multiplier idle).",
                             min=0)
 
 
@@ -135,6 +146,9 @@ class Lagrangian(PruningMethod):
     s_init = 2.0
     # after the taper the budget holds while beta anneals on to 0.02 (docs/method-lagrangian.md, "Measured choices")
     beta_settle = 0.02
+    # the scores' Adam momentum: beta1 0.5, not 0.9, as its lag is inside the constraint's loop
+    # (docs/method-lagrangian.md, "Who carries the constraint")
+    score_beta1 = 0.5
 
     def setup(self, ctx: TrainContext) -> None:
         self.structure = Structure.from_context(ctx)
@@ -159,7 +173,8 @@ class Lagrangian(PruningMethod):
             self.bank.set(gid, lambda gid=gid: self._gate(gid))
         self.lam, self.h = 0.0, 0.0
         self._forces: list[tuple[float, float, float, float]] = []
-        # rho 5000, eta 2: the damping carries the force, and tracks best (docs/method-lagrangian.md)
+        # rho 200, eta 50: the multiplier carries the force, the damping's median share 0.13-0.40
+        # on the samples (docs/method-lagrangian.md, "Who carries the constraint")
         self.dual_lr = self.options.dual_lr
         self.rho = self.options.damping
         epochs = self.total_epochs(ctx)
@@ -169,7 +184,7 @@ class Lagrangian(PruningMethod):
         self.settle_epochs = min(int(settle), epochs - self.taper_epochs) if settle is not None else (epochs - self.taper_epochs) // 2
         self.settle_steps = self.settle_epochs * ctx.steps_per_epoch
         self.gate_lr = float(self.options.gate_lr or self.default_gate_lr(self.taper_epochs * ctx.steps_per_epoch))
-        self.optimizer = torch.optim.Adam(self.scores.values(), lr=self.gate_lr)
+        self.optimizer = torch.optim.Adam(self.scores.values(), lr=self.gate_lr, betas=(self.score_beta1, 0.999))
         start = float(self.resource_now().detach())
         self.taper = Taper(start, self.target, self.taper_epochs * ctx.steps_per_epoch, self.b0)
         self.trace: list[dict[str, float]] = []
@@ -236,7 +251,9 @@ class Lagrangian(PruningMethod):
         with torch.no_grad():
             macs = float(self.resource_now())
         record = {"step": ctx.step, "budget": self.taper.budget / self.b0, "macs": macs / self.b0,
-                  "h": (macs - self.taper.budget) / self.b0, "lam": self.lam, "rate": self.taper.rate / self.b0,
+                  # h: after the step, against the budget it aimed at; h_step: as the step's penalty saw it
+                  "h": (macs - self.taper.budget) / self.b0, "h_step": self.h, "lam": self.lam,
+                  "rate": self.taper.rate / self.b0,
                   "multiplier_force": self._forces[-1][0], "damping_force": self._forces[-1][1]}
         self.trace.append(record)
         self.taper.step(macs - self.taper.budget)

@@ -3,6 +3,8 @@ exported model's MACs, the trail, and invariance to the weights' per-layer scale
 
 from __future__ import annotations
 
+import statistics
+
 import onnx
 import pytest
 from onnx import numpy_helper
@@ -30,24 +32,69 @@ def test_taper_reaches_target_within_its_steps_and_adapts_its_rate():
 def mlp_half(tmp_path_factory):
     trail = tmp_path_factory.mktemp("trail")
     method = Lagrangian(target_macs="0.5", trail=str(trail), channel_multiple=1)
-    return method, run("mlp", method, epochs=6), trail
+    # 9 epochs as in the benchmarks (a 4-epoch, 92-step taper); at 6 (a 69-step taper) the damping's
+    # median share was 0.51, |h| 1.4% as the step saw it and 2.3% after it
+    return method, run("mlp", method, epochs=9), trail
 
 
-def test_constraint_tracks_the_taper_and_the_multiplier_rises(mlp_half):
+def test_constraint_tracks_the_taper_and_the_multiplier_binds(mlp_half):
+    """|R - B| / B0 within 2% after the warm-up, both as the step's penalty saw it (gates and budget
+    of the same step) and after the step against the budget it aimed at. lam rises from 0 over the
+    warm-up and stays positive while the budget falls: the constraint binds. (It does not keep
+    rising: once it carries the constraint it follows the loss's price for the MACs, which falls as
+    beta anneals and the gates grow sensitive; the steady rise under the earlier rho 5000 was the
+    integral of the damping term's lag.)"""
     method, result, _ = mlp_half
     trace = method.trace
     warm = method.taper.warmup
-    assert max(abs(r["h"]) for r in trace[warm:method.taper.steps]) < 0.02  # |R - B| / B0 along the taper
-    binding = [r for r in trace if r["budget"] > method.target / method.b0 + 1e-9]
-    assert binding[-1]["lam"] > binding[warm]["lam"] > 0  # lambda rises while the budget falls
+    for key in ("h_step", "h"):
+        assert max(abs(r[key]) for r in trace[warm:method.taper.steps]) < 0.02, key
+    binding = [r for r in trace[warm:] if r["budget"] > method.target / method.b0 + 1e-9]
+    assert trace[warm]["lam"] > 0 and statistics.median(r["lam"] for r in binding) > 0
     assert trace[-1]["budget"] == pytest.approx(0.5, abs=1e-9)
+
+
+def _after_warmup(method: Lagrangian) -> list[dict]:
+    """The taper's steps after its warm-up (the settle phase after the taper holds the budget)."""
+    return method.trace[method.taper.warmup:method.taper.steps]
+
+
+def test_the_multiplier_carries_the_constraint_once_tracking():
+    """Damped multiplier method: after the warm-up the force on the scores per unit of dh/ds,
+    lam + rho*h, is mostly the multiplier's. The damping's share rho|h| / (|lam| + rho|h|) has a
+    median under 0.5 and |lam h| outweighs rho/2 h^2 on most steps. MLP at 25%, 6 epochs: median
+    0.12 (at the earlier default rho 5000, eta 2, beta1 0.9: 0.96, a quadratic penalty). Not met
+    everywhere: the MLP at 50% with distillation alone (this harness) has 0.51-0.56
+    (docs/method-lagrangian.md)."""
+    method = Lagrangian(target_macs="0.25", channel_multiple=1)
+    run("mlp", method, epochs=6)
+    window = _after_warmup(method)
+    shares = [abs(r["damping_force"]) / max(abs(r["multiplier_force"]) + abs(r["damping_force"]), 1e-12)
+              for r in window]
+    assert statistics.median(shares) < 0.5, statistics.median(shares)
+    # loss terms: lam*h against rho/2*h^2 (force lam against rho*h: the terms' ratio is twice as kind)
+    carried = [abs(r["multiplier_force"]) > 0.5 * abs(r["damping_force"]) for r in window]
+    assert sum(carried) > 0.75 * len(carried)
+
+
+@pytest.mark.xfail(strict=True, reason="not met: a 16-step taper lags by 4-11% of B0 on the samples "
+                   "(docs/method-lagrangian.md, 'Who carries the constraint')")
+def test_constraint_tracks_a_short_taper_within_two_percent():
+    """16 steps (1,024 images, batch 64, a 1-epoch taper): |R - B| / B0 as the step's penalty sees
+    it stays within 2% after the warm-up (3 steps). Measured on the MLP at 25% of the MACs: 4.7%
+    (rho 5000 / eta 2 with the same taper: 8.4%); strict, so it reports when it starts to pass."""
+    method = Lagrangian(target_macs="0.25", taper_epochs=1, channel_multiple=1)
+    run("mlp", method, epochs=3, n_train=1024)
+    assert method.taper.steps == 16
+    window = _after_warmup(method)
+    assert max(abs(r["h_step"]) for r in window) < 0.02, [round(r["h_step"], 4) for r in window]
 
 
 def test_history_logs_the_multiplier_the_constraint_and_both_force_terms(mlp_half):
     """Every epoch before the selection is fixed has lam, h, the mean |lam * h| and rho/2 * h^2
     (the loss terms) and the mean forces |lam| and rho|h| on the scores, computed from the
     per-step trace; the damping's share of the force is what docs/method-lagrangian.md measures
-    (at the default rho 5000 the damping carries the constraint, a deviation stated there)."""
+    (at the earlier rho 5000 the damping carried the constraint, share 0.94-0.97)."""
     method, result, _ = mlp_half
     rows = [r for r in result["ctx"].history if "lagrange_term" in r]
     assert len(rows) == method.taper_epochs + method.settle_epochs
@@ -58,7 +105,8 @@ def test_history_logs_the_multiplier_the_constraint_and_both_force_terms(mlp_hal
         trace = method.trace[epoch * steps:(epoch + 1) * steps]
         assert row["multiplier_force"] == pytest.approx(sum(abs(r["multiplier_force"]) for r in trace) / len(trace))
         assert row["damping_force"] == pytest.approx(sum(abs(r["damping_force"]) for r in trace) / len(trace))
-    assert rows[-1]["lam"] > rows[0]["lam"] > 0  # the multiplier rises while the constraint binds
+    taper = [r["lam"] for r in rows[:method.taper_epochs]]  # risen from 0, positive while the budget falls
+    assert taper[0] > 0 and statistics.median(taper) > 0, taper
     assert "lagrange_term" not in result["ctx"].history[-1]  # fine-tune epochs: no constraint
 
 

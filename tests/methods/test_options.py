@@ -32,7 +32,7 @@ def test_a_bad_value_or_key_is_one_error_naming_the_option(cls, values, message)
 
 def test_values_are_coerced_and_defaults_come_from_the_fields():
     built = LagrangianOptions.build({"target_macs": 0.5, "taper_epochs": 4.0})
-    assert built.target_macs == "0.5" and built.taper_epochs == 4 and built.damping == 5000.0
+    assert built.target_macs == "0.5" and built.taper_epochs == 4 and built.damping == 200.0
     assert Lagrangian(damping=100).options.damping == 100.0
     with pytest.raises(dataclasses.FrozenInstanceError):
         built.damping = 1.0  # frozen: built once, never changed behind the method's back
@@ -42,7 +42,7 @@ def test_the_cli_options_are_the_fields():
     hints = {"damping": float, "taper_epochs": int | None}
     fields = {f.name: f for f in dataclasses.fields(LagrangianOptions)}
     damping = field_option(fields["damping"], hints["damping"])
-    assert damping.opts == ["--damping"] and damping.default == 5000.0
+    assert damping.opts == ["--damping"] and damping.default == 200.0
     assert isinstance(damping.type, click.FloatRange) and damping.type.min == 0
     options, readers = merged_options(registry())
     by_name = {o.name: o for o in options}
