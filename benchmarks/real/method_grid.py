@@ -62,14 +62,16 @@ def fashion_data(calib: int, test: int, labels: bool) -> tuple[Path, Path]:
     return train_path, test_path
 
 
-def make_method(name: str, target: float):
+def make_method(name: str, target: float, batchnorm: bool = False):
     from onnxprune.methods._support.channel_baselines import MagnitudeChannels, UniformChannels
     from onnxprune.methods.base import registry
 
     baselines = {"uniform": UniformChannels, "magnitude": MagnitudeChannels}
     if name in baselines:
-        return baselines[name](target_macs=str(target))
+        return baselines[name](target_macs=str(target), batchnorm=batchnorm)
     options = {"target_macs": str(target)}
+    if name == "lagrangian":
+        options["batchnorm"] = batchnorm
     if name in ("lc", "ltp"):
         options["granularity"] = "channel"
     return registry()[name](**options)
@@ -101,7 +103,7 @@ def run_one(args) -> dict:
     started = time.perf_counter()
     setup = prepare(model, str(calib), {}, test=str(evaluate))
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, quiet=True)
-    result = prune(setup, make_method(args.one, args.target), config, loss=args.loss, temperature=args.temperature)
+    result = prune(setup, make_method(args.one, args.target, args.batchnorm), config, loss=args.loss, temperature=args.temperature)
     seconds = time.perf_counter() - started
     out, ref = run_in_slices(result["pruned"], setup.test_set.inputs)[0], setup.teacher_test[0]
     top5 = lambda x: np.argsort(-x, axis=1)[:, :5]  # noqa: E731
@@ -138,6 +140,8 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", default="uniform,magnitude,lagrangian")
+    parser.add_argument("--batchnorm", action="store_true",
+                        help="uniform, magnitude, lagrangian: fine-tune with a BatchNorm re-inserted after every conv")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one method, print JSON
     args = parser.parse_args()
     try:

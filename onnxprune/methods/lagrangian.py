@@ -37,9 +37,11 @@ import torch
 from onnxprune.methods._support.channel_gates import GateBank, Structure
 from onnxprune.methods._support.recalibrate import recalibrate_to_teacher
 from onnxprune.methods._support.resource import parse_target, select_to_budget
+from onnxprune.methods._support.training_bn import ReinsertedBatchNorm
 from onnxprune.methods.base import PruningMethod, TrainContext, register
 from onnxprune.methods.options import (
     MethodOptions,
+    batchnorm_option,
     channel_multiple_option,
     gate_lr_option,
     latency_table_option,
@@ -126,6 +128,7 @@ class LagrangianOptions(MethodOptions):
                                        min=0)
     gate_lr: float | None = gate_lr_option()
     recalibrate: bool = recalibrate_option()
+    batchnorm: bool = batchnorm_option()
     dual_lr: float = option(50.0, "lagrangian: dual ascent rate eta of the multiplier (per step, h in units of B0).",
                             min=0, min_open=True)
     damping: float = option(200.0, "lagrangian: damping rho of the constraint (0 = pure Lagrangian; large "
@@ -169,6 +172,8 @@ class Lagrangian(PruningMethod):
         self.bank = GateBank()
         self.teacher = copy.deepcopy(ctx.model) if self.options.recalibrate else None
         self.structure.install(ctx.model, self.bank)
+        # created now so that the loop's optimizer holds their parameters; active from the freeze
+        self.training_bn = ReinsertedBatchNorm(ctx) if self.options.batchnorm else None
         for gid in self.scores:
             self.bank.set(gid, lambda gid=gid: self._gate(gid))
         self.lam, self.h = 0.0, 0.0
@@ -293,6 +298,7 @@ class Lagrangian(PruningMethod):
             self.selection = {gid: gates[gid] * masks[gid].to(gates[gid].device) for gid in gates}
         self.masks = masks
         self.recalibrate(ctx)
+        self.start_batchnorm(ctx)
         macs = self.structure.resource.hard(masks)
         ctx.metrics["macs_frac"] = macs / self.b0
         log.info("lagrangian: selection fixed at %.4g MACs (%.2f%% of %.4g)", macs, 100 * macs / self.b0, self.b0)
@@ -302,12 +308,22 @@ class Lagrangian(PruningMethod):
         recalibrate_to_teacher(ctx, self.teacher)
         self.teacher = None  # done once; free the copy
 
+    def start_batchnorm(self, ctx: TrainContext) -> None:
+        """The fine-tuning with the selection fixed trains with BatchNorm (:mod:`training_bn`)."""
+        if self.training_bn is not None:
+            self.training_bn.start(ctx.model, ctx.calibration)
+
+    def param_groups(self, ctx: TrainContext) -> list[dict]:
+        return [{"params": self.training_bn.parameters()}] if self.training_bn is not None else []
+
     def finalize(self, ctx: TrainContext):
         if self.selection is None:
             self.freeze(ctx)
         if self.trail is not None:
             self.trail.write_table()
         self.structure.bake(ctx.model)
+        if self.training_bn is not None:
+            ctx.metrics["batchnorm_folded"] = self.training_bn.fold(ctx.model, ctx.calibration)
         return self.structure.plan(self.masks, meta={
             "method": self.name, "target_macs": self.target, "original_macs": self.b0,
             "predicted_macs": self.structure.resource.hard(self.masks), "lambda": self.lam})

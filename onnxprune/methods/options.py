@@ -170,6 +170,13 @@ def recalibrate_option() -> Any:
                         "the convs).")
 
 
+def batchnorm_option() -> Any:
+    return option(False, "lagrangian: once the selection is fixed, fine-tune with a BatchNorm after every conv "
+                         "that has none (identity at the start, trained with batch statistics, folded back into "
+                         "the conv at write-back). Off by default: on the real models it measured 0.3 to 4.3 "
+                         "points worse than the recalibration alone (docs/real-models.md).")
+
+
 def latency_table_option() -> Any:
     return option(None, "structured methods: a table from `onnxprune profile`; the budget is then the table's "
                         "predicted latency (--target-macs F = F of the predicted full-width latency) and "

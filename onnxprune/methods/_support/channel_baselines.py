@@ -53,6 +53,7 @@ class FixedChannels(Lagrangian):
         self.selection = {gid: m.float().to(ctx.device) for gid, m in self.masks.items()}
         self.taper_epochs = 0
         self.recalibrate(ctx)
+        self.start_batchnorm(ctx)
 
     def end_epoch(self, ctx: TrainContext) -> None:
         ctx.metrics["macs_frac"] = self.structure.resource.hard(self.masks) / self.b0
