@@ -219,7 +219,7 @@ def test_prune_with_a_latency_table_runs_end_to_end_and_meets_the_predicted_budg
     out = tmp_path / "mlp.pruned.onnx"
     code = main([str(model), "--method", method, "--target-macs", "0.8", "--latency-table", str(table_path),
                  "--calib", str(SAMPLE_MODELS / "digits_train.npz"), "--epochs", "2", "--lr", "1e-3",
-                 "--out", str(out)])
+                 "--collapse-agreement", "0", "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err[-2000:]
     pruned = onnx.load(out)
@@ -227,7 +227,10 @@ def test_prune_with_a_latency_table_runs_end_to_end_and_meets_the_predicted_budg
     table = LatencyTable(table_path)
     full = predict_model_latency(table, onnx.load(model))
     assert predict_model_latency(table, pruned) <= 0.8 * full * 1.01
-    assert layer_widths(pruned)["node_linear"][1] < 300  # something was pruned
+    # something was pruned: which group the latency budget takes depends on the (noisy, 0.15 s)
+    # table; the accuracy of a 2-epoch run at such a table is not what this test is about
+    widths = layer_widths(pruned)
+    assert widths["node_linear"][1] < 300 or widths["node_linear_1"][1] < 100
     assert '"latency_table"' in captured.out
 
 
