@@ -72,8 +72,8 @@ def make_method(name: str, target: float, batchnorm: bool = False):
     options = {"target_macs": str(target)}
     if name == "lagrangian":
         options["batchnorm"] = batchnorm
-    if name in ("lc", "ltp"):
-        options["granularity"] = "channel"
+    if name in ("lc", "ltp"):  # no MAC target: a channel sparsity s keeps about (1 - s)^2 of a conv chain's MACs
+        options = {"granularity": "channel", "sparsity": round(1 - target ** 0.5, 4)}
     return registry()[name](**options)
 
 
