@@ -193,7 +193,7 @@ def run_torch_pruning(args) -> dict:
     (xc, yc), _ = data()
     teacher = torch.from_numpy(ort_logits(onnx.load(str(original_path())), xc))
     x, y = torch.from_numpy(xc), torch.from_numpy(yc)
-    loss_fn = TaskLoss(["logits"], "kd+ce", True, args.temperature)
+    loss_fn = TaskLoss(["logits"], "kd" if args.label_free else "kd+ce", not args.label_free, args.temperature)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     torch.manual_seed(args.seed)
     for epoch in range(args.epochs):
@@ -202,7 +202,7 @@ def run_torch_pruning(args) -> dict:
         total = 0.0
         for start in range(0, len(order), args.batch_size):
             idx = order[start:start + args.batch_size]
-            loss = loss_fn([model(x[idx])], [teacher[idx]], y[idx])
+            loss = loss_fn([model(x[idx])], [teacher[idx]], None if args.label_free else y[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -213,7 +213,7 @@ def run_torch_pruning(args) -> dict:
     model.eval()
     proto = export_onnx(model, example)
     seconds = time.perf_counter() - started
-    name = (args.count if args.ratio is None else f"ratio{args.ratio}") + ("_bneval" if args.bn_eval else "")
+    name = (args.count if args.ratio is None else f"ratio{args.ratio}") + ("_bneval" if args.bn_eval else "") + ("_labelfree" if args.label_free else "")
     path = cache_dir() / f"peer_{tag()}torch-pruning_{name}_{args.target}.onnx"
     onnx.save(proto, path)
     with torch.no_grad():  # the export matches the trained torch model
@@ -323,6 +323,8 @@ def main() -> None:
                         help="torch-pruning: bisect the ratio on count_macs of the export (onnx) or on tp.utils.count_ops_and_params")
     parser.add_argument("--ratio", type=float, default=None,
                         help="torch-pruning: this pruning_ratio, not bisected (to bracket a target no ratio reaches)")
+    parser.add_argument("--label-free", action="store_true",
+                        help="torch-pruning: fine-tune by distillation alone (kd), as method_grid.py without --labels")
     parser.add_argument("--bn-eval", action="store_true",
                         help="torch-pruning: fine-tune with BatchNorm in eval mode (its statistics fixed, as our "
                              "methods train the BN-folded export), to isolate what BatchNorm's train mode adds")
