@@ -11,15 +11,19 @@ sparsities and calibration-set sizes, once with each BN mode, and prints test ac
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import onnx
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.support
 
-from onnxprune.run import pipeline
-from onnxprune.training.loop import TrainConfig
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import torch  # noqa: E402
+
+from onnxprune.run import pipeline  # noqa: E402
+from onnxprune.training.loop import TrainConfig  # noqa: E402
+from tests.support.torch_models import fit_classifier  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 
@@ -31,13 +35,7 @@ def bn_cnn(train: dict[str, np.ndarray], path: Path) -> None:
         torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
         torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(128, 10))
     x, y = torch.from_numpy(train["image"]), torch.from_numpy(train["labels"])
-    opt = torch.optim.Adam(net.parameters(), 3e-3)
-    for _ in range(8):
-        for i in torch.randperm(len(x)).split(64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(x[i]), y[i]).backward()
-            opt.step()
-    net.eval()
+    net = fit_classifier(net, x, y, epochs=8)
     torch.onnx.export(net, (x[:1],), str(path), input_names=["image"], output_names=["logits"],
                       dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}}, dynamo=False, opset_version=17,
                       do_constant_folding=False)

@@ -16,6 +16,7 @@ from onnxprune.methods._support.training_bn import ReinsertedBatchNorm
 from onnxprune.methods.base import TrainContext
 from onnxprune.training.loop import prunable_weights
 from tests.support.structured import SAMPLES, SHAPES, digits, run
+from tests.support.torch_models import fit_classifier
 
 
 def _bn_cnn() -> torch.nn.Module:
@@ -30,16 +31,11 @@ def _bn_cnn() -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def folded() -> onnx.ModelProto:
     """A digits CNN trained with BatchNorm and exported as exporters do: BN folded into the convs."""
-    net, data = _bn_cnn(), digits("train")
+    data = digits("train")
     x, y = torch.from_numpy(data.inputs["image"]), torch.from_numpy(data.labels)
-    opt = torch.optim.Adam(net.parameters(), 3e-3)
-    for _ in range(3):
-        for i in torch.randperm(len(x)).split(64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(x[i]), y[i]).backward()
-            opt.step()
+    net = fit_classifier(_bn_cnn(), x, y, epochs=3)
     buffer = io.BytesIO()
-    torch.onnx.export(net.eval(), (x[:1],), buffer, input_names=["image"], output_names=["logits"],
+    torch.onnx.export(net, (x[:1],), buffer, input_names=["image"], output_names=["logits"],
                       dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}}, dynamo=False, opset_version=17)
     model = onnx.load_from_string(buffer.getvalue())
     assert "BatchNormalization" not in {n.op_type for n in model.graph.node}

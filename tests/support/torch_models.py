@@ -46,3 +46,17 @@ def give_realistic_scale(model: torch.nn.Module, size: int) -> torch.nn.Module:
             model.train()
             model(torch.randn(8, 3, size, size))
     return model.eval()
+
+
+def fit_classifier(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int,
+                   lr: float = 3e-3, batch: int = 64) -> torch.nn.Module:
+    """Train ``model`` on ``(x, y)`` with Adam and cross-entropy (shuffled mini-batches from the
+    global RNG); returns it in eval mode, ready to export."""
+    optimizer = torch.optim.Adam(model.parameters(), lr)
+    model.train()
+    for _ in range(epochs):
+        for index in torch.randperm(len(x)).split(batch):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[index]), y[index]).backward()
+            optimizer.step()
+    return model.eval()
