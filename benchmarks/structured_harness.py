@@ -86,7 +86,7 @@ def prune(setup: Setup, method, config: TrainConfig, verify_result: bool = True,
     ctx = train(method, imported.module, prunable_weights(imported), data, loss_fn, config,
                 imported=imported, analysis=analysis, evaluate=evaluate)
     plan = method.finalize(ctx)
-    imported.module.eval()
+    imported.module.cpu().eval()  # after --device cuda: write-back and verification read it on the CPU
     pruned = apply_plan(write_back(imported), plan, setup.shapes)
     if freed:
         pruned = restore_batch_constants(pruned, freed, batch)
@@ -106,8 +106,9 @@ def prune(setup: Setup, method, config: TrainConfig, verify_result: bool = True,
 
 
 def torch_outputs(module: torch.nn.Module, inputs: dict[str, np.ndarray], fixed: int | None = None) -> list[np.ndarray]:
-    """All samples in one call, or calls of exactly ``fixed`` samples."""
-    return torch_in_slices(module, list(inputs.values()), torch.device("cpu"), batch=1 << 30, fixed=fixed)
+    """All samples in one call, or calls of exactly ``fixed`` samples, on the module's device."""
+    device = next(module.parameters(), torch.empty(0)).device
+    return torch_in_slices(module, list(inputs.values()), device, batch=1 << 30, fixed=fixed)
 
 
 def threads(n: int = 1) -> None:

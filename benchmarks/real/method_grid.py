@@ -62,9 +62,13 @@ def fashion_data(calib: int, test: int, labels: bool) -> tuple[Path, Path]:
     return train_path, test_path
 
 
-def make_method(name: str, target: float, batchnorm: bool = False):
+def make_method(name: str, target: float, batchnorm: bool = False, latency_table: str | None = None,
+                sparsity: float | None = None):
     from onnxprune.methods._support.channel_baselines import MagnitudeChannels, UniformChannels
     from onnxprune.methods.base import registry
+
+    if sparsity is not None:  # weight granularity: magnitude, lc and ltp at one global sparsity
+        return registry()[name](sparsity=sparsity, **({} if name == "magnitude" else {"granularity": "weight"}))
 
     baselines = {"uniform": UniformChannels, "magnitude": MagnitudeChannels}
     if name in baselines:
@@ -72,6 +76,8 @@ def make_method(name: str, target: float, batchnorm: bool = False):
     options = {"target_macs": str(target)}
     if name == "lagrangian":
         options["batchnorm"] = batchnorm
+        if latency_table:  # the budget becomes the table's predicted latency, target x the full width's
+            options["latency_table"] = latency_table
     if name in ("lc", "ltp"):  # no MAC target: a channel sparsity s keeps about (1 - s)^2 of a conv chain's MACs
         options = {"granularity": "channel", "sparsity": round(1 - target ** 0.5, 4)}
     return registry()[name](**options)
@@ -79,6 +85,7 @@ def make_method(name: str, target: float, batchnorm: bool = False):
 
 def run_one(args) -> dict:
     import onnx
+    import onnx.numpy_helper
     import torch
     from models import imagenet_mobilenet_v2
     from structured_harness import prepare, prune
@@ -102,13 +109,19 @@ def run_one(args) -> dict:
         model = imagenet_mobilenet_v2(args.exporter)
     started = time.perf_counter()
     setup = prepare(model, str(calib), {}, test=str(evaluate))
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, quiet=True)
-    result = prune(setup, make_method(args.one, args.target, args.batchnorm), config, loss=args.loss, temperature=args.temperature)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, quiet=True,
+                         device=args.device)
+    result = prune(setup, make_method(args.one, args.target, args.batchnorm, args.latency_table, args.sparsity), config, loss=args.loss, temperature=args.temperature)
     seconds = time.perf_counter() - started
     out, ref = run_in_slices(result["pruned"], setup.test_set.inputs)[0], setup.teacher_test[0]
     top5 = lambda x: np.argsort(-x, axis=1)[:, :5]  # noqa: E731
     overlap = float(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(top5(out), top5(ref))]))
-    onnx.save(result["pruned"], cache_dir() / f"pruned_{args.model}_{args.exporter}_{args.one}_{args.target}.onnx")
+    # seed 0 keeps the file names that the docs' bench commands read
+    seed = (f"_s{args.seed}" if args.seed else "") + ("_latency" if args.latency_table else "")
+    budget = f"w{args.sparsity}" if args.sparsity is not None else args.target
+    onnx.save(result["pruned"], cache_dir() / f"pruned_{args.model}_{args.exporter}_{args.one}_{budget}{seed}.onnx")
+    weights = [onnx.numpy_helper.to_array(t) for t in result["pruned"].graph.initializer if len(t.dims) >= 2]
+    nonzero = sum(int(np.count_nonzero(w)) for w in weights) / sum(w.size for w in weights)
     ctx = result["ctx"]
     extra = {}
     if args.one == "bernoulli":
@@ -117,7 +130,8 @@ def run_one(args) -> dict:
     return {"lr": ctx.lr, "lr_probe": ctx.lr_probe and [(t["lr"], round(t["fraction"], 4)) for t in ctx.lr_probe["trials"]],
             **extra, "method": args.one, "agreement": result["agreement"], "accuracy": result["accuracy"], "top5_overlap": overlap,
             "classes": int(len(set(out.argmax(1)))), "classes_original": int(len(set(ref.argmax(1)))),
-            "macs_frac": result["macs_frac"], "params_frac": result["params_frac"], "seconds": seconds,
+            "macs_frac": result["macs_frac"], "params_frac": result["params_frac"], "nonzero_weights": nonzero,
+            "seconds": seconds,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -142,6 +156,11 @@ def main() -> None:
     parser.add_argument("--methods", default="uniform,magnitude,lagrangian")
     parser.add_argument("--batchnorm", action="store_true",
                         help="uniform, magnitude, lagrangian: fine-tune with a BatchNorm re-inserted after every conv")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="where the fine-tuning runs")
+    parser.add_argument("--sparsity", type=float, default=None,
+                        help="weight granularity: magnitude, lc and ltp at this sparsity (--target is then unused)")
+    parser.add_argument("--latency-table", help="lagrangian: a table from `onnxprune profile`; --target is then "
+                        "a fraction of the predicted latency")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one method, print JSON
     args = parser.parse_args()
     try:
@@ -159,7 +178,7 @@ def main() -> None:
             f"evaluation crops of other photos")
     print(f"{what}, {args.epochs} epochs, batch {args.batch_size}, lr {args.lr or 'probed'}, "
           f"loss {args.loss or ('kd+ce' if args.labels else 'kd')} (T {args.temperature}), "
-          f"target {args.target:.0%} MACs")
+          + (f"weight sparsity {args.sparsity:.0%}" if args.sparsity is not None else f"target {args.target:.0%} MACs"))
     print("| method | accuracy | top-1 agreement | top-5 overlap | classes | MACs | params | lr | time s | peak RSS MB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in args.methods.split(","):
@@ -173,7 +192,8 @@ def main() -> None:
         print(f"| {name} | {accuracy} | {r['agreement']:.3f} | {r['top5_overlap']:.3f} | {r['classes']}/{r['classes_original']} "
               f"| {r['macs_frac']:.3f} | {r['params_frac']:.3f} | {r['lr']:g} | {r['seconds']:.0f} | {r['peak_rss_mb']:.0f} |",
               flush=True)
-        print("   ", json.dumps({k: v for k, v in r.items() if k in ("lr_probe", "theta_start", "decided_before_rounding")}),
+        print("   ", json.dumps({k: v for k, v in r.items() if k in ("lr_probe", "theta_start", "decided_before_rounding",
+                                                                     "nonzero_weights")}),
               flush=True)
 
 

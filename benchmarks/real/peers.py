@@ -198,7 +198,8 @@ def run_torch_pruning(args) -> dict:
     torch.manual_seed(args.seed)
     for epoch in range(args.epochs):
         model.train(not args.bn_eval)  # --bn-eval: BatchNorm fixed at its statistics, as in a BN-folded graph
-        order = torch.from_numpy(np.random.default_rng(epoch).permutation(len(x)))
+        # seed 0 keeps the published runs' order (seed = epoch); another seed shuffles differently
+        order = torch.from_numpy(np.random.default_rng(epoch + 1000 * args.seed).permutation(len(x)))
         total = 0.0
         for start in range(0, len(order), args.batch_size):
             idx = order[start:start + args.batch_size]
@@ -214,6 +215,7 @@ def run_torch_pruning(args) -> dict:
     proto = export_onnx(model, example)
     seconds = time.perf_counter() - started
     name = (args.count if args.ratio is None else f"ratio{args.ratio}") + ("_bneval" if args.bn_eval else "") + ("_labelfree" if args.label_free else "")
+    name += f"_s{args.seed}" if args.seed else ""
     path = cache_dir() / f"peer_{tag()}torch-pruning_{name}_{args.target}.onnx"
     onnx.save(proto, path)
     with torch.no_grad():  # the export matches the trained torch model
