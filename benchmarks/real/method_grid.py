@@ -63,7 +63,7 @@ def fashion_data(calib: int, test: int, labels: bool) -> tuple[Path, Path]:
 
 
 def make_method(name: str, target: float, batchnorm: bool = False, latency_table: str | None = None,
-                sparsity: float | None = None):
+                sparsity: float | None = None, extra: dict | None = None):
     from onnxprune.methods._support.channel_baselines import MagnitudeChannels, UniformChannels
     from onnxprune.methods.base import registry
 
@@ -80,7 +80,7 @@ def make_method(name: str, target: float, batchnorm: bool = False, latency_table
             options["latency_table"] = latency_table
     if name in ("lc", "ltp"):  # no MAC target: a channel sparsity s keeps about (1 - s)^2 of a conv chain's MACs
         options = {"granularity": "channel", "sparsity": round(1 - target ** 0.5, 4)}
-    return registry()[name](**options)
+    return registry()[name](**options, **(extra or {}))
 
 
 def run_one(args) -> dict:
@@ -111,13 +111,15 @@ def run_one(args) -> dict:
     setup = prepare(model, str(calib), {}, test=str(evaluate))
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, quiet=True,
                          device=args.device)
-    result = prune(setup, make_method(args.one, args.target, args.batchnorm, args.latency_table, args.sparsity), config, loss=args.loss, temperature=args.temperature)
+    result = prune(setup, make_method(args.one, args.target, args.batchnorm, args.latency_table, args.sparsity,
+                                              {k: json.loads(v) for k, v in (option.split("=", 1) for option in args.option)}), config, loss=args.loss, temperature=args.temperature)
     seconds = time.perf_counter() - started
     out, ref = run_in_slices(result["pruned"], setup.test_set.inputs)[0], setup.teacher_test[0]
     top5 = lambda x: np.argsort(-x, axis=1)[:, :5]  # noqa: E731
     overlap = float(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(top5(out), top5(ref))]))
     # seed 0 keeps the file names that the docs' bench commands read
-    seed = (f"_s{args.seed}" if args.seed else "") + ("_latency" if args.latency_table else "")
+    seed = (f"_s{args.seed}" if args.seed else "") + ("_latency" if args.latency_table else "") + "".join(
+        f"_{option.replace('=', '-')}" for option in args.option)
     budget = f"w{args.sparsity}" if args.sparsity is not None else args.target
     onnx.save(result["pruned"], cache_dir() / f"pruned_{args.model}_{args.exporter}_{args.one}_{budget}{seed}.onnx")
     weights = [onnx.numpy_helper.to_array(t) for t in result["pruned"].graph.initializer if len(t.dims) >= 2]
@@ -157,6 +159,8 @@ def main() -> None:
     parser.add_argument("--batchnorm", action="store_true",
                         help="uniform, magnitude, lagrangian: fine-tune with a BatchNorm re-inserted after every conv")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="where the fine-tuning runs")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a method option (lagrangian, bernoulli, lc, ltp), its value in JSON, e.g. settle_epochs=0; repeatable")
     parser.add_argument("--sparsity", type=float, default=None,
                         help="weight granularity: magnitude, lc and ltp at this sparsity (--target is then unused)")
     parser.add_argument("--latency-table", help="lagrangian: a table from `onnxprune profile`; --target is then "
