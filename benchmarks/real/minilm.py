@@ -90,12 +90,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--latency-seconds", type=float, default=6.0)
     parser.add_argument("--check-transformers", action="store_true",
                         help="first compare benchmarks/real/bert.py with transformers' BertModel on 8 sentences")
+    parser.add_argument("--name", default=None, help="run folder under <cache>/minilm-runs/ [default: from the method, "
+                        "target, exporter and training length]; distinct names let runs go side by side")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `onnxprune prune` options")
     args = parser.parse_args(argv)
 
     model_path = assets.minilm_onnx(args.exporter)
     tokenizer = assets.minilm_files() / "tokenizer.json"
-    train, test = assets.split_fortunes(assets.fortune_texts(), args.train, args.test)
+    texts = assets.fortune_texts()
+    # the held-out draw follows the calibration draw in split_fortunes' generator: take it as drawn
+    # beside 384 calibration sentences (the runs in docs/text-calibration.md, and the onnxsim peer's),
+    # so every --train is scored on the same held-out sentences
+    train, test = assets.split_fortunes(texts, args.train, 0)[0], assets.split_fortunes(texts, 384, args.test)[1]
     if args.check_transformers:
         import torch
 
@@ -103,7 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         sample = {k: torch.from_numpy(v) for k, v in tokens([t for t, _, _ in test[:8]], args.seq_len).items()}
         print(f"bert.py vs transformers.BertModel: max |difference| {max_difference_to_transformers(assets.minilm_module(), assets.minilm_files(), sample):.2e}")
-    run_dir = assets.cache_dir() / "minilm-runs" / f"{args.method}_{args.target_macs}_{args.exporter}_s{args.train_seq_len or args.seq_len}"
+    run_dir = assets.cache_dir() / "minilm-runs" / (
+        args.name or f"{args.method}_{args.target_macs}_{args.exporter}_s{args.train_seq_len or args.seq_len}")
     run_dir.mkdir(parents=True, exist_ok=True)
     calib = run_dir / "calibration.txt"
     calib.write_text("".join(text + "\n" for text, _, _ in train), encoding="utf-8")

@@ -60,6 +60,7 @@ from onnxprune.passes.groups import analyze, skeleton_model
 from onnxprune.reporting.run_report import add_layers, build_run_report, nonzero_weights
 from onnxprune.run.plan_check import check_plan_shapes, is_structured
 from onnxprune.training.loop import Replica, TrainConfig, TrainData, distributed, prunable_weights, train
+from onnxprune.training.seq_trim import sequence_trim
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,8 @@ def _run(config: PruneConfig, replica: Replica, original: onnx.ModelProto | None
         *columns, label_column = pad_to_multiple([*data.inputs, *data.targets, data.labels], torch_batch * replica.world)
         data = TrainData(columns[:len(data.inputs)], columns[len(data.inputs):], label_column)
         train_config = dataclasses.replace(config.train, batch_size=torch_batch)
+    else:  # token batches cut to their longest real sequence, where exact (training.seq_trim)
+        data = dataclasses.replace(data, trim=sequence_trim(imported.onnx_model, imported.module, data.inputs))
     analysis = _analysis(method, imported.onnx_model, shapes, config.prune_hidden_size)
     if analysis is not None and is_structured(method):  # a plan shape the passes cannot apply: refused now
         check_plan_shapes(config.method, imported.onnx_model, analysis, shapes)

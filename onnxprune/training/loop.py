@@ -21,6 +21,8 @@ Decisions that hold for every method:
   (``onnxprune.methods.base``); the loop then rebuilds its optimizer (state carried over) and
   DDP wrapper around it.
 * The same seed on the same CPU gives bit-identical weights.
+* Token batches are cut to their longest real sequence where the model's outputs provably do not
+  change (``TrainData.trim``, :mod:`onnxprune.training.seq_trim`): fewer padded positions per step.
 * Without a learning rate (``lr=None``, the CLI's default) the weights' rate is probed on the
   unpruned model before the method sets up (:mod:`onnxprune.training.lr_probe`): the largest
   rate of a short grid whose few steps leave the distillation loss near its start. The chosen
@@ -70,6 +72,8 @@ class TrainData:
     inputs: Sequence[torch.Tensor]
     targets: Sequence[torch.Tensor]
     labels: torch.Tensor | None = None
+    # cuts a batch's inputs to its longest real sequence where that is exact (training.seq_trim)
+    trim: Callable[[Sequence[torch.Tensor]], list[torch.Tensor]] | None = None
 
     def __len__(self) -> int:
         return len(self.inputs[0])
@@ -240,7 +244,10 @@ def _batches(data: TrainData, config: TrainConfig, replica: Replica, epoch: int)
     device = replica.device
     for start in range(0, len(order), config.batch_size):
         index = order[start:start + config.batch_size]
-        yield ([x[index].to(device) for x in data.inputs], [t[index].to(device) for t in data.targets],
+        inputs = [x[index] for x in data.inputs]
+        if data.trim is not None:
+            inputs = data.trim(inputs)
+        yield ([x.to(device) for x in inputs], [t[index].to(device) for t in data.targets],
                None if data.labels is None else data.labels[index].to(device))
 
 
