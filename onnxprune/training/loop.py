@@ -23,6 +23,7 @@ Decisions that hold for every method:
 * The same seed on the same CPU gives bit-identical weights.
 * Token batches are cut to their longest real sequence where the model's outputs provably do not
   change (``TrainData.trim``, :mod:`onnxprune.training.seq_trim`): fewer padded positions per step.
+  Such batches are then also grouped by length (``TrainConfig.group_by_length``, on by default).
 * Without a learning rate (``lr=None``, the CLI's default) the weights' rate is probed on the
   unpruned model before the method sets up (:mod:`onnxprune.training.lr_probe`): the largest
   rate of a short grid whose few steps leave the distillation loss near its start. The chosen
@@ -44,6 +45,7 @@ import torch.distributed as dist
 from onnxprune.errors import OnnxPruneError, TrainingDivergedError
 from onnxprune.graph.macs import PRUNABLE_OPS  # the one list (also reporting, dead-structure pass)
 from onnxprune.methods.base import PruningMethod, TrainContext
+from onnxprune.training.seq_trim import SequenceTrim, group_by_length
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,8 @@ class TrainConfig:
     device: str = "auto"
     quiet: bool = False
     freeze_bn: bool = True  # see the module docstring; False only to measure the alternative
+    # where token batches are cut (TrainData.trim): batches of similar length (training.seq_trim)
+    group_by_length: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +77,7 @@ class TrainData:
     targets: Sequence[torch.Tensor]
     labels: torch.Tensor | None = None
     # cuts a batch's inputs to its longest real sequence where that is exact (training.seq_trim)
-    trim: Callable[[Sequence[torch.Tensor]], list[torch.Tensor]] | None = None
+    trim: SequenceTrim | None = None
 
     def __len__(self) -> int:
         return len(self.inputs[0])
@@ -239,6 +243,8 @@ def _batches(data: TrainData, config: TrainConfig, replica: Replica, epoch: int)
     """This rank's shard of a seeded per-epoch permutation, padded so every rank steps equally."""
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
     order = torch.randperm(len(data), generator=generator)
+    if data.trim is not None and config.group_by_length:  # every rank regroups alike: same seed
+        order = group_by_length(order, data.trim.lengths(data.inputs), config.batch_size * replica.world, generator)
     per_rank = math.ceil(len(data) / replica.world)
     order = torch.cat([order, order[: per_rank * replica.world - len(order)]])[replica.rank::replica.world]
     device = replica.device

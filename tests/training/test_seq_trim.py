@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from onnxprune.cli.main import main
 from onnxprune.importing.importer import import_model
-from onnxprune.training.seq_trim import SequenceTrim, candidate, sequence_trim
+from onnxprune.training.seq_trim import SequenceTrim, candidate, group_by_length, sequence_trim
 from tests.support.encoders import VOCAB
 from tests.support.sentence_encoders import INPUTS, SentenceEncoder, export_sentence_encoder
 
@@ -149,3 +149,34 @@ def test_the_prune_command_trains_on_cut_batches(tmp_path, caplog):
                      "--out", str(out), "--epochs", "2", "--batch-size", "8", "--lr", "1e-3", "--quiet"])
     assert code == 0 and out.exists()
     assert "cut to their longest real sequence" in caplog.text and "16 -> 9 positions" in caplog.text
+
+
+def test_grouped_batches_cover_the_epoch_with_less_padding():
+    from onnxprune.training.loop import Replica, TrainConfig, TrainData, _batches
+
+    inputs = _tokens(n=200, seq=64, longest=60, seed=3)
+    trim = SequenceTrim(mask=1, columns=(0, 1, 2))
+    lengths = trim.lengths(inputs)
+    assert torch.equal(lengths, inputs[1].sum(1))  # right-padded: one past the last real token
+    order = torch.randperm(200, generator=torch.Generator().manual_seed(0))
+    grouped = group_by_length(order, lengths, 8, torch.Generator().manual_seed(1), window=5)
+    assert sorted(grouped.tolist()) == list(range(200))  # every sample once
+    batches = grouped.split(8)
+    assert all(len(b) == 8 for b in batches)
+    for b in batches:  # within a window sorted, so a batch spans a narrow band of lengths
+        assert lengths[b].max() - lengths[b].min() <= 30
+    data = TrainData(inputs, [torch.zeros(200, 4)], None, trim)
+    replica = Replica(0, 1, torch.device("cpu"))
+
+    def positions(config):
+        seen, total = [], 0
+        for batch, targets, _ in _batches(data, config, replica, epoch=0):
+            assert batch[1][:, -1].any() or batch[1].shape[1] == 1  # cut right after the longest real token
+            total += batch[0].numel()
+            seen.append(len(targets[0]))
+        assert sum(seen) == 200
+        return total
+
+    random, grouped_total = positions(TrainConfig(batch_size=8, group_by_length=False)), positions(TrainConfig(batch_size=8))
+    assert grouped_total < 0.8 * random < 0.8 * 200 * 64
+    assert positions(TrainConfig(batch_size=8)) == grouped_total  # the same seed groups alike
