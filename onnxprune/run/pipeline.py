@@ -60,7 +60,7 @@ from onnxprune.passes.groups import analyze, skeleton_model
 from onnxprune.reporting.run_report import add_layers, build_run_report, nonzero_weights
 from onnxprune.run.plan_check import check_plan_shapes, is_structured
 from onnxprune.training.loop import Replica, TrainConfig, TrainData, distributed, prunable_weights, train
-from onnxprune.training.seq_trim import sequence_trim
+from onnxprune.training.seq_trim import outputs_by_length, sequence_trim
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,10 @@ def _run(config: PruneConfig, replica: Replica, original: onnx.ModelProto | None
         raise OnnxPruneError(f"{config.model}: no prunable weights (Conv/ConvTranspose/Gemm/MatMul initializers)")
 
     def evaluate() -> dict[str, float]:
-        student = torch_outputs(imported.module, calib.eval.inputs.values(), replica.device, fixed=torch_batch)
+        if data.trim is not None:  # `data` as trained (set below): holdout chunks cut like its batches
+            student = outputs_by_length(imported.module, calib.eval.inputs.values(), data.trim, replica.device)
+        else:
+            student = torch_outputs(imported.module, calib.eval.inputs.values(), replica.device, fixed=torch_batch)
         return fidelity(student, calib.eval_targets, calib.kinds, calib.eval.labels)
 
     tensors = lambda arrays: [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]  # noqa: E731

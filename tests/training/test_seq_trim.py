@@ -180,3 +180,18 @@ def test_grouped_batches_cover_the_epoch_with_less_padding():
     random, grouped_total = positions(TrainConfig(batch_size=8, group_by_length=False)), positions(TrainConfig(batch_size=8))
     assert grouped_total < 0.8 * random < 0.8 * 200 * 64
     assert positions(TrainConfig(batch_size=8)) == grouped_total  # the same seed groups alike
+
+
+def test_holdout_outputs_by_length_equal_the_padded_ones():
+    from onnxprune.run.pipeline import torch_outputs
+    from onnxprune.training.seq_trim import outputs_by_length
+
+    model = export_sentence_encoder(SentenceEncoder())
+    module = _imported(model).module.eval()
+    inputs = _tokens(n=50, longest=12, seed=4)
+    trim = SequenceTrim(mask=1, columns=(0, 1, 2))
+    with torch.no_grad():
+        cut = outputs_by_length(module, [x.numpy() for x in inputs], trim, torch.device("cpu"), batch=8)
+        padded = torch_outputs(module, [x.numpy() for x in inputs], torch.device("cpu"))
+    assert len(cut) == len(padded) == 1 and cut[0].shape == padded[0].shape == (50, 16)
+    np.testing.assert_allclose(cut[0], padded[0], atol=1e-5, rtol=1e-4)
