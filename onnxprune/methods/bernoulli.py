@@ -33,6 +33,11 @@ epoch); structures lock only once the level is at the target, and a residual lay
 removed when without it the rounding could not reach the target's band. The rounding moves the
 kept counts into [0.99, 1] x target (``resource.refine_to_band``).
 
+Per-structure weights: a unit's or layer's cost weight is its exact expected cost share (C's
+gradient), so the knobs are the only inputs. ``--unit-weights auto`` also scales each group's
+units by its loss slope per unit of cost, measured on the first steps (:meth:`group_weights`);
+measured not better on the samples (docs/method-bernoulli.md, "Per-structure weights").
+
 Settle phase (the second half of the pruning epochs): E[L] and C are affine in each theta_j
 with the others fixed, so the minimum over [0, 1] is at 0 or 1 by the sign of the slope; the
 marginal parameters, whose slope is noise about 0 where the cost and the loss balance, also step
@@ -106,6 +111,9 @@ class BernoulliOptions(MethodOptions):
     pace_epochs: int | None = option(None, "bernoulli, with --target-macs: epochs over which the strength controller's "
                                            "MACs level falls from the start to the target (0: the target from the "
                                            "first step) [default: half of the epochs before the fine-tune].", min=0)
+    unit_weights: str = option("cost", "bernoulli: per-group weight of the units' cost: 'cost' (each unit its exact "
+                                       "MAC/param share) or 'auto' (that share times its group's loss-sensitivity "
+                                       "per unit cost, measured on the first steps).", choices=("cost", "auto"))
 
 
 @register
@@ -123,6 +131,10 @@ class Bernoulli(PruningMethod):
     start_strength: float | None = None  # with a target: the controller's first strength (None: --strength)
     lock_after_pace, guard_branches = True, True
     settle_share, settle_rate, settle_beta = 0.5, 4.0, 0.9
+    # unit_weights 'auto': the loss's slope per unit is averaged over the first weight_share of the
+    # pruning steps (at least min_weight_steps), then each group's weight is fixed, clipped to
+    # [1 / weight_clip, weight_clip]
+    weight_share, min_weight_steps, weight_clip = 0.05, 10, 10.0
     # theta's start, probed per model (see probe_init): the smallest of the grid whose gate samples
     # leave the network within init_tol of the original (share of the way to a constant output).
     # 0.9 drops a tenth of the units per sample: on the digits MLP that costs 3% of the way, on
@@ -183,6 +195,13 @@ class Bernoulli(PruningMethod):
                                int(prune_steps * (1 - self.settle_share)))
         self.settle_step = self.settle_rate / max(prune_steps - self.settle_from, 1) if self.settle_share > 0 else 0.0
         self.slope: dict[str, torch.Tensor] = {}
+        # per-group weights of the units' cost (unit_weights 'auto', see group_weights): 1 until
+        # measured on the first weight_steps steps, then fixed
+        self.auto = cfg.unit_weights == "auto"
+        self.weights = {g: 1.0 for g in self.theta}
+        self.weight_steps = max(self.min_weight_steps, int(self.weight_share * prune_steps))
+        self.loss_slope: dict[str, torch.Tensor] = {}
+        self.cost_grads: tuple | None = None
         self.guard_memo: dict[tuple, bool] = {}
         self.start_macs = float(self.structure.resource(self.theta, self.phi).detach()) / self.b0
         self.min_expected = self.start_macs
@@ -274,14 +293,66 @@ class Bernoulli(PruningMethod):
         if self.fixed is not None:
             return None
         theta = {k: v * self.alive[k] for k, v in self.theta.items()}
+        if self.auto:  # C's value is unchanged, its gradient on group g's theta is weights[g] times
+            theta = {k: _scale_grad(v, self.weights[k]) for k, v in theta.items()}
         phi = {k: v * self.alive[k] for k, v in self.phi.items()}
-        return (self.strength * knob_split(self.cost, theta, phi, self.unit_w)).float().to(ctx.device)
+        penalty = self.strength * knob_split(self.cost, theta, phi, self.unit_w)
+        if self.auto and self.steps < self.weight_steps:  # the loop's backward sums both: keep the cost's part
+            self.cost_grads = torch.autograd.grad(penalty, self.params, retain_graph=True, allow_unused=True)
+        return penalty.float().to(ctx.device)
+
+    def observe_loss_slopes(self) -> None:
+        """Sum, per parameter, of the loss's slope (the step's gradient less the cost's)."""
+        for key, p, cg in zip([*self.theta, *self.phi], self.params, self.cost_grads or [None] * len(self.params)):
+            g = p.grad.detach() if p.grad is not None else torch.zeros_like(p)
+            if cg is not None:
+                g = g - cg.to(g.dtype)
+            self.loss_slope[key] = self.loss_slope.get(key, torch.zeros_like(p)) + g
+        self.cost_grads = None
+
+    def group_weights(self) -> dict[str, float]:
+        """unit_weights 'auto': group g's weight is r_g / r_bar, r_g = RMS over its undecided units of
+        the loss's mean slope on theta (measured over the first weight_steps) per unit of C's slope
+        (the unit's exact cost share, coupled to its neighbours), r_bar the geometric mean of r_g
+        weighted by the groups' cost; clipped to [1/weight_clip, weight_clip]. A unit then feels the
+        cost in proportion to its own group's loss scale (Molchanov et al. 2017 normalize Taylor
+        scores per layer for the same reason), so groups of very different sizes and
+        sensitivities decide at similar paces. Residual layers keep weight 1 (a single parameter
+        normalized by its own scale would carry no information; --layer-vs-unit weighs them)."""
+        with torch.enable_grad():
+            theta = {k: (v * self.alive[k]).detach().requires_grad_(True) for k, v in self.theta.items()}
+            phi = {k: (v * self.alive[k]).detach() for k, v in self.phi.items()}
+            grads = torch.autograd.grad(self.cost(theta, phi), list(theta.values()), allow_unused=True)
+        ratio, share = {}, {}
+        for g, cg in zip(theta, grads):
+            live = self.alive[g] & ~self.settled[g]
+            if cg is None or not bool(live.any()) or g not in self.loss_slope:
+                continue
+            cost = cg.detach().abs()[live].double()
+            slope = (self.loss_slope[g][live] / max(self.weight_steps, 1)).double()
+            if float(cost.mean()) <= 0:
+                continue
+            ratio[g], share[g] = float(slope.pow(2).mean().sqrt() / cost.mean()), float(cost.sum())
+        weights = {g: 1.0 for g in self.theta}
+        positive = {g: r for g, r in ratio.items() if r > 0}
+        if positive:
+            total = sum(share[g] for g in positive)
+            log_bar = sum(share[g] * math.log(r) for g, r in positive.items()) / max(total, 1e-300)
+            for g, r in ratio.items():
+                w = r / math.exp(log_bar) if r > 0 else 0.0
+                weights[g] = min(max(w, 1 / self.weight_clip), self.weight_clip)
+        return weights
 
     def after_step(self, ctx: TrainContext) -> None:
         self.noise = {}
         if self.fixed is not None:
             return
         self.structure.average_grads(self.params)
+        if self.auto and self.steps < self.weight_steps:
+            self.observe_loss_slopes()
+            if self.steps + 1 == self.weight_steps:
+                self.weights = self.group_weights()
+                log.info("bernoulli: unit weights %s", ", ".join(f"{g}: {w:.3g}" for g, w in self.weights.items()))
         settling = self.settling()
         if settling:  # the objective's average slope per parameter (see settling)
             for key, p in [*self.theta.items(), *self.phi.items()]:
@@ -525,7 +596,13 @@ class Bernoulli(PruningMethod):
             "removed_layers": len(dropped), "undecided_at_rounding": self.undecided,
             "decided_before_rounding": self.decided_fraction, "held_at_eps": self.at_floor, "theta_start": self.init,
             "theta_start_probe": self.init_probe, "lock": self.lock,
+            "unit_weights": {g: round(w, 4) for g, w in self.weights.items()},
             "macs_per_epoch": self.epoch_macs, "trained_macs_per_epoch": self.trained_macs})
+
+
+def _scale_grad(v: torch.Tensor, w: float) -> torch.Tensor:
+    """``v`` in value, ``w`` times its gradient."""
+    return v if w == 1.0 else w * v + (1 - w) * v.detach()
 
 
 def _as_tuple(out):
