@@ -1,6 +1,6 @@
 """Bernoulli's per-group unit weights (``--unit-weights auto``): each group's weight on the units'
 cost is its loss-sensitivity per unit of cost against the others' (measured on the first steps,
-then fixed), so the three knobs stay the only inputs. docs/method-bernoulli.md, "Unit weights"."""
+then fixed), so the three knobs stay the only inputs. docs/method-bernoulli.md, "Per-structure weights"."""
 
 from __future__ import annotations
 
