@@ -195,3 +195,19 @@ def test_holdout_outputs_by_length_equal_the_padded_ones():
         padded = torch_outputs(module, [x.numpy() for x in inputs], torch.device("cpu"))
     assert len(cut) == len(padded) == 1 and cut[0].shape == padded[0].shape == (50, 16)
     np.testing.assert_allclose(cut[0], padded[0], atol=1e-5, rtol=1e-4)
+
+
+def test_teacher_targets_on_cut_chunks_equal_the_padded_ones():
+    from onnxprune.calibration.data import CalibrationSet
+    from onnxprune.calibration.teacher import teacher_outputs
+    from onnxprune.graph.batching import run_in_slices
+    from onnxprune.graph.sessions import make_session
+    from onnxprune.training.seq_trim import run_by_length
+
+    inputs = dict(zip(INPUTS, (t.numpy() for t in _tokens(n=70, longest=11, seed=6))))
+    for model, cut in ((export_sentence_encoder(SentenceEncoder()), True), (export_sentence_encoder(_MeanOverAll()), False),
+                       (_export_fixed(SentenceEncoder()), False)):
+        padded = run_in_slices(make_session(model), inputs)
+        assert (run_by_length(make_session(model), model, inputs) is not None) == cut
+        targets = teacher_outputs(model, CalibrationSet(inputs))
+        np.testing.assert_allclose(targets[0], padded[0], atol=1e-5, rtol=1e-4)
