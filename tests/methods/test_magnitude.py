@@ -1,4 +1,5 @@
-"""The magnitude baseline: cubic schedule, one global budget, masks that only grow, exact target."""
+"""The magnitude baseline: cubic schedule, one global budget, masks that only grow, exact target;
+the LAMP criterion's scale invariance."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class Recording(Magnitude):
         self.history = getattr(self, "history", []) + [{n: m.bool() for n, m in self.masks.items()}]
 
 
-def _train(method, scale_first: float = 1.0):
+def _train(method, scale_first: float = 1.0, lr: float = 1e-2):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
     teacher = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
@@ -42,7 +43,7 @@ def _train(method, scale_first: float = 1.0):
         data = TrainData([x], [teacher(x)])
     weights = {"w1": net[0].weight, "w2": net[2].weight}
     ctx = train(method, net, weights, data, TaskLoss(["logits"], "kd"),
-                TrainConfig(epochs=4, batch_size=32, lr=1e-2, quiet=True))
+                TrainConfig(epochs=4, batch_size=32, lr=lr, quiet=True))
     return net, weights, ctx
 
 
@@ -70,6 +71,31 @@ def test_budget_is_global_not_per_layer():
     _, weights, ctx = _train(method, scale_first=10.0)
     layer = method.finalize(ctx).meta["layer_sparsity"]
     assert layer["w2"] > 0.95 and layer["w1"] < 0.5
+
+
+def test_lamp_ignores_a_rescaled_layer():
+    # the same function with one layer scaled up 10x and the other down, trained at a rate that
+    # leaves the weights in place (Adam's steps do not scale with a layer, so training would
+    # mix in a second effect): LAMP keeps exactly the unscaled network's weights, where the
+    # global |w| threshold (test above) empties the scaled-down layer
+    kept = []
+    for scale in (1.0, 10.0):
+        method = Magnitude(sparsity=0.5, criterion="lamp")
+        _, weights, ctx = _train(method, scale_first=scale, lr=1e-9)
+        layer = method.finalize(ctx).meta["layer_sparsity"]
+        assert 0.2 < layer["w1"] < 0.8 and 0.2 < layer["w2"] < 0.8
+        kept.append({name: w != 0 for name, w in weights.items()})
+    assert all(torch.equal(kept[0][name], kept[1][name]) for name in kept[0])
+
+
+def test_lamp_scores():
+    from onnxprune.methods.magnitude import lamp_scores
+
+    w = torch.tensor([[3.0, -1.0], [0.0, 2.0]])
+    # sorted by |w|: 3, 2, -1, 0; mass above including itself: 9, 13, 14, 14
+    expected = torch.tensor([[1.0, 1 / 14], [0.0, 4 / 13]], dtype=torch.float64)
+    assert torch.allclose(lamp_scores(w), expected)
+    assert torch.allclose(lamp_scores(1000 * w), expected)
 
 
 def test_registered_and_validates_sparsity():
