@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 
 import torch
 
@@ -68,8 +69,21 @@ class Taper:
     """
 
     def __init__(self, start: float, target: float, steps: int, b0: float | None = None, tol: float = 0.01,
-                 warmup: float = 0.1, min_warmup: int = 3) -> None:
+                 warmup: float = 0.1, min_warmup: int = 3, max_rate: float | None = None,
+                 grow_ahead: bool = False, smooth_ramp: bool = False, s_floor: bool = False) -> None:
         self.budget, self.target, self.b0, self.tol = start, target, b0 or start, tol
+        # max_rate (share of B0 per step, None: 4x nominal only) caps the adaptive rate; the floor
+        # (the rate that still ends the taper in time) overrides it. grow_ahead: the rate also
+        # grows while the gates run ahead of the budget (h < -tol/2), not only while |h| < tol/2
+        self.max_rate, self.grow_ahead = max_rate, grow_ahead
+        # smooth_ramp: the warm-up's ramp rises by at most nominal / warmup per step, so a ramp
+        # held back by a lag does not jump to the full rate when the gates catch up
+        self.smooth_ramp = smooth_ramp
+        # s_floor: the floor is a position bound on an S-curve (half a cosine) from the budget at
+        # the warm-up's end to the target at the last step, instead of a straight line re-aimed
+        # every step: slow where the multiplier is still building up and where the loss's price
+        # climbs near the target, faster in between
+        self.s_floor, self.floor_from = s_floor, None
         self.steps, self.t = max(steps, 1), 0
         # at least 3 steps (or the whole of a shorter taper): the multiplier starts at 0 and the
         # gates' Adam needs a few steps to answer it (16-step taper, 1-step warm-up: |h| 8-14%
@@ -94,12 +108,23 @@ class Taper:
             # carries the loss's pull to open them (mobilenet sample: R rose for 3 steps), and a
             # blind ramp left R 4.9% of B0 behind at the end of a 9-step warm-up
             if h < tol / 2:  # following, or ahead: only a lag holds the ramp
-                self.rate = max(self.rate, self.nominal * self.t / self.warmup)
-        elif abs(h) < tol / 2:
+                ramp = self.nominal * self.t / self.warmup
+                if self.smooth_ramp:
+                    ramp = min(ramp, self.rate + self.nominal / self.warmup)
+                self.rate = max(self.rate, ramp)
+        elif abs(h) < tol / 2 or (self.grow_ahead and h < 0):
             self.rate = min(self.rate * 1.05, 4 * self.nominal)
+        if self.max_rate is not None:
+            self.rate = min(self.rate, self.max_rate * self.b0)
         self.jumped = False
         gap = self.budget - self.target
         floor = gap / max(self.steps - self.t, 1) if self.t > self.warmup else 0.0
+        if self.s_floor and self.t > self.warmup:
+            if self.floor_from is None:
+                self.floor_from = (self.budget, self.t - 1)
+            start, t0 = self.floor_from
+            tau = min(1.0, (self.t - t0) / max(self.steps - t0, 1))
+            floor = max(0.0, self.budget - (self.target + (start - self.target) * (1 + math.cos(math.pi * tau)) / 2))
         # brake on the approach (at most 10% of the gap per step): an abrupt stop at full
         # speed overshoots the target while the gates still move
         speed = min(self.rate, max(self.brake * gap, 1e-3 * self.b0))
@@ -152,6 +177,13 @@ class Lagrangian(PruningMethod):
     # the scores' Adam momentum: beta1 0.5, not 0.9, as its lag is inside the constraint's loop
     # (docs/method-lagrangian.md, "Who carries the constraint")
     score_beta1 = 0.5
+    # the taper's rate cap (share of B0 per step, None: 4x nominal) and growth while the gates run ahead
+    taper_max_rate: float | None = None
+    taper_grow_ahead = False
+    taper_smooth_ramp = False
+    taper_s_floor = False
+    # dual step relative to the multiplier's size above dual_scale (None: the plain eta * h)
+    dual_scale: float | None = None
 
     def setup(self, ctx: TrainContext) -> None:
         self.structure = Structure.from_context(ctx)
@@ -191,7 +223,9 @@ class Lagrangian(PruningMethod):
         self.gate_lr = float(self.options.gate_lr or self.default_gate_lr(self.taper_epochs * ctx.steps_per_epoch))
         self.optimizer = torch.optim.Adam(self.scores.values(), lr=self.gate_lr, betas=(self.score_beta1, 0.999))
         start = float(self.resource_now().detach())
-        self.taper = Taper(start, self.target, self.taper_epochs * ctx.steps_per_epoch, self.b0)
+        self.taper = Taper(start, self.target, self.taper_epochs * ctx.steps_per_epoch, self.b0,
+                           max_rate=self.taper_max_rate, grow_ahead=bool(self.taper_grow_ahead),
+                           smooth_ramp=bool(self.taper_smooth_ramp), s_floor=bool(self.taper_s_floor))
         self.trace: list[dict[str, float]] = []
         self.trail = None
         if self.options.trail:
@@ -252,7 +286,8 @@ class Lagrangian(PruningMethod):
         # the two forces on the scores, per unit of dh/ds: the multiplier's lam and the damping's
         # rho * h (the loss terms lam * h and rho/2 * h^2), logged per epoch (see end_epoch)
         self._forces.append((self.lam, self.rho * self.h, self.lam * self.h, 0.5 * self.rho * self.h ** 2))
-        self.lam += self.dual_lr * self.h
+        gain = 1.0 if self.dual_scale is None else max(1.0, abs(self.lam) / self.dual_scale)
+        self.lam += self.dual_lr * gain * self.h
         with torch.no_grad():
             macs = float(self.resource_now())
         record = {"step": ctx.step, "budget": self.taper.budget / self.b0, "macs": macs / self.b0,
