@@ -140,8 +140,11 @@ def test_select_to_budget_never_keeps_removed_channels_and_keeps_multiples():
 def test_rounding_multiples_follow_the_elements_a_unit_spans():
     """A group whose unit spans >= multiple elements (a head of 64 columns) is not rounded; a
     group of single channels rounds to the multiple (10 of 12 heads stay 10; 21 channels -> 24)."""
-    terms = [Term(macs=100.0, outputs=(("heads", 0, 12, 64),)), Term(macs=50.0, inputs=(("heads", 0, 12, 64),)),
-             Term(macs=80.0, outputs=(("conv", 0, 40, 1),))]
+    terms = [Term(macs=100.0, params=10.0, outputs=(("heads", 0, 12, 64),)),
+             Term(macs=50.0, params=10.0, inputs=(("heads", 0, 12, 64),)),
+             # QK^T, no weights: one head is one element of the scores' heads axis; the projections decide
+             Term(macs=10.0, inputs=(("heads", 0, 12, 1),), outputs=(("heads", 0, 12, 1),)),
+             Term(macs=80.0, params=10.0, outputs=(("conv", 0, 40, 1),))]
     resource = Resource(terms, {"heads": 12, "conv": 40})
     assert resource.multiples(8) == {"heads": 1, "conv": 8}
     masks = {"heads": torch.arange(12) < 10, "conv": torch.arange(40) < 21}

@@ -105,14 +105,19 @@ class Resource:
         self.params = torch.tensor([float(t.params) for t in terms], dtype=torch.float64)
         self.total_macs = float(self.macs.sum())
         self.total_params = float(self.params.sum())
-        # the fewest tensor elements one unit of a group spans anywhere (1 for conv channels, d
-        # for an attention head): the rounding to runtime-friendly counts is about elements
+        # the fewest tensor elements one unit of a group spans in a term with weights (1 for conv
+        # channels, d for an attention head): the rounding to runtime-friendly counts is about
+        # the widths of weighted ops. The weightless QK^T and AV terms see a head as 1 element of
+        # the heads axis; counting them rounded 12 heads to 8 in every layer of MiniLM
+        # (docs/text-calibration.md). A group in no weighted term takes every term.
         self.unit_elements = {g: 1 for g in self.group_ids}
-        seen: dict[str, int] = {}
+        seen: dict[bool, dict[str, int]] = {True: {}, False: {}}  # by: the term has weights
         for t in terms:
             for group, _, _, block in (*t.inputs, *t.outputs):
                 if group in self.unit_elements:
-                    seen[group] = min(seen.get(group, block), block)
+                    side = seen[t.params > 0]
+                    side[group] = min(side.get(group, block), block)
+        seen = {**seen[False], **seen[True]}
         self.unit_elements.update(seen)
 
     def multiples(self, multiple: int) -> dict[str, int]:
