@@ -68,7 +68,8 @@ def make_method(name: str, target: float, batchnorm: bool = False, latency_table
     from onnxprune.methods.base import registry
 
     if sparsity is not None:  # weight granularity: magnitude, lc and ltp at one global sparsity
-        return registry()[name](sparsity=sparsity, **({} if name == "magnitude" else {"granularity": "weight"}))
+        return registry()[name](sparsity=sparsity, **({} if name == "magnitude" else {"granularity": "weight"}),
+                                **(extra or {}))
 
     baselines = {"uniform": UniformChannels, "magnitude": MagnitudeChannels}
     if name in baselines:
