@@ -66,6 +66,8 @@ class Taper:
     down would widen the gap); it stays between the rate that still reaches the target by the
     last taper step and 4x the nominal rate, and brakes near the target (at most 10% of the
     remaining gap per step).
+    With ``s_floor`` (the method's default) the floor is a position bound on half a cosine from
+    the budget at the warm-up's end to the target at the last step, slow at both ends.
     """
 
     def __init__(self, start: float, target: float, steps: int, b0: float | None = None, tol: float = 0.01,
@@ -181,7 +183,12 @@ class Lagrangian(PruningMethod):
     taper_max_rate: float | None = None
     taper_grow_ahead = False
     taper_smooth_ramp = False
-    taper_s_floor = False
+    # the taper's floor as an S-curve (Taper's s_floor): model (b) max |h| 3.5 -> 2.0% of B0, resnet
+    # sample at 25% 4.5 -> 2.5% after the step (docs/method-lagrangian.md, "Who carries the constraint")
+    taper_s_floor = True
+    # the scores' Adam second-moment decay (0.999: one batch whose score gradient is far above its
+    # running RMS moves a score by up to about 0.5 / sqrt(1 - beta2) = 16x the learning rate)
+    score_beta2 = 0.999
     # dual step relative to the multiplier's size above dual_scale (None: the plain eta * h)
     dual_scale: float | None = None
 
@@ -221,7 +228,7 @@ class Lagrangian(PruningMethod):
         self.settle_epochs = min(int(settle), epochs - self.taper_epochs) if settle is not None else (epochs - self.taper_epochs) // 2
         self.settle_steps = self.settle_epochs * ctx.steps_per_epoch
         self.gate_lr = float(self.options.gate_lr or self.default_gate_lr(self.taper_epochs * ctx.steps_per_epoch))
-        self.optimizer = torch.optim.Adam(self.scores.values(), lr=self.gate_lr, betas=(self.score_beta1, 0.999))
+        self.optimizer = torch.optim.Adam(self.scores.values(), lr=self.gate_lr, betas=(self.score_beta1, float(self.score_beta2)))
         start = float(self.resource_now().detach())
         self.taper = Taper(start, self.target, self.taper_epochs * ctx.steps_per_epoch, self.b0,
                            max_rate=self.taper_max_rate, grow_ahead=bool(self.taper_grow_ahead),

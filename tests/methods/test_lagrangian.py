@@ -28,6 +28,24 @@ def test_taper_reaches_target_within_its_steps_and_adapts_its_rate():
     assert budgets[100] > 0.3 + 0.25 * 0.7  # slower than when tracking
 
 
+def test_the_s_floor_is_slow_after_the_warm_up_and_near_the_target():
+    """With the gates lagging throughout (h = 5% of B0) the floor alone moves the budget. The
+    straight floor moves it by the same share every step, from the warm-up's end to the last step;
+    the S-curve (the method's default) starts and ends slowly and still reaches the target at the
+    last step (model (b): max |h| 3.5 -> 2.0% of B0 just after the warm-up)."""
+    moves = {}
+    for shape in (False, True):
+        taper = Taper(start=1.0, target=0.3, steps=100, s_floor=shape)
+        budgets = [1.0] + [taper.step(0.05) for _ in range(100)]
+        assert budgets[-1] == pytest.approx(0.3) and budgets[-3] > 0.3  # at the last step or the one before
+        moves[shape] = [m for m in (a - b for a, b in zip(budgets, budgets[1:])) if m > 0]
+    straight, curve = moves[False], moves[True]
+    assert max(straight) < 1.05 * min(straight)  # 0.7 / 90 a step
+    assert curve[0] < 0.1 * straight[0] and curve[-1] < 0.1 * straight[-1]
+    assert max(curve) > 1.4 * straight[len(straight) // 2]  # faster in the middle (pi / 2 x)
+    assert Lagrangian.taper_s_floor
+
+
 @pytest.fixture(scope="module")
 def mlp_half(tmp_path_factory):
     trail = tmp_path_factory.mktemp("trail")
@@ -77,8 +95,9 @@ def test_the_multiplier_carries_the_constraint_once_tracking():
     assert sum(carried) > 0.75 * len(carried)
 
 
-@pytest.mark.xfail(strict=True, reason="not met: a 16-step taper lags by 4-11% of B0 on the samples "
-                   "(docs/method-lagrangian.md, 'Who carries the constraint')")
+@pytest.mark.xfail(strict=True, reason="not met: a 16-step taper lags by 4-11% of B0 on the samples; from 1 to "
+                   "0.25 in 16 steps the budget moves 4.7% of B0 a step, so h at the step within 2% needs the gates "
+                   "to lead it by >= 2.7% (docs/method-lagrangian.md, 'Who carries the constraint', causes)")
 def test_constraint_tracks_a_short_taper_within_two_percent():
     """16 steps (1,024 images, batch 64, a 1-epoch taper): |R - B| / B0 as the step's penalty sees
     it stays within 2% after the warm-up (3 steps). Measured on the MLP at 25% of the MACs: 4.7%
