@@ -38,30 +38,28 @@ def _imported(model: onnx.ModelProto):
     return import_model(model, {value.name: (1, SEQ) for value in model.graph.input})
 
 
+def _token_states(bert, input_ids, attention_mask, token_type_ids):
+    """The encoder's last hidden states [B, T, D], as SentenceEncoder computes them."""
+    x = bert.norm(bert.word(input_ids) + bert.position(bert.position_ids[:, : input_ids.shape[1]])
+                  + bert.token_type(token_type_ids))
+    bias = (1.0 - attention_mask.to(x.dtype)[:, None, None, :]) * -10000.0
+    for layer in bert.layers:
+        x = layer(x, bias)
+    return x
+
+
 class _MeanOverAll(SentenceEncoder):
     """Pools over every position, padding included: cutting the padding changes its output."""
 
     def forward(self, input_ids, attention_mask, token_type_ids):
-        bert = self.bert
-        x = bert.norm(bert.word(input_ids) + bert.position(bert.position_ids[:, : input_ids.shape[1]])
-                      + bert.token_type(token_type_ids))
-        bias = (1.0 - attention_mask.to(x.dtype)[:, None, None, :]) * -10000.0
-        for layer in bert.layers:
-            x = layer(x, bias)
-        return F.normalize(x.mean(1), dim=1)
+        return F.normalize(_token_states(self.bert, input_ids, attention_mask, token_type_ids).mean(1), dim=1)
 
 
 class _Tokens(SentenceEncoder):
     """The token embeddings [B, T, D]: an output that carries the sequence axis."""
 
     def forward(self, input_ids, attention_mask, token_type_ids):
-        bert = self.bert
-        x = bert.norm(bert.word(input_ids) + bert.position(bert.position_ids[:, : input_ids.shape[1]])
-                      + bert.token_type(token_type_ids))
-        bias = (1.0 - attention_mask.to(x.dtype)[:, None, None, :]) * -10000.0
-        for layer in bert.layers:
-            x = layer(x, bias)
-        return x
+        return _token_states(self.bert, input_ids, attention_mask, token_type_ids)
 
 
 def _export_fixed(module) -> onnx.ModelProto:
