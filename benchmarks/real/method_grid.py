@@ -8,6 +8,7 @@ Model (b), ``--model fashion-resnet18``: a ResNet-18 trained from scratch on Fas
 
     python benchmarks/real/method_grid.py [--model imagenet|fashion|fashion-resnet18] [--labels] [--target 0.5]
         [--calib 512] [--eval 256] [--epochs 3] [--lr 1e-5] [--methods uniform,magnitude,lagrangian]
+        [--seed N] [--sparsity S (weight granularity)] [--latency-table T] [--option KEY=JSON] [--device cuda]
 
 Calibration: random-resized 224 px crops of one half of the real photos (Debian opencv-doc and
 python3-skimage, split by a hash of the file name); evaluation: crops of the other half, never
@@ -112,17 +113,18 @@ def run_one(args) -> dict:
     setup = prepare(model, str(calib), {}, test=str(evaluate))
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, quiet=True,
                          device=args.device)
-    result = prune(setup, make_method(args.one, args.target, args.batchnorm, args.latency_table, args.sparsity,
-                                              {k: json.loads(v) for k, v in (option.split("=", 1) for option in args.option)}), config, loss=args.loss, temperature=args.temperature)
+    options = {key: json.loads(value) for key, value in (option.split("=", 1) for option in args.option)}
+    method = make_method(args.one, args.target, args.batchnorm, args.latency_table, args.sparsity, options)
+    result = prune(setup, method, config, loss=args.loss, temperature=args.temperature)
     seconds = time.perf_counter() - started
     out, ref = run_in_slices(result["pruned"], setup.test_set.inputs)[0], setup.teacher_test[0]
     top5 = lambda x: np.argsort(-x, axis=1)[:, :5]  # noqa: E731
     overlap = float(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(top5(out), top5(ref))]))
     # seed 0 keeps the file names that the docs' bench commands read
-    seed = (f"_s{args.seed}" if args.seed else "") + ("_latency" if args.latency_table else "") + "".join(
+    suffix = (f"_s{args.seed}" if args.seed else "") + ("_latency" if args.latency_table else "") + "".join(
         f"_{option.replace('=', '-')}" for option in args.option)
     budget = f"w{args.sparsity}" if args.sparsity is not None else args.target
-    onnx.save(result["pruned"], cache_dir() / f"pruned_{args.model}_{args.exporter}_{args.one}_{budget}{seed}.onnx")
+    onnx.save(result["pruned"], cache_dir() / f"pruned_{args.model}_{args.exporter}_{args.one}_{budget}{suffix}.onnx")
     weights = [onnx.numpy_helper.to_array(t) for t in result["pruned"].graph.initializer if len(t.dims) >= 2]
     nonzero = sum(int(np.count_nonzero(w)) for w in weights) / sum(w.size for w in weights)
     ctx = result["ctx"]
